@@ -1,0 +1,30 @@
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+/// The eBPF toolchain: its LLVM (22) must match bpf-linker's (see xtask setup).
+const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .into_iter()
+        .find(|package| package.name.as_str() == "flowtap-ebpf")
+        .ok_or_else(|| anyhow!("flowtap-ebpf package not found in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("flowtap-ebpf manifest has no parent directory"))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: ebpf.name.as_str(),
+            root_dir: root_dir.as_str(),
+            no_default_features: false,
+            features: &[],
+        }],
+        Toolchain::Custom(EBPF_TOOLCHAIN),
+    )
+}

@@ -1,0 +1,365 @@
+//! The command line: parses what the user asked and wires the stages together.
+
+use std::{
+    ffi::OsString,
+    io::Write,
+    os::fd::{FromRawFd, OwnedFd},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    host,
+    loader::Probes,
+    metrics::Snapshot,
+    plan::{Plan, SymbolSelector},
+    report::{self, ReportFormat},
+    symbols::ElfObject,
+    target::{
+        Target, TargetKind, TargetSpec,
+        launch::{self, HeldChild},
+        process::{self, FileId},
+    },
+};
+
+/// Exact per-function timing of native workflow runtimes with eBPF, without touching the
+/// application: no code change, rebuild, restart or library to link.
+#[derive(Parser, Debug)]
+#[command(name = "flowtap", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Trace a process, a binary or a command, and print a latency report at the end.
+    ///
+    /// Examples:
+    ///   flowtap run --pid 4242
+    ///   flowtap run --exe /usr/bin/app --duration 60 --report json --output out.json
+    ///   flowtap run --symbols 'libwfrt.so:wf_*' -- ./app --workers 4
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+    /// List the functions that can be traced, per ELF object.
+    Symbols(SymbolsArgs),
+    /// Tell what this host supports (privileges, uprobes, BTF, cookies, uprobe.multi, tracefs).
+    Check,
+}
+
+#[derive(Args, Debug)]
+#[group(id = "target", required = true, multiple = false)]
+pub struct TargetArgs {
+    /// Trace this running process (its executable and every shared library it maps); stops
+    /// when it exits.
+    #[arg(long, value_name = "PID", group = "target")]
+    pub pid: Option<u32>,
+    /// Trace every process running this binary, now and started later, with the libraries it
+    /// loads. A shared library traces every process mapping it.
+    #[arg(long, value_name = "PATH", group = "target")]
+    pub exe: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Trace this running process (its executable and every shared library it maps); stops
+    /// when it exits.
+    #[arg(long, value_name = "PID", conflicts_with_all = ["exe", "command"])]
+    pub pid: Option<u32>,
+    /// Trace every process running this binary, now and started later, with the libraries it
+    /// loads. A shared library traces every process mapping it.
+    #[arg(long, value_name = "PATH", conflicts_with = "command")]
+    pub exe: Option<PathBuf>,
+    /// Functions to trace: GLOB or OBJECT:GLOB on raw or demangled names (repeatable).
+    /// Default: the workflow runtime's functions when the target exports them.
+    #[arg(long = "symbols", value_name = "GLOB")]
+    pub symbols: Vec<String>,
+    /// Stop after this long: seconds (30, 2.5) or with a unit (500ms, 90s, 5m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Report format printed at the end.
+    #[arg(long, value_enum, default_value = "table")]
+    pub report: ReportFormat,
+    /// Write the report to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Launch this command with probes in place before its first instruction.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct SymbolsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Only functions matching this glob (raw or demangled name).
+    #[arg(long, value_name = "GLOB")]
+    pub filter: Option<String>,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("unknown unit `{unit}`: use ms, s, m or h")),
+    };
+    match number.parse::<f64>() {
+        Ok(value) if value > 0.0 && value.is_finite() => Ok(Duration::from_secs_f64(value * scale)),
+        _ => Err(format!("`{text}` is not a positive duration: use e.g. 30, 2.5, 500ms or 5m")),
+    }
+}
+
+impl RunArgs {
+    fn target_spec(&self) -> anyhow::Result<TargetSpec> {
+        Ok(match (&self.pid, &self.exe, self.command.is_empty()) {
+            (Some(pid), None, true) => TargetSpec::Pid(*pid),
+            (None, Some(exe), true) => TargetSpec::Binary(exe.clone()),
+            (None, None, false) => TargetSpec::Launch(self.command.clone()),
+            _ => bail!("give exactly one target: --pid PID, --exe PATH, or -- CMD [ARGS...]"),
+        })
+    }
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn execute(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Symbols(args) => list_symbols(args),
+        Command::Check => Ok(check()),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let spec = args.target_spec()?;
+    let selectors = args
+        .symbols
+        .iter()
+        .map(|text| text.parse::<SymbolSelector>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| anyhow::anyhow!("--symbols: {error}"))?;
+    host::check_privileges()?;
+    // Launch mode forks here, so this comes before any thread is started.
+    let target = Target::resolve(&spec)?;
+    let plan = Plan::build(&target.objects, &selectors, &args.symbols, &target.describe())?;
+    let mut probes = Probes::load(&plan, &target)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let exit_code = runtime.block_on(trace(&args, target, &plan, &mut probes))?;
+    let snapshot = Snapshot::read(&probes, &plan).context("reading the kernel's counters")?;
+    write_report(&args, &snapshot, exit_code)?;
+    Ok(exit_code.unwrap_or(0))
+}
+
+/// Waits for the end of the run; returns the launched command's exit code, if any.
+async fn trace(
+    args: &RunArgs,
+    target: Target,
+    plan: &Plan,
+    probes: &mut Probes,
+) -> anyhow::Result<Option<i32>> {
+    eprintln!(
+        "flowtap: attached {} probes in {} objects of {}; Ctrl-C to stop",
+        probes.attached,
+        plan.objects.len(),
+        target.describe()
+    );
+    let deadline = async {
+        match args.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    let interrupted = interrupted();
+    match target.kind {
+        TargetKind::Process { pid } => {
+            let exited = process_exit(pid.get())?;
+            tokio::select! {
+                _ = exited.readable() => {},
+                _ = deadline => {},
+                _ = interrupted => {},
+            }
+            Ok(None)
+        }
+        TargetKind::Binary { file, is_library, .. } => {
+            tokio::select! {
+                result = follow_binary(file, is_library, probes) => result?,
+                _ = deadline => {},
+                _ = interrupted => {},
+            }
+            Ok(None)
+        }
+        TargetKind::Launch { child, .. } => run_child(child, deadline).await.map(Some),
+    }
+}
+
+async fn run_child(
+    child: HeldChild,
+    deadline: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<i32> {
+    let pid = child.pid;
+    child.release().context("starting the command")?;
+    let mut exited = tokio::task::spawn_blocking(move || launch::wait_exit_code(pid));
+    let mut interrupt = std::pin::pin!(interrupted());
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        tokio::select! {
+            code = &mut exited => {
+                let code = code.context("waiting for the command")?.context("waiting for the command")?;
+                eprintln!("flowtap: command exited with code {code}");
+                return Ok(code);
+            }
+            // The command shares our terminal and gets Ctrl-C too; pass on other stops.
+            _ = &mut interrupt => {
+                // SAFETY: signalling our own child, which we have not reaped yet.
+                unsafe { libc::kill(pid as i32, libc::SIGINT) };
+                interrupt.set(interrupted());
+            }
+            _ = &mut deadline => {
+                eprintln!("flowtap: duration reached; command {pid} keeps running untraced");
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// Enrols processes of the binary that started before us or were forked without exec; those
+/// that exec it later enrol themselves in the kernel at their entry point.
+async fn follow_binary(file: FileId, is_library: bool, probes: &mut Probes) -> anyhow::Result<()> {
+    if is_library {
+        return std::future::pending().await;
+    }
+    loop {
+        probes.enrol(&process::processes_running(file))?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// A descriptor that becomes readable when process `pid` exits.
+fn process_exit(pid: u32) -> anyhow::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        bail!("process {pid} exited before tracing started");
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the descriptor, so it stays open for as long as it is registered.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|error| anyhow::anyhow!("watching process {pid}: {error}"))
+}
+
+fn write_report(args: &RunArgs, snapshot: &Snapshot, exit_code: Option<i32>) -> anyhow::Result<()> {
+    match &args.output {
+        Some(path) => {
+            let mut file = std::fs::File::create(path)
+                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            report::write(&mut file, args.report, snapshot, exit_code)?;
+            eprintln!("flowtap: report written to {}", path.display());
+        }
+        None => {
+            let stdout = std::io::stdout();
+            report::write(&mut stdout.lock(), args.report, snapshot, exit_code)?;
+        }
+    }
+    Ok(())
+}
+
+fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
+    let filter = args
+        .filter
+        .as_deref()
+        .map(glob::Pattern::new)
+        .transpose()
+        .context("--filter")?;
+    let objects: Vec<ElfObject> = match (args.target.pid, args.target.exe) {
+        (Some(pid), _) => Target::resolve(&TargetSpec::Pid(pid))?.objects,
+        (_, Some(exe)) => Target::resolve(&TargetSpec::Binary(exe))?.objects,
+        _ => unreachable!("clap requires exactly one target"),
+    };
+    let mut out = std::io::stdout().lock();
+    for object in &objects {
+        let functions: Vec<_> = object
+            .functions
+            .iter()
+            .filter(|f| filter.as_ref().is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name)))
+            .collect();
+        if functions.is_empty() {
+            continue;
+        }
+        writeln!(out, "{} ({} functions)", object.path.display(), functions.len())?;
+        for function in functions {
+            writeln!(out, "  {}", function.name)?;
+        }
+    }
+    Ok(0)
+}
+
+fn check() -> i32 {
+    let findings = host::findings();
+    for finding in &findings {
+        let verdict = match (finding.ok, finding.required) {
+            (true, _) => "ok",
+            (false, true) => "MISSING",
+            (false, false) => "absent",
+        };
+        println!("{:<15} {:<8} {}", finding.what, verdict, finding.detail);
+    }
+    if findings.iter().all(|f| f.ok || !f.required) {
+        println!("flowtap can trace on this host.");
+        0
+    } else {
+        println!("flowtap cannot trace on this host: fix the MISSING lines above.");
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-3").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("3 days").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

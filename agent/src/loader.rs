@@ -1,0 +1,188 @@
+//! Loading flowtap's kernel programs and attaching them to the planned functions: one entry and
+//! one exit program for every function, the attach cookie carrying the probe id.
+
+use std::num::NonZeroU32;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapError},
+    programs::{
+        BtfTracePoint, ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+    sys::{UProbeMultiFeature, is_uprobe_multi_supported},
+};
+use flowtap_common::{Config, MAX_PROBES, ProbeSpec};
+
+use crate::{plan::Plan, target::Target};
+
+static KERNEL_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtap"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the kernel refused flowtap's eBPF programs: {0} (run `flowtap check`)")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel refused the {program} program: {source} (run `flowtap check`)")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("cannot attach probes to {object}: {source}")]
+    Attach {
+        object: String,
+        source: ProgramError,
+    },
+    #[error(
+        "kernel type information (BTF) is unavailable: {0}; flowtap needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+    )]
+    Btf(#[from] aya::BtfError),
+    #[error("kernel map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+}
+
+/// The loaded programs and their links: dropping this detaches every probe.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub attached: usize,
+}
+
+impl Probes {
+    pub fn load(plan: &Plan, target: &Target) -> Result<Self, LoadError> {
+        let config = Config {
+            filter_by_tgid: u8::from(target.filters_by_process()),
+        };
+        let map_size = (plan.probes.len() as u32).clamp(1, MAX_PROBES);
+        let ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("STATS", map_size)
+            .map_max_entries("SPECS", map_size)
+            .load(KERNEL_PROGRAMS)?;
+        let mut probes = Self { ebpf, attached: 0 };
+        probes.write_specs(plan)?;
+        probes.attach_lifecycle()?;
+        probes.attach_calls(plan, target.pid())?;
+        if target.filters_by_process()
+            && let Some(entry) = target.objects.first().and_then(|o| o.entry_offset)
+        {
+            probes.attach_enrolment(&target.objects[0].path, entry)?;
+        }
+        Ok(probes)
+    }
+
+    fn write_specs(&mut self, plan: &Plan) -> Result<(), LoadError> {
+        let map_error = |source| LoadError::Map {
+            name: "SPECS",
+            source,
+        };
+        let mut specs: Array<_, ProbeSpec> =
+            Array::try_from(self.kernel_map_mut("SPECS")).map_err(map_error)?;
+        for probe in &plan.probes {
+            specs.set(probe.id, &probe.spec, 0).map_err(map_error)?;
+        }
+        Ok(())
+    }
+
+    fn attach_lifecycle(&mut self) -> Result<(), LoadError> {
+        let btf = Btf::from_sys_fs()?;
+        for (program, tracepoint) in [
+            ("thread_exit", "sched_process_exit"),
+            ("process_exec", "sched_process_exec"),
+        ] {
+            let error = |source| LoadError::Program { program, source };
+            let tp: &mut BtfTracePoint = self.program_mut(program)?;
+            tp.load(tracepoint, &btf).map_err(error)?;
+            tp.attach().map_err(error)?;
+        }
+        Ok(())
+    }
+
+    fn attach_calls(&mut self, plan: &Plan, pid: Option<NonZeroU32>) -> Result<(), LoadError> {
+        let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        // One link per object with uprobe.multi (kernel >= 6.6); one perf event per function
+        // on older kernels.
+        let multi = is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter)
+            .unwrap_or(false);
+        let (entry, exit) = if multi {
+            ("call_entry_multi", "call_exit_multi")
+        } else {
+            ("call_entry", "call_exit")
+        };
+        for program in [entry, exit] {
+            let uprobe: &mut UProbe = self.program_mut(program)?;
+            uprobe
+                .load()
+                .map_err(|source| LoadError::Program { program, source })?;
+            for (index, object) in plan.objects.iter().enumerate() {
+                let points = plan.probes_of(index).map(|probe| UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                    cookie: Some(u64::from(probe.id)),
+                });
+                uprobe
+                    .attach(points, &object.path, scope)
+                    .map_err(|source| LoadError::Attach {
+                        object: object.path.display().to_string(),
+                        source,
+                    })?;
+            }
+        }
+        self.attached = plan.probes.len();
+        Ok(())
+    }
+
+    fn attach_enrolment(&mut self, executable: &std::path::Path, entry: u64) -> Result<(), LoadError> {
+        let program = "enrol_process";
+        let uprobe: &mut UProbe = self.program_mut(program)?;
+        uprobe
+            .load()
+            .map_err(|source| LoadError::Program { program, source })?;
+        uprobe
+            .attach([entry], executable, UProbeScope::AllProcesses)
+            .map_err(|source| LoadError::Attach {
+                object: executable.display().to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Counts these processes from now on (binary mode).
+    pub fn enrol(&mut self, pids: &[u32]) -> Result<(), LoadError> {
+        let map_error = |source| LoadError::Map {
+            name: "TRACED",
+            source,
+        };
+        let mut traced: HashMap<_, u32, u8> =
+            HashMap::try_from(self.kernel_map_mut("TRACED")).map_err(map_error)?;
+        for pid in pids {
+            traced.insert(pid, &1, 0).map_err(map_error)?;
+        }
+        Ok(())
+    }
+
+    pub fn kernel_map(&self, name: &str) -> &Map {
+        self.ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))
+    }
+
+    fn kernel_map_mut(&mut self, name: &str) -> &mut Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))
+    }
+
+    fn program_mut<'a, P>(&'a mut self, program: &'static str) -> Result<&'a mut P, LoadError>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        let found = self
+            .ebpf
+            .program_mut(program)
+            .unwrap_or_else(|| panic!("program {program} is defined by flowtap-ebpf"));
+        found
+            .try_into()
+            .map_err(|source| LoadError::Program { program, source })
+    }
+}

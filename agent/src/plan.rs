@@ -1,0 +1,208 @@
+//! The probe plan: which functions of which objects get probes, each with a probe id (the attach
+//! cookie) and the spec the kernel uses to judge its return value.
+
+use std::{path::PathBuf, str::FromStr};
+
+use flowtap_common::{MAX_PROBES, ProbeSpec};
+use glob::Pattern;
+
+use crate::{
+    profile::{Semantics, WORKFLOW},
+    symbols::ElfObject,
+};
+
+/// `GLOB` or `OBJECT:GLOB`, matched on raw and demangled names.
+#[derive(Debug, Clone)]
+pub struct SymbolSelector {
+    object: Option<Pattern>,
+    function: Pattern,
+}
+
+impl FromStr for SymbolSelector {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // A ':' that is not part of "::" (C++/Rust paths) separates an object scope.
+        let scope_at = text
+            .char_indices()
+            .find(|&(i, c)| c == ':' && !text[i..].starts_with("::") && !text[..i].ends_with(':'))
+            .map(|(i, _)| i);
+        let (object, function) = match scope_at {
+            Some(i) if i > 0 => (Some(&text[..i]), &text[i + 1..]),
+            _ => (None, text),
+        };
+        if function.is_empty() {
+            return Err(format!("`{text}` names no function: use GLOB or OBJECT:GLOB"));
+        }
+        let pattern =
+            |glob: &str| Pattern::new(glob).map_err(|error| format!("bad glob `{glob}`: {error}"));
+        Ok(Self {
+            object: object.map(pattern).transpose()?,
+            function: pattern(function)?,
+        })
+    }
+}
+
+impl SymbolSelector {
+    fn matches(&self, object_name: &str, raw: &str, demangled: &str) -> bool {
+        self.object.as_ref().is_none_or(|o| o.matches(object_name))
+            && (self.function.matches(raw) || self.function.matches(demangled))
+    }
+
+    fn from_semantics(semantics: &Semantics) -> Self {
+        Self {
+            object: None,
+            function: Pattern::new(semantics.default_glob).expect("built-in glob is valid"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedProbe {
+    pub id: u32,
+    pub function: String,
+    /// Index into [`Plan::objects`].
+    pub object: usize,
+    pub file_offset: u64,
+    pub spec: ProbeSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedObject {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub objects: Vec<PlannedObject>,
+    pub probes: Vec<PlannedProbe>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "{target} does not export the workflow runtime's functions: choose functions with --symbols GLOB (list them with `flowtap symbols`)"
+    )]
+    NoKnownRuntime { target: String },
+    #[error(
+        "no function of {target} matches {selectors}: list the traceable ones with `flowtap symbols`"
+    )]
+    NoMatch { target: String, selectors: String },
+    #[error("{count} functions selected, more than flowtap's {MAX_PROBES}: narrow --symbols")]
+    TooMany { count: usize },
+    #[error(
+        "{object} is a Go binary: return probes corrupt Go's moving stacks, so flowtap will not probe it; exclude it with OBJECT:GLOB"
+    )]
+    GoBinary { object: String },
+}
+
+impl Plan {
+    /// Selects functions by `selectors`, or by the built-in runtime semantics when none given.
+    pub fn build(
+        objects: &[ElfObject],
+        selectors: &[SymbolSelector],
+        selector_texts: &[String],
+        target: &str,
+    ) -> Result<Self, PlanError> {
+        let defaults;
+        let selectors = if selectors.is_empty() {
+            if !objects.iter().any(|o| WORKFLOW.recognises(&o.functions)) {
+                return Err(PlanError::NoKnownRuntime {
+                    target: target.to_string(),
+                });
+            }
+            defaults = [SymbolSelector::from_semantics(&WORKFLOW)];
+            &defaults[..]
+        } else {
+            selectors
+        };
+        let mut plan = Plan::default();
+        for object in objects {
+            plan.add_object(object, selectors)?;
+        }
+        if plan.probes.is_empty() {
+            return Err(PlanError::NoMatch {
+                target: target.to_string(),
+                selectors: selector_texts.join(", "),
+            });
+        }
+        if plan.probes.len() > MAX_PROBES as usize {
+            return Err(PlanError::TooMany {
+                count: plan.probes.len(),
+            });
+        }
+        Ok(plan)
+    }
+
+    fn add_object(
+        &mut self,
+        object: &ElfObject,
+        selectors: &[SymbolSelector],
+    ) -> Result<(), PlanError> {
+        let name = object.file_name();
+        let is_workflow = WORKFLOW.recognises(&object.functions);
+        let selected: Vec<_> = object
+            .functions
+            .iter()
+            .filter(|f| selectors.iter().any(|s| s.matches(&name, &f.raw_name, &f.name)))
+            .collect();
+        if selected.is_empty() {
+            return Ok(());
+        }
+        if object.is_go {
+            return Err(PlanError::GoBinary { object: name });
+        }
+        let index = self.objects.len();
+        for function in selected {
+            let spec = is_workflow
+                .then(|| WORKFLOW.spec_for(&function.raw_name))
+                .flatten()
+                .unwrap_or_default();
+            self.probes.push(PlannedProbe {
+                id: self.probes.len() as u32,
+                function: function.name.clone(),
+                object: index,
+                file_offset: function.file_offset,
+                spec,
+            });
+        }
+        self.objects.push(PlannedObject {
+            path: object.path.clone(),
+            name,
+        });
+        Ok(())
+    }
+
+    /// The probes of one object, in id order.
+    pub fn probes_of(&self, object: usize) -> impl Iterator<Item = &PlannedProbe> {
+        self.probes.iter().filter(move |probe| probe.object == object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(text: &str) -> SymbolSelector {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn scope_splits_on_a_single_colon_only() {
+        let scoped = selector("libwfrt.so:wf_*");
+        assert!(scoped.matches("libwfrt.so", "wf_run", "wf_run"));
+        assert!(!scoped.matches("libc.so.6", "wf_run", "wf_run"));
+        let cpp = selector("ns::Class::*");
+        assert!(cpp.matches("any", "_ZN2ns5Class3runEv", "ns::Class::run()"));
+        let both = selector("libx.so:ns::f*");
+        assert!(both.matches("libx.so", "_ZN2ns3fooEv", "ns::foo()"));
+        assert!(!both.matches("liby.so", "_ZN2ns3fooEv", "ns::foo()"));
+    }
+
+    #[test]
+    fn bad_selectors_are_explained() {
+        assert!("libx.so:".parse::<SymbolSelector>().is_err());
+        assert!("wf_[".parse::<SymbolSelector>().unwrap_err().contains("bad glob"));
+    }
+}

@@ -1,0 +1,162 @@
+//! The end-of-run report: a table for people, JSON for programs.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::metrics::{FunctionStats, Snapshot};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    functions: Vec<JsonFunction<'a>>,
+    lost_events: u64,
+    losses: std::collections::BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+}
+
+#[derive(Serialize)]
+struct JsonFunction<'a> {
+    function: &'a str,
+    object: &'a str,
+    calls: u64,
+    errors: u64,
+    total_ns: u64,
+    mean_ns: u64,
+    p50_ns: u64,
+    p95_ns: u64,
+    p99_ns: u64,
+    max_ns: u64,
+}
+
+impl<'a> From<&'a FunctionStats> for JsonFunction<'a> {
+    fn from(stats: &'a FunctionStats) -> Self {
+        Self {
+            function: &stats.function,
+            object: &stats.object,
+            calls: stats.calls,
+            errors: stats.errors,
+            total_ns: stats.total_ns,
+            mean_ns: stats.mean_ns(),
+            p50_ns: stats.quantile_ns(0.50),
+            p95_ns: stats.quantile_ns(0.95),
+            p99_ns: stats.quantile_ns(0.99),
+            max_ns: stats.max_ns,
+        }
+    }
+}
+
+pub fn write(
+    out: &mut dyn Write,
+    format: ReportFormat,
+    snapshot: &Snapshot,
+    exit_code: Option<i32>,
+) -> std::io::Result<()> {
+    match format {
+        ReportFormat::Json => {
+            let report = JsonReport {
+                functions: snapshot.functions.iter().map(JsonFunction::from).collect(),
+                lost_events: snapshot.lost_events(),
+                losses: snapshot.losses.iter().map(|(l, n)| (l.name(), *n)).collect(),
+                exit_code,
+            };
+            serde_json::to_writer_pretty(&mut *out, &report)?;
+            writeln!(out)
+        }
+        ReportFormat::Table => write_table(out, snapshot),
+    }
+}
+
+fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> {
+    let rows: Vec<[String; 9]> = snapshot
+        .functions
+        .iter()
+        .map(|s| {
+            [
+                s.function.clone(),
+                s.object.clone(),
+                s.calls.to_string(),
+                s.errors.to_string(),
+                human_duration(s.mean_ns()),
+                human_duration(s.quantile_ns(0.50)),
+                human_duration(s.quantile_ns(0.95)),
+                human_duration(s.quantile_ns(0.99)),
+                human_duration(s.max_ns),
+            ]
+        })
+        .collect();
+    let header = [
+        "FUNCTION", "OBJECT", "CALLS", "ERRORS", "MEAN", "P50", "P95", "P99", "MAX",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, width))| {
+                if i < 2 {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    writeln!(out, "{}", line(&header))?;
+    for row in &rows {
+        writeln!(out, "{}", line(&row.each_ref().map(String::as_str)))?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no probed function was called)")?;
+    }
+    let lost = snapshot.lost_events();
+    if lost > 0 {
+        let detail: Vec<String> = snapshot
+            .losses
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(loss, n)| format!("{} {n}", loss.name()))
+            .collect();
+        writeln!(out, "lost events: {lost} ({})", detail.join(", "))?;
+    } else {
+        writeln!(out, "lost events: 0")?;
+    }
+    Ok(())
+}
+
+/// 950ns, 12.3µs, 20.1ms, 1.50s.
+pub fn human_duration(ns: u64) -> String {
+    let value = ns as f64;
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}µs", value / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", value / 1e6),
+        _ => format!("{:.2}s", value / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(950), "950ns");
+        assert_eq!(human_duration(12_345), "12.3µs");
+        assert_eq!(human_duration(20_100_000), "20.1ms");
+        assert_eq!(human_duration(1_500_000_000), "1.50s");
+    }
+}

@@ -1,0 +1,288 @@
+//! Reading an ELF object: its function symbols (from `.dynsym` and `.symtab`, demangled) as file
+//! offsets, its entry point, and the libraries it needs.
+
+use std::path::{Path, PathBuf};
+
+use object::{
+    Endianness, Object, ObjectSymbol, SymbolKind,
+    elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH, PT_INTERP, PT_LOAD},
+    read::elf::{ElfFile64, FileHeader, ProgramHeader},
+};
+
+/// A function that can carry a probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    /// The demangled name (the raw one for C symbols).
+    pub name: String,
+    /// The name as stored in the symbol table.
+    pub raw_name: String,
+    /// Offset of the first instruction in the file: what the kernel attaches to.
+    pub file_offset: u64,
+}
+
+/// What flowtap needs of one ELF object.
+#[derive(Debug, Clone)]
+pub struct ElfObject {
+    /// Where the agent reads the file (through `/proc/PID/root` for a process's objects).
+    pub path: PathBuf,
+    /// The functions, sorted by name, one per address (aliases collapsed).
+    pub functions: Vec<Function>,
+    /// File offset of the entry point, for executables.
+    pub entry_offset: Option<u64>,
+    /// Whether it asks for a program interpreter, i.e. is an executable rather than a library.
+    pub is_executable: bool,
+    pub needed: Vec<String>,
+    /// DT_RUNPATH, or DT_RPATH when there is no RUNPATH, split on ':'.
+    pub search_path: Vec<String>,
+    /// Go binaries move their stacks, which uretprobes corrupt.
+    pub is_go: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an ELF file: give the path of an executable or shared library")]
+    NotElf { path: PathBuf },
+    #[error(
+        "{path} is a 32-bit ELF file: flowtap traces 64-bit x86_64 and aarch64 programs only"
+    )]
+    Not64Bit { path: PathBuf },
+    #[error("{path} is built for {arch}, not for this machine ({host})")]
+    ForeignArch {
+        path: PathBuf,
+        arch: String,
+        host: &'static str,
+    },
+    #[error("{path} is a malformed ELF file: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+}
+
+impl ElfObject {
+    pub fn read(path: &Path) -> Result<Self, SymbolError> {
+        let data = std::fs::read(path).map_err(|source| SymbolError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        check_header(path, &data)?;
+        let malformed = |error: object::Error| SymbolError::Malformed {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        };
+        let elf = ElfFile64::<Endianness>::parse(data.as_slice()).map_err(malformed)?;
+        let segments = LoadSegments::of(&elf);
+        let functions = collect_functions(&elf, &segments);
+        let (needed, search_path) = dynamic_dependencies(&elf).map_err(malformed)?;
+        let is_executable = elf
+            .elf_program_headers()
+            .iter()
+            .any(|header| header.p_type(elf.endian()) == PT_INTERP);
+        let entry = elf.elf_header().e_entry(elf.endian());
+        let is_go = [".go.buildinfo", ".gopclntab"]
+            .iter()
+            .any(|name| elf.section_by_name(name).is_some());
+        Ok(Self {
+            path: path.to_path_buf(),
+            functions,
+            entry_offset: (entry != 0).then(|| segments.file_offset(entry)).flatten(),
+            is_executable,
+            needed,
+            search_path,
+            is_go,
+        })
+    }
+
+    /// The file name, as users scope symbols with it (`libwfrt.so:wf_*`).
+    pub fn file_name(&self) -> String {
+        file_name(&self.path)
+    }
+}
+
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+// ELF header values, read before the object crate parses the file.
+const ELFCLASS64: u8 = 2;
+const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+
+/// Rejects what is not a 64-bit ELF for this machine with a message that says which it is.
+fn check_header(path: &Path, data: &[u8]) -> Result<(), SymbolError> {
+    if data.len() < 20 || &data[..4] != b"\x7fELF" {
+        return Err(SymbolError::NotElf {
+            path: path.to_path_buf(),
+        });
+    }
+    if data[4] != ELFCLASS64 {
+        return Err(SymbolError::Not64Bit {
+            path: path.to_path_buf(),
+        });
+    }
+    let machine = u16::from_le_bytes([data[18], data[19]]);
+    let (expected, host) = if cfg!(target_arch = "aarch64") {
+        (EM_AARCH64, "aarch64")
+    } else {
+        (EM_X86_64, "x86_64")
+    };
+    if machine != expected {
+        return Err(SymbolError::ForeignArch {
+            path: path.to_path_buf(),
+            arch: machine_name(machine),
+            host,
+        });
+    }
+    Ok(())
+}
+
+fn machine_name(machine: u16) -> String {
+    match machine {
+        EM_X86_64 => "x86_64".into(),
+        EM_AARCH64 => "aarch64".into(),
+        3 => "i386".into(),
+        40 => "arm".into(),
+        243 => "riscv".into(),
+        21 => "ppc64".into(),
+        22 => "s390x".into(),
+        other => format!("ELF machine {other}"),
+    }
+}
+
+/// Translates virtual addresses to file offsets through the PT_LOAD segments.
+struct LoadSegments(Vec<(u64, u64, u64)>);
+
+impl LoadSegments {
+    fn of(elf: &ElfFile64<Endianness>) -> Self {
+        let endian = elf.endian();
+        Self(
+            elf.elf_program_headers()
+                .iter()
+                .filter(|header| header.p_type(endian) == PT_LOAD)
+                .map(|header| {
+                    (
+                        header.p_vaddr(endian),
+                        header.p_filesz(endian),
+                        header.p_offset(endian),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn file_offset(&self, address: u64) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(vaddr, size, _)| address >= *vaddr && address < vaddr + size)
+            .map(|(vaddr, _, offset)| address - vaddr + offset)
+    }
+}
+
+fn collect_functions(elf: &ElfFile64<Endianness>, segments: &LoadSegments) -> Vec<Function> {
+    // Exported names first: where a local alias shares an address, the public name wins.
+    let mut by_offset = std::collections::BTreeMap::new();
+    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
+        if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
+            continue;
+        }
+        let (Ok(raw_name), Some(file_offset)) =
+            (symbol.name(), segments.file_offset(symbol.address()))
+        else {
+            continue;
+        };
+        if raw_name.is_empty() {
+            continue;
+        }
+        by_offset.entry(file_offset).or_insert_with(|| Function {
+            name: demangle(raw_name),
+            raw_name: raw_name.to_string(),
+            file_offset,
+        });
+    }
+    let mut functions: Vec<Function> = by_offset.into_values().collect();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
+    functions
+}
+
+fn dynamic_dependencies(
+    elf: &ElfFile64<Endianness>,
+) -> object::Result<(Vec<String>, Vec<String>)> {
+    let endian = elf.endian();
+    let table = elf
+        .elf_section_table()
+        .dynamic_table(endian, elf.data())?;
+    let mut needed = Vec::new();
+    let (mut runpath, mut rpath) = (Vec::new(), Vec::new());
+    for entry in table.iter() {
+        let target = match entry.tag {
+            DT_NEEDED => &mut needed,
+            DT_RUNPATH => &mut runpath,
+            DT_RPATH => &mut rpath,
+            _ => continue,
+        };
+        let value = String::from_utf8_lossy(table.string(entry)?).into_owned();
+        if entry.tag == DT_NEEDED {
+            target.push(value);
+        } else {
+            target.extend(value.split(':').filter(|dir| !dir.is_empty()).map(String::from));
+        }
+    }
+    Ok((needed, if runpath.is_empty() { rpath } else { runpath }))
+}
+
+/// Rust (legacy and v0) and Itanium C++ names, without Rust's hash suffix; others as they are.
+pub fn demangle(raw: &str) -> String {
+    if let Ok(rust) = rustc_demangle::try_demangle(raw) {
+        return format!("{rust:#}");
+    }
+    if raw.starts_with("_Z")
+        && let Ok(symbol) = cpp_demangle::Symbol::new(raw)
+        && let Ok(name) = symbol.demangle(&cpp_demangle::DemangleOptions::default())
+    {
+        return name;
+    }
+    raw.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles_rust_and_cpp_and_keeps_c() {
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
+            "core::fmt::write"
+        );
+        assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
+        assert_eq!(demangle("wf_cache_get"), "wf_cache_get");
+    }
+
+    #[test]
+    fn reads_own_test_binary() {
+        let exe = std::env::current_exe().unwrap();
+        let object = ElfObject::read(&exe).unwrap();
+        assert!(object.is_executable);
+        assert!(object.entry_offset.is_some());
+        assert!(object.functions.iter().any(|f| f.name.ends_with("reads_own_test_binary")));
+    }
+
+    #[test]
+    fn refuses_non_elf_and_32_bit() {
+        let dir = std::env::temp_dir().join(format!("flowtap-symbols-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = dir.join("text");
+        std::fs::write(&text, "#!/bin/sh\necho hi\n").unwrap();
+        assert!(matches!(ElfObject::read(&text), Err(SymbolError::NotElf { .. })));
+        let mut elf32 = b"\x7fELF\x01\x01\x01".to_vec();
+        elf32.resize(64, 0);
+        let path32 = dir.join("elf32");
+        std::fs::write(&path32, elf32).unwrap();
+        assert!(matches!(ElfObject::read(&path32), Err(SymbolError::Not64Bit { .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

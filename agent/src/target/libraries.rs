@@ -1,0 +1,136 @@
+//! Finding the shared libraries a program will load, the way ld.so does: DT_RPATH/DT_RUNPATH
+//! (with `$ORIGIN`), `LD_LIBRARY_PATH`, `/etc/ld.so.cache`, then the default directories.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    path::{Path, PathBuf},
+};
+
+use crate::symbols::{ElfObject, SymbolError};
+
+const DEFAULT_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+/// The executable and every library it needs, transitively, each read once. Libraries that
+/// cannot be found are left out: the program would not start either, and ld.so will say so.
+pub fn load_closure(executable: &Path) -> Result<Vec<ElfObject>, SymbolError> {
+    let cache = LdSoCache::read();
+    let mut objects = vec![ElfObject::read(executable)?];
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut queue: VecDeque<(String, usize)> = objects[0]
+        .needed
+        .iter()
+        .map(|name| (name.clone(), 0))
+        .collect();
+    while let Some((name, parent)) = queue.pop_front() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let Some(path) = resolve(&name, &objects[parent], &cache) else {
+            continue;
+        };
+        let object = ElfObject::read(&path)?;
+        let index = objects.len();
+        queue.extend(object.needed.iter().map(|needed| (needed.clone(), index)));
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+fn resolve(name: &str, parent: &ElfObject, cache: &LdSoCache) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let origin = parent.path.parent().unwrap_or(Path::new("/"));
+    let expand = |dir: &String| {
+        PathBuf::from(
+            dir.replace("${ORIGIN}", &origin.to_string_lossy())
+                .replace("$ORIGIN", &origin.to_string_lossy()),
+        )
+    };
+    let env_dirs = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    parent
+        .search_path
+        .iter()
+        .map(expand)
+        .chain(env_dirs.split(':').filter(|d| !d.is_empty()).map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .or_else(|| cache.lookup(name))
+        .or_else(|| {
+            DEFAULT_DIRS
+                .iter()
+                .map(|dir| Path::new(dir).join(name))
+                .find(|candidate| candidate.is_file())
+        })
+}
+
+/// The new-format (glibc >= 2.32) `/etc/ld.so.cache`: name → path for this machine's libraries.
+struct LdSoCache(Vec<(String, PathBuf)>);
+
+impl LdSoCache {
+    const MAGIC: &'static [u8] = b"glibc-ld.so.cache1.1";
+    const HEADER_LEN: usize = 48;
+    const ENTRY_LEN: usize = 24;
+
+    fn read() -> Self {
+        let data = std::fs::read("/etc/ld.so.cache").unwrap_or_default();
+        Self(Self::parse(&data).unwrap_or_default())
+    }
+
+    fn parse(data: &[u8]) -> Option<Vec<(String, PathBuf)>> {
+        let u32_at = |at: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(data.get(at..at + 4)?.try_into().ok()?))
+        };
+        // Old caches prefix the new format with a legacy table; find the new header.
+        let start = data
+            .windows(Self::MAGIC.len())
+            .position(|window| window == Self::MAGIC)?;
+        let count = u32_at(start + 20)? as usize;
+        // String offsets count from the start of the new-format header.
+        let string_at = |offset: u32| -> Option<String> {
+            let bytes = data.get(start + offset as usize..)?;
+            let end = bytes.iter().position(|&b| b == 0)?;
+            Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+        };
+        (0..count)
+            .map(|index| {
+                let entry = start + Self::HEADER_LEN + index * Self::ENTRY_LEN;
+                Some((string_at(u32_at(entry + 4)?)?, PathBuf::from(string_at(u32_at(entry + 8)?)?)))
+            })
+            .collect()
+    }
+
+    fn lookup(&self, name: &str) -> Option<PathBuf> {
+        self.0
+            .iter()
+            .find(|(key, path)| key == name && path.is_file())
+            .map(|(_, path)| path.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_libc_through_the_cache_of_this_machine() {
+        let cache = LdSoCache::read();
+        let libc = cache.lookup("libc.so.6").expect("libc.so.6 in /etc/ld.so.cache");
+        assert!(libc.is_file());
+    }
+
+    #[test]
+    fn closure_of_a_system_binary_includes_libc() {
+        let objects = load_closure(Path::new("/bin/ls")).unwrap();
+        assert!(objects.iter().any(|o| o.file_name() == "libc.so.6"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Resolving what to trace — a running process, a binary, or a command to launch — into the ELF
+//! objects to probe and the scope in which probes count.
+
+pub mod launch;
+pub mod libraries;
+pub mod process;
+
+use std::{
+    ffi::OsString,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use crate::symbols::{ElfObject, SymbolError};
+use launch::HeldChild;
+use process::FileId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process with PID {pid}: check it with `ps -p {pid}` or find one with `pgrep`")]
+    NoSuchProcess { pid: u32 },
+    #[error("process {pid} has already exited (zombie): nothing left to trace")]
+    Zombie { pid: u32 },
+    #[error("PID {pid} is a kernel thread: flowtap traces user-space programs only")]
+    KernelThread { pid: u32 },
+    #[error(
+        "not allowed to inspect process {pid}: run flowtap as root (or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
+    )]
+    PermissionDenied { pid: u32 },
+    #[error("{path} does not exist: give the path of an executable or shared library")]
+    PathNotFound { path: PathBuf },
+    #[error("command `{command}` not found in PATH: give its full path")]
+    CommandNotFound { command: String },
+    #[error("cannot launch the command: {reason}")]
+    BadCommand { reason: String },
+    #[error("cannot launch the command: {0}")]
+    Launch(std::io::Error),
+    #[error(transparent)]
+    Symbols(#[from] SymbolError),
+}
+
+/// What the user pointed flowtap at, before anything is resolved.
+#[derive(Debug, Clone)]
+pub enum TargetSpec {
+    Pid(u32),
+    Binary(PathBuf),
+    Launch(Vec<OsString>),
+}
+
+/// A resolved target: its objects, and how probes on them are scoped.
+#[derive(Debug)]
+pub struct Target {
+    pub kind: TargetKind,
+    /// The objects to look for symbols in; the program's executable first when there is one.
+    pub objects: Vec<ElfObject>,
+}
+
+#[derive(Debug)]
+pub enum TargetKind {
+    Process { pid: NonZeroU32 },
+    /// Every process running (or, for a library, mapping) `path`.
+    Binary {
+        path: PathBuf,
+        file: FileId,
+        is_library: bool,
+    },
+    Launch { child: HeldChild, program: PathBuf },
+}
+
+impl Target {
+    pub fn resolve(spec: &TargetSpec) -> Result<Self, TargetError> {
+        match spec {
+            TargetSpec::Pid(pid) => Self::process(*pid),
+            TargetSpec::Binary(path) => Self::binary(path),
+            TargetSpec::Launch(command) => Self::launch(command),
+        }
+    }
+
+    fn process(pid: u32) -> Result<Self, TargetError> {
+        let pid = NonZeroU32::new(pid).ok_or(TargetError::NoSuchProcess { pid })?;
+        process::check_traceable(pid.get())?;
+        let objects = process::mapped_objects(pid.get())?
+            .iter()
+            .filter_map(|path| ElfObject::read(path).ok())
+            .collect();
+        Ok(Self {
+            kind: TargetKind::Process { pid },
+            objects,
+        })
+    }
+
+    fn binary(path: &Path) -> Result<Self, TargetError> {
+        if !path.exists() {
+            return Err(TargetError::PathNotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let path = path.canonicalize().map_err(|_| TargetError::PathNotFound {
+            path: path.to_path_buf(),
+        })?;
+        let objects = libraries::load_closure(&path)?;
+        let is_library = !objects[0].is_executable;
+        let file = FileId::of(&path).map_err(|_| TargetError::PathNotFound { path: path.clone() })?;
+        Ok(Self {
+            kind: TargetKind::Binary {
+                path,
+                file,
+                is_library,
+            },
+            objects: if is_library {
+                objects.into_iter().take(1).collect()
+            } else {
+                objects
+            },
+        })
+    }
+
+    fn launch(command: &[OsString]) -> Result<Self, TargetError> {
+        let first = command.first().ok_or_else(|| TargetError::BadCommand {
+            reason: "no command after `--`".into(),
+        })?;
+        let program = launch::find_command(first)?;
+        let objects = libraries::load_closure(&program)?;
+        let child = HeldChild::spawn(&program, command)?;
+        Ok(Self {
+            kind: TargetKind::Launch { child, program },
+            objects,
+        })
+    }
+
+    /// The process probes fire for; `None` means every process (filtered in kernel if needed).
+    pub fn pid(&self) -> Option<NonZeroU32> {
+        match &self.kind {
+            TargetKind::Process { pid } => Some(*pid),
+            TargetKind::Launch { child, .. } => NonZeroU32::new(child.pid),
+            TargetKind::Binary { .. } => None,
+        }
+    }
+
+    /// Whether probes must count only enrolled processes: a binary's libraries are shared with
+    /// unrelated processes, which must not be counted.
+    pub fn filters_by_process(&self) -> bool {
+        matches!(self.kind, TargetKind::Binary { is_library: false, .. })
+    }
+
+    /// A short description for messages: "PID 42", "/usr/bin/app", "command ./demo".
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            TargetKind::Process { pid } => format!("PID {pid}"),
+            TargetKind::Binary { path, .. } => path.display().to_string(),
+            TargetKind::Launch { child, program } => {
+                format!("{} (PID {})", program.display(), child.pid)
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! What `/proc` says about a running process: whether it is one we can trace, and which ELF
+//! objects it has mapped, read through `/proc/PID/root` so processes in containers work too.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use super::TargetError;
+
+/// A file's identity across mount namespaces: the same binary seen by different paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let metadata = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        })
+    }
+}
+
+/// Checks that `pid` is a live user-space process we may inspect.
+pub fn check_traceable(pid: u32) -> Result<(), TargetError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|_| TargetError::NoSuchProcess { pid })?;
+    // The state follows the command name, which is parenthesised and may contain spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("?");
+    if state == "Z" || state == "X" {
+        return Err(TargetError::Zombie { pid });
+    }
+    match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(TargetError::PermissionDenied { pid })
+        }
+        // Kernel threads have no executable.
+        Err(_) => Err(TargetError::KernelThread { pid }),
+    }
+}
+
+/// The executable files mapped by `pid`, as paths the agent can open.
+pub fn mapped_objects(pid: u32) -> Result<Vec<PathBuf>, TargetError> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|error| {
+        match error.kind() {
+            std::io::ErrorKind::PermissionDenied => TargetError::PermissionDenied { pid },
+            _ => TargetError::NoSuchProcess { pid },
+        }
+    })?;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let permissions = fields.nth(1).unwrap_or("");
+        let Some(path) = fields.nth(3) else { continue };
+        if !permissions.contains('x') || !path.starts_with('/') || line.ends_with("(deleted)") {
+            continue;
+        }
+        let host_path = root.join(path.trim_start_matches('/'));
+        if !paths.contains(&host_path) {
+            paths.push(host_path);
+        }
+    }
+    Ok(paths)
+}
+
+/// Every process whose executable is the file `binary`.
+pub fn processes_running(binary: FileId) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| FileId::of(Path::new(&format!("/proc/{pid}/exe"))).ok() == Some(binary))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_traceable_and_maps_its_executable() {
+        let pid = std::process::id();
+        check_traceable(pid).unwrap();
+        let own = FileId::of(&std::env::current_exe().unwrap()).unwrap();
+        let objects = mapped_objects(pid).unwrap();
+        assert!(objects.iter().any(|path| FileId::of(path).ok() == Some(own)));
+        assert!(processes_running(own).contains(&pid));
+    }
+
+    #[test]
+    fn kernel_threads_and_missing_pids_are_refused() {
+        assert!(matches!(check_traceable(2), Err(TargetError::KernelThread { pid: 2 })));
+        assert!(matches!(
+            check_traceable(u32::MAX - 1),
+            Err(TargetError::NoSuchProcess { .. })
+        ));
+    }
+}

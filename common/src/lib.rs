@@ -1,0 +1,153 @@
+//! Types shared by the kernel programs and the agent. Every type that crosses a map or the ring
+//! buffer is defined once here, `#[repr(C)]`, so both sides agree by construction.
+#![no_std]
+
+pub mod histogram;
+
+/// Deepest nesting of probed calls tracked per thread. Deeper calls are counted in
+/// [`Loss::StackOverflow`] and not timed, but still keep the stack balanced.
+pub const MAX_DEPTH: usize = 32;
+
+/// Upper bound on probes one agent plans; sizes the kernel maps keyed by probe id.
+pub const MAX_PROBES: u32 = 1 << 16;
+
+/// Thread-group ids that may be counted when [`Config::filter_by_tgid`] is set.
+pub const MAX_TRACED_PROCESSES: u32 = 16_384;
+
+/// Threads with a live shadow stack at once; LRU, so a leaked entry is evicted, never a failure.
+pub const MAX_TRACKED_THREADS: u32 = 65_536;
+
+/// One probed call in progress on a thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Frame {
+    pub probe_id: u32,
+    pub _pad: u32,
+    pub start_ns: u64,
+}
+
+/// The probed calls in progress on one thread, innermost last. `depth` can exceed
+/// [`MAX_DEPTH`]: frames past the bound are not stored, only counted, so returns still match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ShadowStack {
+    pub depth: u32,
+    pub _pad: u32,
+    pub frames: [Frame; MAX_DEPTH],
+}
+
+/// Per-probe totals, kept per CPU in the kernel and summed by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeStats {
+    pub calls: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u64; histogram::BUCKETS],
+}
+
+impl ProbeStats {
+    pub const ZERO: Self = Self {
+        calls: 0,
+        errors: 0,
+        total_ns: 0,
+        max_ns: 0,
+        buckets: [0; histogram::BUCKETS],
+    };
+}
+
+/// How a probe's return value tells failure.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorRule {
+    /// The return value carries no status (void, or nothing declared).
+    #[default]
+    Never = 0,
+    Zero = 1,
+    NonZero = 2,
+    Negative = 3,
+    Equals = 4,
+}
+
+/// What the kernel needs to know about one probe, indexed by probe id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeSpec {
+    pub error_rule: ErrorRule,
+    /// Width of the return value in bytes (4 for C `int`): the upper half of `rax` is garbage
+    /// for 32-bit returns and must not be read as sign.
+    pub ret_bytes: u8,
+    pub _pad: [u8; 6],
+    pub error_value: i64,
+}
+
+impl ProbeSpec {
+    /// Whether `raw`, the return register, means failure under this spec.
+    pub fn is_error(&self, raw: u64) -> bool {
+        let value = if self.ret_bytes == 4 {
+            raw as u32 as i32 as i64
+        } else {
+            raw as i64
+        };
+        match self.error_rule {
+            ErrorRule::Never => false,
+            ErrorRule::Zero => value == 0,
+            ErrorRule::NonZero => value != 0,
+            ErrorRule::Negative => value < 0,
+            ErrorRule::Equals => value == self.error_value,
+        }
+    }
+}
+
+/// Why the kernel could not record something; each is a slot of the per-CPU `LOSSES` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// A call nested deeper than [`MAX_DEPTH`]: counted, not timed.
+    StackOverflow = 0,
+    /// A return with no matching entry on the thread's stack (entry missed or longjmp).
+    UnmatchedReturn = 1,
+    /// A thread's stack could not be created (map full).
+    StackMapFull = 2,
+    /// A probe's stats could not be created (map full).
+    StatsMapFull = 3,
+}
+
+impl Loss {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [Loss; Self::COUNT as usize] = [
+        Loss::StackOverflow,
+        Loss::UnmatchedReturn,
+        Loss::StackMapFull,
+        Loss::StatsMapFull,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Loss::StackOverflow => "stack_overflow",
+            Loss::UnmatchedReturn => "unmatched_return",
+            Loss::StackMapFull => "stack_map_full",
+            Loss::StatsMapFull => "stats_map_full",
+        }
+    }
+}
+
+/// Load-time settings, written into the programs' read-only globals by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Count only thread groups listed in `TRACED` (binary-path mode, where the shared libraries'
+    /// probes also fire in unrelated processes). Otherwise the attach scope already filters.
+    pub filter_by_tgid: u8,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)] plain data with explicit padding and no pointers; every bit
+    // pattern the kernel writes is a valid value (ErrorRule is only written by the agent).
+    unsafe impl aya::Pod for super::ShadowStack {}
+    unsafe impl aya::Pod for super::ProbeStats {}
+    unsafe impl aya::Pod for super::ProbeSpec {}
+    unsafe impl aya::Pod for super::Config {}
+}

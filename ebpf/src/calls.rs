@@ -1,0 +1,220 @@
+//! Entry and exit of probed calls: push a frame at entry, pop it at exit, and add the duration
+//! to the probe's in-kernel histogram.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{ProbeContext, RetProbeContext},
+};
+use flowtap_common::{
+    Config, Frame, Loss, MAX_DEPTH, MAX_PROBES, MAX_TRACED_PROCESSES, MAX_TRACKED_THREADS,
+    ProbeSpec, ProbeStats, ShadowStack, histogram,
+};
+
+/// Written by the agent before load (read-only data section).
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config { filter_by_tgid: 0 };
+
+#[map]
+pub static STACKS: LruHashMap<u32, ShadowStack> =
+    LruHashMap::with_max_entries(MAX_TRACKED_THREADS, 0);
+
+/// Created on a probe's first call only, so planning thousands of never-called symbols costs no
+/// memory (BPF_F_NO_PREALLOC).
+#[map]
+static STATS: PerCpuHashMap<u32, ProbeStats> =
+    PerCpuHashMap::with_max_entries(MAX_PROBES, BPF_F_NO_PREALLOC);
+
+#[map]
+static SPECS: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 0);
+
+#[map]
+pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCESSES, 0);
+
+#[map]
+static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Loss::COUNT, 0);
+
+/// Zeroed values to insert from: both are larger than the 512-byte eBPF stack.
+#[map]
+static EMPTY_STACK: PerCpuArray<ShadowStack> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static EMPTY_STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+const BPF_NOEXIST: u64 = 1;
+
+#[uprobe(multi)]
+pub fn call_entry_multi(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx);
+    0
+}
+
+#[uretprobe(multi)]
+pub fn call_exit_multi(ctx: RetProbeContext) -> u32 {
+    on_exit(&ctx);
+    0
+}
+
+/// Per-point attach, for kernels without uprobe.multi (< 6.6).
+#[uprobe]
+pub fn call_entry(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx);
+    0
+}
+
+#[uretprobe]
+pub fn call_exit(ctx: RetProbeContext) -> u32 {
+    on_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_entry<C: EbpfContext>(ctx: &C) {
+    let Some(tid) = traced_thread() else { return };
+    let Some(stack) = stack_of(tid) else {
+        count_loss(Loss::StackMapFull);
+        return;
+    };
+    // SAFETY: the pointer is a live map value of this thread; only this thread touches it.
+    let stack = unsafe { &mut *stack };
+    let depth = stack.depth as usize;
+    stack.depth += 1;
+    if depth >= MAX_DEPTH {
+        count_loss(Loss::StackOverflow);
+        return;
+    }
+    stack.frames[depth] = Frame {
+        probe_id: probe_id(ctx),
+        _pad: 0,
+        start_ns: unsafe { bpf_ktime_get_ns() },
+    };
+}
+
+#[inline(always)]
+fn on_exit(ctx: &RetProbeContext) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(tid) = traced_thread() else { return };
+    let Some(stack) = STACKS.get_ptr_mut(&tid) else {
+        count_loss(Loss::UnmatchedReturn);
+        return;
+    };
+    // SAFETY: as in on_entry.
+    let stack = unsafe { &mut *stack };
+    let probe_id = probe_id(ctx);
+    let Some(frame) = pop_frame(stack, probe_id) else {
+        return;
+    };
+    let spec = SPECS.get(probe_id);
+    let failed = spec.is_some_and(|spec| spec.is_error(ctx.ret::<u64>()));
+    record(probe_id, now.saturating_sub(frame.start_ns), failed);
+}
+
+/// The current thread id, or None when the process is not one we count.
+#[inline(always)]
+fn traced_thread() -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: CONFIG is plain data in .rodata; the volatile read stops the compiler from folding
+    // the default value the agent overrides at load time.
+    let filter = unsafe { core::ptr::read_volatile(&CONFIG.filter_by_tgid) };
+    if filter != 0 && unsafe { TRACED.get(&((pid_tgid >> 32) as u32)) }.is_none() {
+        return None;
+    }
+    Some(pid_tgid as u32)
+}
+
+#[inline(always)]
+fn probe_id<C: EbpfContext>(ctx: &C) -> u32 {
+    // The agent attaches every point with cookie = probe id.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) as u32 }
+}
+
+#[inline(always)]
+fn stack_of(tid: u32) -> Option<*mut ShadowStack> {
+    if let Some(stack) = STACKS.get_ptr_mut(&tid) {
+        return Some(stack);
+    }
+    let empty = EMPTY_STACK.get(0)?;
+    STACKS.insert(&tid, empty, BPF_NOEXIST).ok()?;
+    STACKS.get_ptr_mut(&tid)
+}
+
+/// Pops the frame of `probe_id`. Frames above it belong to calls that never returned normally
+/// (longjmp, exceptions): they are dropped so the stack realigns with the real one.
+#[inline(always)]
+fn pop_frame(stack: &mut ShadowStack, probe_id: u32) -> Option<Frame> {
+    let depth = stack.depth as usize;
+    if depth == 0 {
+        count_loss(Loss::UnmatchedReturn);
+        return None;
+    }
+    if depth > MAX_DEPTH {
+        // The returning call was nested too deep to be stored; already counted at entry.
+        stack.depth -= 1;
+        return None;
+    }
+    for level in (0..depth).rev() {
+        let frame = stack.frames[level];
+        if frame.probe_id == probe_id {
+            stack.depth = level as u32;
+            return Some(frame);
+        }
+    }
+    count_loss(Loss::UnmatchedReturn);
+    None
+}
+
+#[inline(always)]
+fn record(probe_id: u32, duration_ns: u64, failed: bool) {
+    let Some(stats) = stats_of(probe_id) else {
+        count_loss(Loss::StatsMapFull);
+        return;
+    };
+    // Uprobe programs run with migration disabled but may be preempted, so even per-CPU values
+    // are updated atomically to keep the counts exact.
+    // SAFETY: the pointer is a live, 8-byte aligned per-CPU map value.
+    unsafe {
+        add(&raw mut (*stats).calls, 1);
+        add(&raw mut (*stats).total_ns, duration_ns);
+        if failed {
+            add(&raw mut (*stats).errors, 1);
+        }
+        let bucket = histogram::bucket_index(duration_ns);
+        if bucket < histogram::BUCKETS {
+            add(&raw mut (*stats).buckets[bucket], 1);
+        }
+        // A racing larger max may be overwritten; max is best-effort, the histogram is exact.
+        if duration_ns > (*stats).max_ns {
+            (*stats).max_ns = duration_ns;
+        }
+    }
+}
+
+#[inline(always)]
+fn stats_of(probe_id: u32) -> Option<*mut ProbeStats> {
+    if let Some(stats) = STATS.get_ptr_mut(&probe_id) {
+        return Some(stats);
+    }
+    let empty = EMPTY_STATS.get(0)?;
+    // EEXIST from a racing first call on another thread is fine: the lookup below finds it.
+    let _ = STATS.insert(&probe_id, empty, BPF_NOEXIST);
+    STATS.get_ptr_mut(&probe_id)
+}
+
+/// # Safety
+/// `counter` must point into a live map value.
+#[inline(always)]
+unsafe fn add(counter: *mut u64, value: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}
+
+#[inline(always)]
+pub fn count_loss(loss: Loss) {
+    if let Some(counter) = LOSSES.get_ptr_mut(loss as u32) {
+        // SAFETY: a live per-CPU array slot.
+        unsafe { add(counter, 1) };
+    }
+}
