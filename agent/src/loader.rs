@@ -20,17 +20,23 @@ static KERNEL_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("the kernel refused flowtap's eBPF programs: {0} (run `flowtap check`)")]
+    #[error(
+        "the kernel refused flowtap's eBPF programs: {} (run `flowtap check`)",
+        first_line(.0)
+    )]
     Load(#[from] aya::EbpfError),
-    #[error("the kernel refused the {program} program: {source} (run `flowtap check`)")]
+    #[error(
+        "the kernel refused the {program} program: {} (run `flowtap check`; verifier log in {VERIFIER_LOG})",
+        first_line(error)
+    )]
     Program {
         program: &'static str,
-        source: ProgramError,
+        error: ProgramError,
     },
-    #[error("cannot attach probes to {object}: {source}")]
+    #[error("cannot attach probes to {object}: {}", first_line(error))]
     Attach {
         object: String,
-        source: ProgramError,
+        error: ProgramError,
     },
     #[error(
         "kernel type information (BTF) is unavailable: {0}; flowtap needs a kernel built with CONFIG_DEBUG_INFO_BTF"
@@ -41,6 +47,16 @@ pub enum LoadError {
         name: &'static str,
         source: MapError,
     },
+}
+
+const VERIFIER_LOG: &str = "/tmp/flowtap-verifier.log";
+
+/// The first line of an error whose text may carry a whole verifier log (kept in a file).
+fn first_line(error: &dyn std::error::Error) -> String {
+    let text = error.to_string();
+    let _ = std::fs::write(VERIFIER_LOG, &text);
+    let line = text.lines().next().unwrap_or_default();
+    line.split(". Verifier output").next().unwrap_or(line).to_string()
 }
 
 /// The loaded programs and their links: dropping this detaches every probe.
@@ -91,7 +107,7 @@ impl Probes {
             ("thread_exit", "sched_process_exit"),
             ("process_exec", "sched_process_exec"),
         ] {
-            let error = |source| LoadError::Program { program, source };
+            let error = |error| LoadError::Program { program, error };
             let tp: &mut BtfTracePoint = self.program_mut(program)?;
             tp.load(tracepoint, &btf).map_err(error)?;
             tp.attach().map_err(error)?;
@@ -114,7 +130,7 @@ impl Probes {
             let uprobe: &mut UProbe = self.program_mut(program)?;
             uprobe
                 .load()
-                .map_err(|source| LoadError::Program { program, source })?;
+                .map_err(|error| LoadError::Program { program, error })?;
             for (index, object) in plan.objects.iter().enumerate() {
                 let points = plan.probes_of(index).map(|probe| UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
@@ -122,9 +138,9 @@ impl Probes {
                 });
                 uprobe
                     .attach(points, &object.path, scope)
-                    .map_err(|source| LoadError::Attach {
+                    .map_err(|error| LoadError::Attach {
                         object: object.path.display().to_string(),
-                        source,
+                        error,
                     })?;
             }
         }
@@ -137,12 +153,12 @@ impl Probes {
         let uprobe: &mut UProbe = self.program_mut(program)?;
         uprobe
             .load()
-            .map_err(|source| LoadError::Program { program, source })?;
+            .map_err(|error| LoadError::Program { program, error })?;
         uprobe
             .attach([entry], executable, UProbeScope::AllProcesses)
-            .map_err(|source| LoadError::Attach {
+            .map_err(|error| LoadError::Attach {
                 object: executable.display().to_string(),
-                source,
+                error,
             })?;
         Ok(())
     }
@@ -183,6 +199,6 @@ impl Probes {
             .unwrap_or_else(|| panic!("program {program} is defined by flowtap-ebpf"));
         found
             .try_into()
-            .map_err(|source| LoadError::Program { program, source })
+            .map_err(|error| LoadError::Program { program, error })
     }
 }

@@ -142,10 +142,17 @@ impl Plan {
     ) -> Result<(), PlanError> {
         let name = object.file_name();
         let is_workflow = WORKFLOW.recognises(&object.functions);
+        // A function is named in reports by the first of its names a selector matched.
         let selected: Vec<_> = object
             .functions
             .iter()
-            .filter(|f| selectors.iter().any(|s| s.matches(&name, &f.raw_name, &f.name)))
+            .filter_map(|f| {
+                f.names()
+                    .find(|(raw, demangled)| {
+                        selectors.iter().any(|s| s.matches(&name, raw, demangled))
+                    })
+                    .map(|(raw, demangled)| (f, raw.to_string(), demangled))
+            })
             .collect();
         if selected.is_empty() {
             return Ok(());
@@ -154,14 +161,14 @@ impl Plan {
             return Err(PlanError::GoBinary { object: name });
         }
         let index = self.objects.len();
-        for function in selected {
+        for (function, raw_name, demangled) in selected {
             let spec = is_workflow
-                .then(|| WORKFLOW.spec_for(&function.raw_name))
+                .then(|| WORKFLOW.spec_for(&raw_name))
                 .flatten()
                 .unwrap_or_default();
             self.probes.push(PlannedProbe {
                 id: self.probes.len() as u32,
-                function: function.name.clone(),
+                function: demangled,
                 object: index,
                 file_offset: function.file_offset,
                 spec,

@@ -18,6 +18,16 @@ pub struct Function {
     pub raw_name: String,
     /// Offset of the first instruction in the file: what the kernel attaches to.
     pub file_offset: u64,
+    /// Other raw names of the same address (`free` and `cfree`, versioned aliases...).
+    pub aliases: Vec<String>,
+}
+
+impl Function {
+    /// Every (raw, demangled) name this function answers to, its primary name first.
+    pub fn names(&self) -> impl Iterator<Item = (&str, String)> {
+        std::iter::once((self.raw_name.as_str(), self.name.clone()))
+            .chain(self.aliases.iter().map(|raw| (raw.as_str(), demangle(raw))))
+    }
 }
 
 /// What flowtap needs of one ELF object.
@@ -183,7 +193,7 @@ impl LoadSegments {
 }
 
 fn collect_functions(elf: &ElfFile64<Endianness>, segments: &LoadSegments) -> Vec<Function> {
-    // Exported names first: where a local alias shares an address, the public name wins.
+    // Exported names first: where a local alias shares an address, a public name is primary.
     let mut by_offset = std::collections::BTreeMap::new();
     for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
         if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
@@ -197,11 +207,15 @@ fn collect_functions(elf: &ElfFile64<Endianness>, segments: &LoadSegments) -> Ve
         if raw_name.is_empty() {
             continue;
         }
-        by_offset.entry(file_offset).or_insert_with(|| Function {
+        let function = by_offset.entry(file_offset).or_insert_with(|| Function {
             name: demangle(raw_name),
             raw_name: raw_name.to_string(),
             file_offset,
+            aliases: Vec::new(),
         });
+        if function.raw_name != raw_name && !function.aliases.iter().any(|a| a == raw_name) {
+            function.aliases.push(raw_name.to_string());
+        }
     }
     let mut functions: Vec<Function> = by_offset.into_values().collect();
     functions.sort_by(|a, b| a.name.cmp(&b.name));

@@ -156,7 +156,13 @@ fn pop_frame(stack: &mut ShadowStack, probe_id: u32) -> Option<Frame> {
         stack.depth -= 1;
         return None;
     }
-    for level in (0..depth).rev() {
+    let mut remaining = depth;
+    while remaining > 0 {
+        remaining -= 1;
+        let level = opaque(remaining);
+        if level >= MAX_DEPTH {
+            break;
+        }
         let frame = stack.frames[level];
         if frame.probe_id == probe_id {
             stack.depth = level as u32;
@@ -182,7 +188,7 @@ fn record(probe_id: u32, duration_ns: u64, failed: bool) {
         if failed {
             add(&raw mut (*stats).errors, 1);
         }
-        let bucket = histogram::bucket_index(duration_ns);
+        let bucket = opaque(histogram::bucket_index(duration_ns));
         if bucket < histogram::BUCKETS {
             add(&raw mut (*stats).buckets[bucket], 1);
         }
@@ -202,6 +208,14 @@ fn stats_of(probe_id: u32) -> Option<*mut ProbeStats> {
     // EEXIST from a racing first call on another thread is fine: the lookup below finds it.
     let _ = STATS.insert(&probe_id, empty, BPF_NOEXIST);
     STATS.get_ptr_mut(&probe_id)
+}
+
+/// Hides a value's known range from the compiler, so that a bounds check it would prove
+/// redundant stays in the program for the verifier, which cannot prove it.
+#[inline(always)]
+fn opaque(value: usize) -> usize {
+    // SAFETY: a volatile read of a local.
+    unsafe { core::ptr::read_volatile(&value) }
 }
 
 /// # Safety
