@@ -103,21 +103,23 @@ pub struct SymbolsArgs {
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    let invalid = || format!("`{text}` is not a positive duration: use e.g. 30, 2.5, 500ms or 5m");
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
+    let value = number.parse::<f64>().map_err(|_| invalid())?;
     let scale = match unit {
         "" | "s" => 1.0,
         "ms" => 1e-3,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("unknown unit `{unit}`: use ms, s, m or h")),
+        _ => return Err(invalid()),
     };
-    match number.parse::<f64>() {
-        Ok(value) if value > 0.0 && value.is_finite() => Ok(Duration::from_secs_f64(value * scale)),
-        _ => Err(format!("`{text}` is not a positive duration: use e.g. 30, 2.5, 500ms or 5m")),
-    }
+    Duration::try_from_secs_f64(value * scale)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(invalid)
 }
 
 impl RunArgs {
@@ -152,6 +154,12 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Launch mode forks here, so this comes before any thread is started.
     let target = Target::resolve(&spec)?;
     let plan = Plan::build(&target.objects, &selectors, &args.symbols, &target.describe())?;
+    if !plan.unprobeable.is_empty() {
+        eprintln!(
+            "flowtap: warning: not tracing {} (uprobes refuse a first instruction with a LOCK prefix)",
+            plan.unprobeable.join(", ")
+        );
+    }
     let mut probes = Probes::load(&plan, &target)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -316,7 +324,8 @@ fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
         }
         writeln!(out, "{} ({} functions)", object.path.display(), functions.len())?;
         for function in functions {
-            writeln!(out, "  {}", function.name)?;
+            let note = if function.probeable { "" } else { "  (not probeable: LOCK prefix)" };
+            writeln!(out, "  {}{note}", function.name)?;
         }
     }
     Ok(0)

@@ -59,6 +59,17 @@ fn first_line(error: &dyn std::error::Error) -> String {
     line.split(". Verifier output").next().unwrap_or(line).to_string()
 }
 
+/// Kernel memory the per-CPU statistics may take; functions called beyond what fits are counted
+/// as `stats_map_full` losses.
+const STATS_MEMORY_BUDGET: usize = 256 << 20;
+
+/// How many probes' statistics fit the budget on this machine.
+fn stats_capacity() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.get() as usize);
+    let per_probe = std::mem::size_of::<flowtap_common::ProbeStats>() * cpus;
+    (STATS_MEMORY_BUDGET / per_probe).clamp(1, MAX_PROBES as usize) as u32
+}
+
 /// The loaded programs and their links: dropping this detaches every probe.
 pub struct Probes {
     ebpf: Ebpf,
@@ -73,7 +84,7 @@ impl Probes {
         let map_size = (plan.probes.len() as u32).clamp(1, MAX_PROBES);
         let ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
-            .map_max_entries("STATS", map_size)
+            .map_max_entries("STATS", map_size.min(stats_capacity()))
             .map_max_entries("SPECS", map_size)
             .load(KERNEL_PROGRAMS)?;
         let mut probes = Self { ebpf, attached: 0 };

@@ -77,6 +77,8 @@ pub struct PlannedObject {
 pub struct Plan {
     pub objects: Vec<PlannedObject>,
     pub probes: Vec<PlannedProbe>,
+    /// Selected functions the kernel cannot probe (see [`crate::symbols::Function::probeable`]).
+    pub unprobeable: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,10 @@ pub enum PlanError {
         "no function of {target} matches {selectors}: list the traceable ones with `flowtap symbols`"
     )]
     NoMatch { target: String, selectors: String },
+    #[error(
+        "uprobes cannot attach to the selected functions of {target} (their first instruction has a LOCK prefix): {functions}"
+    )]
+    NoneProbeable { target: String, functions: String },
     #[error("{count} functions selected, more than flowtap's {MAX_PROBES}: narrow --symbols")]
     TooMany { count: usize },
     #[error(
@@ -120,6 +126,12 @@ impl Plan {
         let mut plan = Plan::default();
         for object in objects {
             plan.add_object(object, selectors)?;
+        }
+        if plan.probes.is_empty() && !plan.unprobeable.is_empty() {
+            return Err(PlanError::NoneProbeable {
+                target: target.to_string(),
+                functions: plan.unprobeable.join(", "),
+            });
         }
         if plan.probes.is_empty() {
             return Err(PlanError::NoMatch {
@@ -162,6 +174,10 @@ impl Plan {
         }
         let index = self.objects.len();
         for (function, raw_name, demangled) in selected {
+            if !function.probeable {
+                self.unprobeable.push(demangled);
+                continue;
+            }
             let spec = is_workflow
                 .then(|| WORKFLOW.spec_for(&raw_name))
                 .flatten()

@@ -20,6 +20,8 @@ pub struct Function {
     pub file_offset: u64,
     /// Other raw names of the same address (`free` and `cfree`, versioned aliases...).
     pub aliases: Vec<String>,
+    /// Whether the kernel can put a uprobe on the first instruction.
+    pub probeable: bool,
 }
 
 impl Function {
@@ -84,7 +86,7 @@ impl ElfObject {
         };
         let elf = ElfFile64::<Endianness>::parse(data.as_slice()).map_err(malformed)?;
         let segments = LoadSegments::of(&elf);
-        let functions = collect_functions(&elf, &segments);
+        let functions = collect_functions(&elf, &segments, &data);
         let (needed, search_path) = dynamic_dependencies(&elf).map_err(malformed)?;
         let is_executable = elf
             .elf_program_headers()
@@ -192,7 +194,11 @@ impl LoadSegments {
     }
 }
 
-fn collect_functions(elf: &ElfFile64<Endianness>, segments: &LoadSegments) -> Vec<Function> {
+fn collect_functions(
+    elf: &ElfFile64<Endianness>,
+    segments: &LoadSegments,
+    data: &[u8],
+) -> Vec<Function> {
     // Exported names first: where a local alias shares an address, a public name is primary.
     let mut by_offset = std::collections::BTreeMap::new();
     for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
@@ -212,6 +218,7 @@ fn collect_functions(elf: &ElfFile64<Endianness>, segments: &LoadSegments) -> Ve
             raw_name: raw_name.to_string(),
             file_offset,
             aliases: Vec::new(),
+            probeable: !starts_with_lock_prefix(data.get(file_offset as usize..).unwrap_or(&[])),
         });
         if function.raw_name != raw_name && !function.aliases.iter().any(|a| a == raw_name) {
             function.aliases.push(raw_name.to_string());
@@ -220,6 +227,21 @@ fn collect_functions(elf: &ElfFile64<Endianness>, segments: &LoadSegments) -> Ve
     let mut functions: Vec<Function> = by_offset.into_values().collect();
     functions.sort_by(|a, b| a.name.cmp(&b.name));
     functions
+}
+
+/// x86 uprobes refuse instructions with a LOCK prefix; the attach itself does not fail, the
+/// breakpoint is silently never installed, so such functions must be found beforehand.
+fn starts_with_lock_prefix(code: &[u8]) -> bool {
+    const LOCK: u8 = 0xf0;
+    const LEGACY_PREFIXES: [u8; 11] = [
+        LOCK, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65, 0x66, 0x67,
+    ];
+    cfg!(target_arch = "x86_64")
+        && code
+            .iter()
+            .take(4)
+            .take_while(|byte| LEGACY_PREFIXES.contains(byte))
+            .any(|&byte| byte == LOCK)
 }
 
 fn dynamic_dependencies(
@@ -283,6 +305,15 @@ mod tests {
         assert!(object.is_executable);
         assert!(object.entry_offset.is_some());
         assert!(object.functions.iter().any(|f| f.name.ends_with("reads_own_test_binary")));
+    }
+
+    #[test]
+    fn lock_prefixed_entries_are_not_probeable() {
+        assert!(starts_with_lock_prefix(&[0xf0, 0x48, 0x83, 0x05]));
+        assert!(starts_with_lock_prefix(&[0x66, 0xf0, 0x0f, 0xb1]));
+        assert!(!starts_with_lock_prefix(&[0x55, 0x48, 0x89, 0xe5]));
+        assert!(!starts_with_lock_prefix(&[0xf3, 0x0f, 0x1e, 0xfa]));
+        assert!(!starts_with_lock_prefix(&[]));
     }
 
     #[test]

@@ -23,11 +23,10 @@ static CONFIG: Config = Config { filter_by_tgid: 0 };
 pub static STACKS: LruHashMap<u32, ShadowStack> =
     LruHashMap::with_max_entries(MAX_TRACKED_THREADS, 0);
 
-/// Created on a probe's first call only, so planning thousands of never-called symbols costs no
-/// memory (BPF_F_NO_PREALLOC).
+/// An entry per probe that was called. Preallocated: inserting into a non-preallocated map can
+/// fail for want of memory in probe context. The agent sizes it to a memory budget.
 #[map]
-static STATS: PerCpuHashMap<u32, ProbeStats> =
-    PerCpuHashMap::with_max_entries(MAX_PROBES, BPF_F_NO_PREALLOC);
+static STATS: PerCpuHashMap<u32, ProbeStats> = PerCpuHashMap::with_max_entries(MAX_PROBES, 0);
 
 #[map]
 static SPECS: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 0);
@@ -44,7 +43,6 @@ static EMPTY_STACK: PerCpuArray<ShadowStack> = PerCpuArray::with_max_entries(1, 
 #[map]
 static EMPTY_STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(1, 0);
 
-const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
 
 #[uprobe(multi)]

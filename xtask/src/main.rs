@@ -1,1 +1,119 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | demo | test`.
+
+mod fixture;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "flowtap's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every prerequisite (pinned toolchains, bpf-linker with LLVM 22, apt packages),
+    /// skipping what is already there.
+    Setup,
+    /// Build flowtap and the fixture, run the demo workload under `flowtap run --pid`, print the
+    /// report.
+    Demo {
+        /// Workflow runs the demo makes.
+        #[arg(long, default_value_t = 200)]
+        runs: u32,
+    },
+    /// Run every test: unit tests, then the integration tests that load real eBPF (as root).
+    Test {
+        /// Only integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::install_all(),
+        Task::Demo { runs } => {
+            setup::install_all()?;
+            demo(runs)
+        }
+        Task::Test { filter } => {
+            setup::install_all()?;
+            test(filter)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn build_agent() -> anyhow::Result<std::path::PathBuf> {
+    run(cargo().args(["build", "--release", "--package", "flowtap"]))?;
+    Ok(workspace_root().join("target/release/flowtap"))
+}
+
+fn demo(runs: u32) -> anyhow::Result<()> {
+    let agent = build_agent()?;
+    let fixture = fixture::build()?;
+    println!("== starting the demo workflow app ({runs} runs), then attaching flowtap by PID");
+    let mut app = Command::new(fixture.join("wfdemo"))
+        .args(["--runs", &runs.to_string(), "--wait-start"])
+        .args(["--latency", "timeout=20000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the demo app")?;
+    let mut flowtap = Command::new(&agent)
+        .args(["run", "--pid", &app.id().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting flowtap")?;
+    fixture::wait_for_attach(&mut flowtap)?;
+    // The demo starts its workload when its stdin closes.
+    drop(app.stdin.take());
+    app.wait().context("waiting for the demo app")?;
+    let status = flowtap.wait().context("waiting for flowtap")?;
+    if !status.success() {
+        bail!("flowtap failed with {status}");
+    }
+    Ok(())
+}
+
+fn test(filter: Option<String>) -> anyhow::Result<()> {
+    let agent = build_agent()?;
+    let fixture = fixture::build()?;
+    fixture::mount_tracefs()?;
+    run(cargo().args(["test", "--workspace", "--exclude", "flowtap-tests", "--exclude", "flowtap-ebpf"]))?;
+    let mut integration = cargo();
+    integration
+        .args(["test", "--release", "--package", "flowtap-tests", "--"])
+        .args(filter)
+        .env("FLOWTAP_BIN", agent)
+        .env("FLOWTAP_FIXTURE", fixture);
+    run(&mut integration)
+}

@@ -1,0 +1,58 @@
+//! The fixture workflow runtime (`tests/fixture`): built with the system C compiler.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{run, workspace_root};
+
+/// Builds `libwfrt.so` and `wfdemo` into `target/fixture`; returns that directory.
+pub fn build() -> anyhow::Result<PathBuf> {
+    let source = workspace_root().join("tests/fixture");
+    let out = workspace_root().join("target/fixture");
+    std::fs::create_dir_all(&out)?;
+    // Frame pointers, as distributions now build: every function then starts with `push %rbp`.
+    let flags = ["-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fno-omit-frame-pointer"];
+    run(Command::new("cc")
+        .args(flags)
+        .args(["-fPIC", "-shared", "-o"])
+        .arg(out.join("libwfrt.so"))
+        .arg(source.join("wfrt.c"))
+        .arg("-lpthread"))?;
+    run(Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(out.join("wfdemo"))
+        .arg(source.join("wfdemo.c"))
+        .arg("-L")
+        .arg(&out)
+        .args(["-lwfrt", "-Wl,-rpath,$ORIGIN"]))?;
+    Ok(out)
+}
+
+/// Passes flowtap's stderr through until it says its probes are attached.
+pub fn wait_for_attach(flowtap: &mut Child) -> anyhow::Result<()> {
+    let stderr = flowtap.stderr.take().context("flowtap's stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        eprintln!("{line}");
+        if line.contains("attached") {
+            std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
+            return Ok(());
+        }
+    }
+    bail!("flowtap exited before attaching")
+}
+
+/// bpftrace, the reference the tests compare with, needs tracefs.
+pub fn mount_tracefs() -> anyhow::Result<()> {
+    if std::path::Path::new("/sys/kernel/tracing/uprobe_events").exists() {
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+}

@@ -1,0 +1,95 @@
+//! Installing prerequisites idempotently: each step checks the version it needs first.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::run;
+
+const RUST_TOOLCHAIN: &str = "1.98.0";
+const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Build inputs of bpf-linker, and the reference tools the tests compare with.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftrace",
+    "gcc",
+];
+
+pub fn install_all() -> anyhow::Result<()> {
+    install_toolchain(RUST_TOOLCHAIN, &["clippy", "rustfmt"])?;
+    install_toolchain(EBPF_TOOLCHAIN, &["rust-src"])?;
+    install_apt_packages()?;
+    install_bpf_linker()
+}
+
+fn output(command: &mut Command) -> Option<String> {
+    let out = command.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn install_toolchain(toolchain: &str, components: &[&str]) -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))
+        .unwrap_or_default();
+    if components
+        .iter()
+        .all(|c| installed.lines().any(|line| line.starts_with(c)))
+    {
+        return Ok(());
+    }
+    let mut command = Command::new("rustup");
+    command.args(["toolchain", "install", toolchain, "--profile", "minimal"]);
+    for component in components {
+        command.args(["--component", component]);
+    }
+    run(&mut command)
+}
+
+fn install_apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+                .is_none_or(|status| !status.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("apt packages missing ({}): run `cargo xtask setup` as root", missing.join(" "));
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    let path = format!(
+        "{LLVM_PREFIX}/bin:{}",
+        std::env::var("PATH").context("PATH is not set")?
+    );
+    run(Command::new("cargo")
+        .args([&format!("+{RUST_TOOLCHAIN}"), "install", "bpf-linker"])
+        .args(["--version", BPF_LINKER_VERSION, "--locked", "--force"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("PATH", path))
+}
