@@ -153,7 +153,12 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     host::check_privileges()?;
     // Launch mode forks here, so this comes before any thread is started.
     let target = Target::resolve(&spec)?;
-    let plan = Plan::build(&target.objects, &selectors, &args.symbols, &target.describe())?;
+    let plan = Plan::build(
+        &target.objects,
+        &selectors,
+        &args.symbols,
+        &target.describe(),
+    )?;
     if !plan.unprobeable.is_empty() {
         eprintln!(
             "flowtap: warning: not tracing {} (uprobes refuse a first instruction with a LOCK prefix)",
@@ -201,7 +206,9 @@ async fn trace(
             }
             Ok(None)
         }
-        TargetKind::Binary { file, is_library, .. } => {
+        TargetKind::Binary {
+            file, is_library, ..
+        } => {
             tokio::select! {
                 result = follow_binary(file, is_library, probes) => result?,
                 _ = deadline => {},
@@ -317,14 +324,27 @@ fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
         let functions: Vec<_> = object
             .functions
             .iter()
-            .filter(|f| filter.as_ref().is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name)))
+            .filter(|f| {
+                filter
+                    .as_ref()
+                    .is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name))
+            })
             .collect();
         if functions.is_empty() {
             continue;
         }
-        writeln!(out, "{} ({} functions)", object.path.display(), functions.len())?;
+        writeln!(
+            out,
+            "{} ({} functions)",
+            object.path.display(),
+            functions.len()
+        )?;
         for function in functions {
-            let note = if function.probeable { "" } else { "  (not probeable: LOCK prefix)" };
+            let note = if function.probeable {
+                ""
+            } else {
+                "  (not probeable: LOCK prefix)"
+            };
             writeln!(out, "  {}{note}", function.name)?;
         }
     }

@@ -85,9 +85,8 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 pub fn findings() -> Vec<Finding> {
     let privileges = check_privileges();
     let pmu = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type");
-    let multi = aya::sys::is_uprobe_multi_supported(
-        aya::sys::UProbeMultiFeature::ProcessScopedPidFilter,
-    );
+    let multi =
+        aya::sys::is_uprobe_multi_supported(aya::sys::UProbeMultiFeature::ProcessScopedPidFilter);
     let tracefs = Path::new("/sys/kernel/tracing/uprobe_events").exists()
         || Path::new("/sys/kernel/debug/tracing/uprobe_events").exists();
     vec![

@@ -34,10 +34,7 @@ pub enum LoadError {
         error: ProgramError,
     },
     #[error("cannot attach probes to {object}: {}", first_line(error))]
-    Attach {
-        object: String,
-        error: ProgramError,
-    },
+    Attach { object: String, error: ProgramError },
     #[error(
         "kernel type information (BTF) is unavailable: {0}; flowtap needs a kernel built with CONFIG_DEBUG_INFO_BTF"
     )]
@@ -56,7 +53,10 @@ fn first_line(error: &dyn std::error::Error) -> String {
     let text = error.to_string();
     let _ = std::fs::write(VERIFIER_LOG, &text);
     let line = text.lines().next().unwrap_or_default();
-    line.split(". Verifier output").next().unwrap_or(line).to_string()
+    line.split(". Verifier output")
+        .next()
+        .unwrap_or(line)
+        .to_string()
 }
 
 /// Kernel memory the per-CPU statistics may take; functions called beyond what fits are counted
@@ -130,8 +130,8 @@ impl Probes {
         let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         // One link per object with uprobe.multi (kernel >= 6.6); one perf event per function
         // on older kernels.
-        let multi = is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter)
-            .unwrap_or(false);
+        let multi =
+            is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter).unwrap_or(false);
         let (entry, exit) = if multi {
             ("call_entry_multi", "call_exit_multi")
         } else {
@@ -159,7 +159,11 @@ impl Probes {
         Ok(())
     }
 
-    fn attach_enrolment(&mut self, executable: &std::path::Path, entry: u64) -> Result<(), LoadError> {
+    fn attach_enrolment(
+        &mut self,
+        executable: &std::path::Path,
+        entry: u64,
+    ) -> Result<(), LoadError> {
         let program = "enrol_process";
         let uprobe: &mut UProbe = self.program_mut(program)?;
         uprobe

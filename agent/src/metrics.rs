@@ -82,7 +82,11 @@ impl Snapshot {
             }
             functions.push(function);
         }
-        functions.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.function.cmp(&b.function)));
+        functions.sort_by(|a, b| {
+            b.total_ns
+                .cmp(&a.total_ns)
+                .then(a.function.cmp(&b.function))
+        });
 
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(probes.kernel_map("LOSSES"))?;
         let losses = Loss::ALL
@@ -125,7 +129,10 @@ mod tests {
         for q in [0.5, 0.95, 0.99] {
             let exact = durations[(q * durations.len() as f64).ceil() as usize - 1] as f64;
             let estimate = stats.quantile_ns(q) as f64;
-            assert!((estimate - exact).abs() / exact < 0.05, "q{q}: {estimate} vs {exact}");
+            assert!(
+                (estimate - exact).abs() / exact < 0.05,
+                "q{q}: {estimate} vs {exact}"
+            );
         }
     }
 

@@ -32,7 +32,9 @@ impl FromStr for SymbolSelector {
             _ => (None, text),
         };
         if function.is_empty() {
-            return Err(format!("`{text}` names no function: use GLOB or OBJECT:GLOB"));
+            return Err(format!(
+                "`{text}` names no function: use GLOB or OBJECT:GLOB"
+            ));
         }
         let pattern =
             |glob: &str| Pattern::new(glob).map_err(|error| format!("bad glob `{glob}`: {error}"));
@@ -199,7 +201,9 @@ impl Plan {
 
     /// The probes of one object, in id order.
     pub fn probes_of(&self, object: usize) -> impl Iterator<Item = &PlannedProbe> {
-        self.probes.iter().filter(move |probe| probe.object == object)
+        self.probes
+            .iter()
+            .filter(move |probe| probe.object == object)
     }
 }
 
@@ -226,6 +230,11 @@ mod tests {
     #[test]
     fn bad_selectors_are_explained() {
         assert!("libx.so:".parse::<SymbolSelector>().is_err());
-        assert!("wf_[".parse::<SymbolSelector>().unwrap_err().contains("bad glob"));
+        assert!(
+            "wf_["
+                .parse::<SymbolSelector>()
+                .unwrap_err()
+                .contains("bad glob")
+        );
     }
 }

@@ -29,7 +29,9 @@ pub const WORKFLOW: Semantics = Semantics {
 
 impl Semantics {
     pub fn recognises(&self, functions: &[crate::symbols::Function]) -> bool {
-        functions.iter().any(|function| function.raw_name == self.marker)
+        functions
+            .iter()
+            .any(|function| function.raw_name == self.marker)
     }
 
     pub fn spec_for(&self, function: &str) -> Option<ProbeSpec> {

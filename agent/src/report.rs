@@ -63,7 +63,11 @@ pub fn write(
             let report = JsonReport {
                 functions: snapshot.functions.iter().map(JsonFunction::from).collect(),
                 lost_events: snapshot.lost_events(),
-                losses: snapshot.losses.iter().map(|(l, n)| (l.name(), *n)).collect(),
+                losses: snapshot
+                    .losses
+                    .iter()
+                    .map(|(l, n)| (l.name(), *n))
+                    .collect(),
                 exit_code,
             };
             serde_json::to_writer_pretty(&mut *out, &report)?;

@@ -59,9 +59,7 @@ pub enum SymbolError {
     },
     #[error("{path} is not an ELF file: give the path of an executable or shared library")]
     NotElf { path: PathBuf },
-    #[error(
-        "{path} is a 32-bit ELF file: flowtap traces 64-bit x86_64 and aarch64 programs only"
-    )]
+    #[error("{path} is a 32-bit ELF file: flowtap traces 64-bit x86_64 and aarch64 programs only")]
     Not64Bit { path: PathBuf },
     #[error("{path} is built for {arch}, not for this machine ({host})")]
     ForeignArch {
@@ -244,13 +242,9 @@ fn starts_with_lock_prefix(code: &[u8]) -> bool {
             .any(|&byte| byte == LOCK)
 }
 
-fn dynamic_dependencies(
-    elf: &ElfFile64<Endianness>,
-) -> object::Result<(Vec<String>, Vec<String>)> {
+fn dynamic_dependencies(elf: &ElfFile64<Endianness>) -> object::Result<(Vec<String>, Vec<String>)> {
     let endian = elf.endian();
-    let table = elf
-        .elf_section_table()
-        .dynamic_table(endian, elf.data())?;
+    let table = elf.elf_section_table().dynamic_table(endian, elf.data())?;
     let mut needed = Vec::new();
     let (mut runpath, mut rpath) = (Vec::new(), Vec::new());
     for entry in table.iter() {
@@ -264,7 +258,12 @@ fn dynamic_dependencies(
         if entry.tag == DT_NEEDED {
             target.push(value);
         } else {
-            target.extend(value.split(':').filter(|dir| !dir.is_empty()).map(String::from));
+            target.extend(
+                value
+                    .split(':')
+                    .filter(|dir| !dir.is_empty())
+                    .map(String::from),
+            );
         }
     }
     Ok((needed, if runpath.is_empty() { rpath } else { runpath }))
@@ -304,7 +303,12 @@ mod tests {
         let object = ElfObject::read(&exe).unwrap();
         assert!(object.is_executable);
         assert!(object.entry_offset.is_some());
-        assert!(object.functions.iter().any(|f| f.name.ends_with("reads_own_test_binary")));
+        assert!(
+            object
+                .functions
+                .iter()
+                .any(|f| f.name.ends_with("reads_own_test_binary"))
+        );
     }
 
     #[test]
@@ -322,12 +326,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let text = dir.join("text");
         std::fs::write(&text, "#!/bin/sh\necho hi\n").unwrap();
-        assert!(matches!(ElfObject::read(&text), Err(SymbolError::NotElf { .. })));
+        assert!(matches!(
+            ElfObject::read(&text),
+            Err(SymbolError::NotElf { .. })
+        ));
         let mut elf32 = b"\x7fELF\x01\x01\x01".to_vec();
         elf32.resize(64, 0);
         let path32 = dir.join("elf32");
         std::fs::write(&path32, elf32).unwrap();
-        assert!(matches!(ElfObject::read(&path32), Err(SymbolError::Not64Bit { .. })));
+        assert!(matches!(
+            ElfObject::read(&path32),
+            Err(SymbolError::Not64Bit { .. })
+        ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -54,7 +54,10 @@ mod tests {
         for index in 1..BUCKETS {
             let (lower, upper) = bucket_bounds(index);
             assert_eq!(bucket_bounds(index - 1).1, lower);
-            assert!((upper - lower) * 16 <= lower.max(16), "bucket {index} too wide");
+            assert!(
+                (upper - lower) * 16 <= lower.max(16),
+                "bucket {index} too wide"
+            );
         }
     }
 

@@ -14,8 +14,9 @@ use std::{
 pub type Counts = BTreeMap<String, u64>;
 
 fn env_path(name: &str) -> PathBuf {
-    let value = std::env::var_os(name)
-        .unwrap_or_else(|| panic!("{name} is not set: run the integration tests with `cargo xtask test`"));
+    let value = std::env::var_os(name).unwrap_or_else(|| {
+        panic!("{name} is not set: run the integration tests with `cargo xtask test`")
+    });
     PathBuf::from(value)
 }
 
@@ -23,7 +24,10 @@ fn env_path(name: &str) -> PathBuf {
 pub fn flowtap() -> Command {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "these tests load eBPF programs and must run as root");
+    assert_eq!(
+        euid, 0,
+        "these tests load eBPF programs and must run as root"
+    );
     Command::new(env_path("FLOWTAP_BIN"))
 }
 
@@ -71,7 +75,12 @@ pub fn report_counts(report: &serde_json::Value) -> Counts {
         .as_array()
         .expect("functions array")
         .iter()
-        .map(|f| (f["function"].as_str().unwrap().to_string(), f["calls"].as_u64().unwrap()))
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap().to_string(),
+                f["calls"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -91,10 +100,16 @@ pub fn assert_same_counts(expected: &Counts, actual: &Counts, what: &str) {
     assert!(!expected.is_empty(), "{what}: no expected counts");
     for (function, count) in expected {
         let got = actual.get(function).copied().unwrap_or(0);
-        assert_eq!(got, *count, "{what}: {function} counted {got}, made {count}");
+        assert_eq!(
+            got, *count,
+            "{what}: {function} counted {got}, made {count}"
+        );
     }
     for function in actual.keys() {
-        assert!(expected.contains_key(function), "{what}: unexpected {function}");
+        assert!(
+            expected.contains_key(function),
+            "{what}: unexpected {function}"
+        );
     }
 }
 
@@ -127,10 +142,15 @@ impl Running {
         });
         if attached_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
-            let stderr = rest_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+            let stderr = rest_rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_default();
             panic!("flowtap did not attach:\n{stderr}");
         }
-        Self { child, stderr: rest_rx }
+        Self {
+            child,
+            stderr: rest_rx,
+        }
     }
 
     /// Sends SIGINT, as Ctrl-C does.
@@ -142,14 +162,20 @@ impl Running {
     /// Waits for exit; returns the exit code and all of stderr.
     pub fn finish(mut self) -> (i32, String) {
         let status = self.child.wait().expect("waiting for flowtap");
-        let stderr = self.stderr.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+        let stderr = self
+            .stderr
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
         (status.code().unwrap_or(-1), stderr)
     }
 }
 
 /// Runs the demo to completion with these arguments.
 pub fn run_demo(args: &[&str]) -> Output {
-    let output = Command::new(demo_path()).args(args).output().expect("running wfdemo");
+    let output = Command::new(demo_path())
+        .args(args)
+        .output()
+        .expect("running wfdemo");
     assert!(output.status.success(), "wfdemo failed: {output:?}");
     output
 }

@@ -6,7 +6,10 @@ use flowtap_tests::*;
 fn fails(args: &[&str]) -> String {
     let (code, _, stderr) = run_flowtap(args);
     assert_eq!(code, 2, "expected exit code 2 for {args:?}: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("flowtap: warning")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("flowtap: warning"))
+        .collect();
     assert_eq!(lines.len(), 1, "expected one line for {args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     lines[0].to_string()
@@ -39,8 +42,17 @@ fn path_that_does_not_exist() {
 #[test]
 fn no_symbol_matches() {
     let demo = demo_path();
-    let line = fails(&["run", "--symbols", "nothing_like_this*", "--", demo.to_str().unwrap()]);
-    assert!(line.contains("matches nothing_like_this*") && line.contains("flowtap symbols"), "{line}");
+    let line = fails(&[
+        "run",
+        "--symbols",
+        "nothing_like_this*",
+        "--",
+        demo.to_str().unwrap(),
+    ]);
+    assert!(
+        line.contains("matches nothing_like_this*") && line.contains("flowtap symbols"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -68,12 +80,20 @@ fn not_root() {
     let binary = std::env::var("FLOWTAP_BIN").unwrap();
     // Drop every privilege, as an ordinary user would run it.
     let output = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .args([&binary, "run", "--", "/bin/true"])
         .output()
         .expect("setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("needs root") && stderr.contains("CAP_BPF"), "{stderr}");
+    assert!(
+        stderr.contains("needs root") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
 }

@@ -26,7 +26,11 @@ fn launch_mode_counts_every_call_exactly() {
     assert_eq!(code, 0, "flowtap failed: {stderr}");
     assert!(stderr.contains("command exited with code 0"), "{stderr}");
     let report = read_report(&report_path);
-    assert_same_counts(&demo_counts(&stdout), &report_counts(&report), "launch mode");
+    assert_same_counts(
+        &demo_counts(&stdout),
+        &report_counts(&report),
+        "launch mode",
+    );
     assert_eq!(report["lost_events"], 0);
     assert_eq!(report["exit_code"], 0);
 }
@@ -81,7 +85,10 @@ fn exe_mode_counts_processes_of_the_binary_only() {
     ]));
     let first = std::thread::spawn(|| run_demo(&["--runs", "80", "--seed", "1"]));
     let second = std::thread::spawn(|| run_demo(&["--runs", "60", "--seed", "2"]));
-    let unrelated = Command::new(&other).args(["--runs", "50"]).output().unwrap();
+    let unrelated = Command::new(&other)
+        .args(["--runs", "50"])
+        .output()
+        .unwrap();
     assert!(unrelated.status.success());
     let mut expected = demo_counts(&String::from_utf8(first.join().unwrap().stdout).unwrap());
     let second = demo_counts(&String::from_utf8(second.join().unwrap().stdout).unwrap());
@@ -92,7 +99,11 @@ fn exe_mode_counts_processes_of_the_binary_only() {
     let (code, stderr) = flowtap.finish();
     assert_eq!(code, 0, "{stderr}");
     let report = read_report(&report_path);
-    assert_same_counts(&expected, &report_counts(&report), "exe mode, two processes");
+    assert_same_counts(
+        &expected,
+        &report_counts(&report),
+        "exe mode, two processes",
+    );
 }
 
 #[test]
@@ -114,7 +125,11 @@ fn exe_mode_on_a_library_counts_every_process_mapping_it() {
     let (code, stderr) = flowtap.finish();
     assert_eq!(code, 0, "{stderr}");
     let expected = demo_counts(&String::from_utf8(output.stdout).unwrap());
-    assert_same_counts(&expected, &report_counts(&read_report(&report_path)), "library");
+    assert_same_counts(
+        &expected,
+        &report_counts(&read_report(&report_path)),
+        "library",
+    );
 }
 
 #[test]
@@ -150,7 +165,10 @@ fn a_20ms_primitive_reports_p50_between_20_and_30ms() {
 #[test]
 fn bpftrace_counts_the_same_calls() {
     let library = library_path();
-    let script = format!("uprobe:{}:wf_* {{ @[probe] = count(); }}", library.display());
+    let script = format!(
+        "uprobe:{}:wf_* {{ @[probe] = count(); }}",
+        library.display()
+    );
     let demo = demo_path();
     let command = format!("{} --runs 60 --seed 9", demo.display());
     let output = Command::new("bpftrace")
@@ -187,7 +205,11 @@ fn bpftrace_counts_the_same_calls() {
         "9",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert_same_counts(&bpftrace, &report_counts(&read_report(&report_path)), "flowtap against bpftrace");
+    assert_same_counts(
+        &bpftrace,
+        &report_counts(&read_report(&report_path)),
+        "flowtap against bpftrace",
+    );
 }
 
 #[test]
@@ -201,14 +223,28 @@ fn symbols_lists_the_runtime_per_object() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("libwfrt.so (14 functions)"), "{stdout}");
-    assert!(stdout.lines().any(|line| line.trim() == "wf_llm_call"), "{stdout}");
+    assert!(
+        stdout.lines().any(|line| line.trim() == "wf_llm_call"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn check_reports_a_capable_host() {
     let (code, stdout, _) = run_flowtap(&["check"]);
     assert_eq!(code, 0, "{stdout}");
-    for what in ["privileges", "uprobe PMU", "kernel BTF", "attach cookies", "uprobe.multi"] {
-        assert!(stdout.lines().any(|l| l.starts_with(what) && l.contains(" ok ")), "{what}: {stdout}");
+    for what in [
+        "privileges",
+        "uprobe PMU",
+        "kernel BTF",
+        "attach cookies",
+        "uprobe.multi",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(what) && l.contains(" ok ")),
+            "{what}: {stdout}"
+        );
     }
 }

@@ -16,7 +16,14 @@ pub fn build() -> anyhow::Result<PathBuf> {
     let out = workspace_root().join("target/fixture");
     std::fs::create_dir_all(&out)?;
     // Frame pointers, as distributions now build: every function then starts with `push %rbp`.
-    let flags = ["-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fno-omit-frame-pointer"];
+    let flags = [
+        "-O2",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fno-omit-frame-pointer",
+    ];
     run(Command::new("cc")
         .args(flags)
         .args(["-fPIC", "-shared", "-o"])

@@ -104,11 +104,48 @@ fn demo(runs: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Formatting and clippy with warnings denied, the eBPF crate on its own target.
+fn lint() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "flowtap-ebpf",
+            "--all-targets",
+        ])
+        .args(["--", "-D", "warnings"]))?;
+    run(cargo()
+        .args([
+            &format!("+{}", setup::EBPF_TOOLCHAIN),
+            "clippy",
+            "--package",
+            "flowtap-ebpf",
+        ])
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .args(["--", "-D", "warnings"]))
+}
+
 fn test(filter: Option<String>) -> anyhow::Result<()> {
+    lint()?;
     let agent = build_agent()?;
     let fixture = fixture::build()?;
     fixture::mount_tracefs()?;
-    run(cargo().args(["test", "--workspace", "--exclude", "flowtap-tests", "--exclude", "flowtap-ebpf"]))?;
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "flowtap-tests",
+        "--exclude",
+        "flowtap-ebpf",
+    ]))?;
     let mut integration = cargo();
     integration
         .args(["test", "--release", "--package", "flowtap-tests", "--"])

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 const RUST_TOOLCHAIN: &str = "1.98.0";
-const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Build inputs of bpf-linker, and the reference tools the tests compare with.
@@ -22,7 +22,7 @@ const APT_PACKAGES: &[&str] = &[
 
 pub fn install_all() -> anyhow::Result<()> {
     install_toolchain(RUST_TOOLCHAIN, &["clippy", "rustfmt"])?;
-    install_toolchain(EBPF_TOOLCHAIN, &["rust-src"])?;
+    install_toolchain(EBPF_TOOLCHAIN, &["rust-src", "clippy"])?;
     install_apt_packages()?;
     install_bpf_linker()
 }
@@ -35,8 +35,14 @@ fn output(command: &mut Command) -> Option<String> {
 }
 
 fn install_toolchain(toolchain: &str, components: &[&str]) -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))
-        .unwrap_or_default();
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))
+    .unwrap_or_default();
     if components
         .iter()
         .all(|c| installed.lines().any(|line| line.starts_with(c)))
@@ -64,7 +70,10 @@ fn install_apt_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("apt packages missing ({}): run `cargo xtask setup` as root", missing.join(" "));
+        bail!(
+            "apt packages missing ({}): run `cargo xtask setup` as root",
+            missing.join(" ")
+        );
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")

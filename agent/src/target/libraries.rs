@@ -61,7 +61,12 @@ fn resolve(name: &str, parent: &ElfObject, cache: &LdSoCache) -> Option<PathBuf>
         .search_path
         .iter()
         .map(expand)
-        .chain(env_dirs.split(':').filter(|d| !d.is_empty()).map(PathBuf::from))
+        .chain(
+            env_dirs
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+        )
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .or_else(|| cache.lookup(name))
@@ -104,7 +109,10 @@ impl LdSoCache {
         (0..count)
             .map(|index| {
                 let entry = start + Self::HEADER_LEN + index * Self::ENTRY_LEN;
-                Some((string_at(u32_at(entry + 4)?)?, PathBuf::from(string_at(u32_at(entry + 8)?)?)))
+                Some((
+                    string_at(u32_at(entry + 4)?)?,
+                    PathBuf::from(string_at(u32_at(entry + 8)?)?),
+                ))
             })
             .collect()
     }
@@ -124,7 +132,9 @@ mod tests {
     #[test]
     fn finds_libc_through_the_cache_of_this_machine() {
         let cache = LdSoCache::read();
-        let libc = cache.lookup("libc.so.6").expect("libc.so.6 in /etc/ld.so.cache");
+        let libc = cache
+            .lookup("libc.so.6")
+            .expect("libc.so.6 in /etc/ld.so.cache");
         assert!(libc.is_file());
     }
 

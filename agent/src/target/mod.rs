@@ -57,14 +57,19 @@ pub struct Target {
 
 #[derive(Debug)]
 pub enum TargetKind {
-    Process { pid: NonZeroU32 },
+    Process {
+        pid: NonZeroU32,
+    },
     /// Every process running (or, for a library, mapping) `path`.
     Binary {
         path: PathBuf,
         file: FileId,
         is_library: bool,
     },
-    Launch { child: HeldChild, program: PathBuf },
+    Launch {
+        child: HeldChild,
+        program: PathBuf,
+    },
 }
 
 impl Target {
@@ -100,7 +105,8 @@ impl Target {
         })?;
         let objects = libraries::load_closure(&path)?;
         let is_library = !objects[0].is_executable;
-        let file = FileId::of(&path).map_err(|_| TargetError::PathNotFound { path: path.clone() })?;
+        let file =
+            FileId::of(&path).map_err(|_| TargetError::PathNotFound { path: path.clone() })?;
         Ok(Self {
             kind: TargetKind::Binary {
                 path,
@@ -140,7 +146,13 @@ impl Target {
     /// Whether probes must count only enrolled processes: a binary's libraries are shared with
     /// unrelated processes, which must not be counted.
     pub fn filters_by_process(&self) -> bool {
-        matches!(self.kind, TargetKind::Binary { is_library: false, .. })
+        matches!(
+            self.kind,
+            TargetKind::Binary {
+                is_library: false,
+                ..
+            }
+        )
     }
 
     /// A short description for messages: "PID 42", "/usr/bin/app", "command ./demo".

@@ -49,11 +49,11 @@ pub fn check_traceable(pid: u32) -> Result<(), TargetError> {
 
 /// The executable files mapped by `pid`, as paths the agent can open.
 pub fn mapped_objects(pid: u32) -> Result<Vec<PathBuf>, TargetError> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|error| {
-        match error.kind() {
-            std::io::ErrorKind::PermissionDenied => TargetError::PermissionDenied { pid },
-            _ => TargetError::NoSuchProcess { pid },
-        }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|error| match error
+        .kind()
+    {
+        std::io::ErrorKind::PermissionDenied => TargetError::PermissionDenied { pid },
+        _ => TargetError::NoSuchProcess { pid },
     })?;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     let mut paths: Vec<PathBuf> = Vec::new();
@@ -93,13 +93,20 @@ mod tests {
         check_traceable(pid).unwrap();
         let own = FileId::of(&std::env::current_exe().unwrap()).unwrap();
         let objects = mapped_objects(pid).unwrap();
-        assert!(objects.iter().any(|path| FileId::of(path).ok() == Some(own)));
+        assert!(
+            objects
+                .iter()
+                .any(|path| FileId::of(path).ok() == Some(own))
+        );
         assert!(processes_running(own).contains(&pid));
     }
 
     #[test]
     fn kernel_threads_and_missing_pids_are_refused() {
-        assert!(matches!(check_traceable(2), Err(TargetError::KernelThread { pid: 2 })));
+        assert!(matches!(
+            check_traceable(2),
+            Err(TargetError::KernelThread { pid: 2 })
+        ));
         assert!(matches!(
             check_traceable(u32::MAX - 1),
             Err(TargetError::NoSuchProcess { .. })
