@@ -95,8 +95,8 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         "{LLVM_PREFIX}/bin:{}",
         std::env::var("PATH").context("PATH is not set")?
     );
-    run(Command::new("cargo")
-        .args([&format!("+{RUST_TOOLCHAIN}"), "install", "bpf-linker"])
+    run(Command::new("rustup")
+        .args(["run", RUST_TOOLCHAIN, "cargo", "install", "bpf-linker"])
         .args(["--version", BPF_LINKER_VERSION, "--locked", "--force"])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", LLVM_PREFIX)
