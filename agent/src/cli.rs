@@ -3,8 +3,10 @@
 use std::{
     ffi::OsString,
     io::Write,
+    net::SocketAddr,
     os::fd::{FromRawFd, OwnedFd},
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -13,17 +15,19 @@ use clap::{Args, Parser, Subcommand};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    export::prometheus::{self, Exporter},
     host,
     loader::Probes,
     metrics::Snapshot,
     plan::{Plan, SymbolSelector},
-    report::{self, ReportFormat},
+    report::{Report, ReportFormat},
     symbols::ElfObject,
     target::{
         Target, TargetKind, TargetSpec,
         launch::{self, HeldChild},
         process::{self, FileId},
     },
+    workflow::{LabelCap, WorkflowMetrics},
 };
 
 /// Exact per-function timing of native workflow runtimes with eBPF, without touching the
@@ -87,6 +91,17 @@ pub struct RunArgs {
     /// Write the report to this file instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address while running (port 0: any free port).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "FLOWTAP_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_addr: SocketAddr,
+    /// The `service_name` label of every series; default `unknown_service:<executable name>`.
+    #[arg(long, value_name = "NAME", env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -151,6 +166,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| anyhow::anyhow!("--symbols: {error}"))?;
     host::check_privileges()?;
+    let listener = prometheus::bind(args.metrics_addr)?;
     // Launch mode forks here, so this comes before any thread is started.
     let target = Target::resolve(&spec)?;
     let plan = Plan::build(
@@ -165,14 +181,37 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             plan.unprobeable.join(", ")
         );
     }
-    let mut probes = Probes::load(&plan, &target)?;
+    let probes = Arc::new(Mutex::new(Probes::load(&plan, &target)?));
+    let plan = Arc::new(plan);
+    let labels = Arc::new(Mutex::new(LabelCap::default()));
+    let exporter = Arc::new(Exporter::new(
+        probes.clone(),
+        plan.clone(),
+        labels.clone(),
+        args.service_name
+            .clone()
+            .unwrap_or_else(|| target.default_service_name()),
+        (!target.filters_by_process()).then_some(1),
+    ));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let exit_code = runtime.block_on(trace(&args, target, &plan, &mut probes))?;
+    let exit_code = runtime.block_on(async {
+        let address = listener.local_addr().context("metrics address")?;
+        eprintln!("flowtap: serving metrics on http://{address}/metrics");
+        tokio::select! {
+            result = exporter.serve(listener) => {
+                result.context("serving metrics")?;
+                unreachable!("the metrics server runs until stopped")
+            }
+            result = trace(&args, target, &plan, &probes) => result,
+        }
+    })?;
+    let probes = probes.lock().expect("probes lock");
     let snapshot = Snapshot::read(&probes, &plan).context("reading the kernel's counters")?;
-    write_report(&args, &snapshot, exit_code)?;
+    let workflow = WorkflowMetrics::derive(&snapshot, &plan, &mut labels.lock().expect("labels"));
+    write_report(&args, &snapshot, &workflow, exit_code)?;
     Ok(exit_code.unwrap_or(0))
 }
 
@@ -181,11 +220,11 @@ async fn trace(
     args: &RunArgs,
     target: Target,
     plan: &Plan,
-    probes: &mut Probes,
+    probes: &Mutex<Probes>,
 ) -> anyhow::Result<Option<i32>> {
     eprintln!(
         "flowtap: attached {} probes in {} objects of {}; Ctrl-C to stop",
-        probes.attached,
+        plan.probes.len(),
         plan.objects.len(),
         target.describe()
     );
@@ -252,12 +291,17 @@ async fn run_child(
 
 /// Enrols processes of the binary that started before us or were forked without exec; those
 /// that exec it later enrol themselves in the kernel at their entry point.
-async fn follow_binary(file: FileId, is_library: bool, probes: &mut Probes) -> anyhow::Result<()> {
+async fn follow_binary(
+    file: FileId,
+    is_library: bool,
+    probes: &Mutex<Probes>,
+) -> anyhow::Result<()> {
     if is_library {
         return std::future::pending().await;
     }
     loop {
-        probes.enrol(&process::processes_running(file))?;
+        let running = process::processes_running(file);
+        probes.lock().expect("probes lock").enrol(&running)?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -291,18 +335,25 @@ fn process_exit(pid: u32) -> anyhow::Result<AsyncFd<OwnedFd>> {
         .map_err(|error| anyhow::anyhow!("watching process {pid}: {error}"))
 }
 
-fn write_report(args: &RunArgs, snapshot: &Snapshot, exit_code: Option<i32>) -> anyhow::Result<()> {
+fn write_report(
+    args: &RunArgs,
+    snapshot: &Snapshot,
+    workflow: &WorkflowMetrics,
+    exit_code: Option<i32>,
+) -> anyhow::Result<()> {
+    let report = Report {
+        snapshot,
+        workflow,
+        exit_code,
+    };
     match &args.output {
         Some(path) => {
             let mut file = std::fs::File::create(path)
                 .with_context(|| format!("cannot write the report to {}", path.display()))?;
-            report::write(&mut file, args.report, snapshot, exit_code)?;
+            report.write(&mut file, args.report)?;
             eprintln!("flowtap: report written to {}", path.display());
         }
-        None => {
-            let stdout = std::io::stdout();
-            report::write(&mut stdout.lock(), args.report, snapshot, exit_code)?;
-        }
+        None => report.write(&mut std::io::stdout().lock(), args.report)?,
     }
     Ok(())
 }

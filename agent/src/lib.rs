@@ -2,6 +2,7 @@
 //! data flow: target → symbols → plan → loader → (kernel) → metrics → report.
 
 pub mod cli;
+pub mod export;
 pub mod host;
 pub mod loader;
 pub mod metrics;
@@ -10,3 +11,4 @@ pub mod profile;
 pub mod report;
 pub mod symbols;
 pub mod target;
+pub mod workflow;

@@ -192,6 +192,12 @@ impl Probes {
         Ok(())
     }
 
+    /// Processes enrolled in the kernel's TRACED set (binary mode).
+    pub fn traced_processes(&self) -> Result<u64, MapError> {
+        let traced: HashMap<_, u32, u8> = HashMap::try_from(self.kernel_map("TRACED"))?;
+        Ok(traced.keys().filter(Result::is_ok).count() as u64)
+    }
+
     pub fn kernel_map(&self, name: &str) -> &Map {
         self.ebpf
             .map(name)

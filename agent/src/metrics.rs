@@ -1,13 +1,14 @@
 //! Reading the kernel's exact per-probe counters and histograms, summed over CPUs, into
 //! per-function statistics with percentiles.
 
-use aya::maps::{MapError, PerCpuArray, PerCpuHashMap};
-use flowtap_common::{Loss, ProbeStats, histogram};
+use aya::maps::{HashMap, MapError, PerCpuArray, PerCpuHashMap};
+use flowtap_common::{AggregateKey, AggregateValue, Loss, ProbeStats, histogram};
 
 use crate::{loader::Probes, plan::Plan};
 
 #[derive(Debug, Clone)]
 pub struct FunctionStats {
+    pub probe_id: u32,
     pub function: String,
     pub object: String,
     pub calls: u64,
@@ -44,11 +45,22 @@ impl FunctionStats {
     }
 }
 
+/// Calls of one probe with one outcome and label (see [`flowtap_common::Aggregate`]).
+#[derive(Debug, Clone)]
+pub struct AggregateRow {
+    pub probe_id: u32,
+    pub outcome: i32,
+    pub label: String,
+    pub calls: u64,
+    pub sums: [u64; 3],
+}
+
 /// Everything the kernel counted so far.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Functions that were called at least once, most total time first.
     pub functions: Vec<FunctionStats>,
+    pub aggregates: Vec<AggregateRow>,
     pub losses: Vec<(Loss, u64)>,
 }
 
@@ -63,6 +75,7 @@ impl Snapshot {
                 continue;
             };
             let mut function = FunctionStats {
+                probe_id,
                 function: probe.function.clone(),
                 object: plan.objects[probe.object].name.clone(),
                 calls: 0,
@@ -93,12 +106,42 @@ impl Snapshot {
             .iter()
             .map(|&loss| Ok((loss, counters.get(&(loss as u32), 0)?.iter().sum())))
             .collect::<Result<_, MapError>>()?;
-        Ok(Self { functions, losses })
+        Ok(Self {
+            functions,
+            aggregates: read_aggregates(probes)?,
+            losses,
+        })
+    }
+
+    pub fn function(&self, probe_id: u32) -> Option<&FunctionStats> {
+        self.functions.iter().find(|f| f.probe_id == probe_id)
     }
 
     pub fn lost_events(&self) -> u64 {
         self.losses.iter().map(|(_, count)| count).sum()
     }
+}
+
+fn read_aggregates(probes: &Probes) -> Result<Vec<AggregateRow>, MapError> {
+    let map: HashMap<_, AggregateKey, AggregateValue> =
+        HashMap::try_from(probes.kernel_map("AGGREGATES"))?;
+    map.iter()
+        .map(|entry| {
+            let (key, value) = entry?;
+            let end = key
+                .label
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(key.label.len());
+            Ok(AggregateRow {
+                probe_id: key.probe_id,
+                outcome: key.outcome,
+                label: String::from_utf8_lossy(&key.label[..end]).into_owned(),
+                calls: value.calls,
+                sums: value.sums,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -111,6 +154,7 @@ mod tests {
             buckets[histogram::bucket_index(d)] += 1;
         }
         FunctionStats {
+            probe_id: 0,
             function: "f".into(),
             object: "o".into(),
             calls: durations.len() as u64,

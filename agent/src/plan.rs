@@ -63,10 +63,14 @@ impl SymbolSelector {
 pub struct PlannedProbe {
     pub id: u32,
     pub function: String,
+    /// The name as in the symbol table.
+    pub raw_name: String,
     /// Index into [`Plan::objects`].
     pub object: usize,
     pub file_offset: u64,
     pub spec: ProbeSpec,
+    /// Whether it belongs to the workflow runtime, whose semantics derive workflow metrics.
+    pub in_workflow_runtime: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -187,9 +191,11 @@ impl Plan {
             self.probes.push(PlannedProbe {
                 id: self.probes.len() as u32,
                 function: demangled,
+                raw_name,
                 object: index,
                 file_offset: function.file_offset,
                 spec,
+                in_workflow_runtime: is_workflow,
             });
         }
         self.objects.push(PlannedObject {

@@ -1,7 +1,17 @@
-//! What symbols mean: which functions a known runtime exports and how their return values tell
-//! failure. The built-in workflow semantics describe the fixture runtime's C ABI.
+//! What symbols mean: which functions a known runtime exports, how their return values tell
+//! failure, which arguments label and measure their calls, and which workflow primitive each is.
+//! The built-in workflow semantics describe the fixture runtime's C ABI.
 
-use flowtap_common::{ErrorRule, ProbeSpec};
+use flowtap_common::{Aggregate, ErrorRule, NO_ARG, ProbeSpec};
+
+/// What one function of a runtime means.
+#[derive(Debug, Clone, Copy)]
+pub struct FunctionSemantics {
+    pub function: &'static str,
+    /// The workflow primitive it implements, for `primitive_*` metrics.
+    pub primitive: Option<&'static str>,
+    pub spec: ProbeSpec,
+}
 
 /// A runtime flowtap recognises by an exported marker symbol.
 pub struct Semantics {
@@ -10,21 +20,73 @@ pub struct Semantics {
     pub marker: &'static str,
     /// The functions probed by default in such an object.
     pub default_glob: &'static str,
-    /// How every default function reports failure.
-    pub spec: ProbeSpec,
+    pub functions: &'static [FunctionSemantics],
 }
 
-/// The workflow runtime (`libwfrt`): every `wf_*` function returns a C `int`, negative on failure.
+/// Every `wf_*` function returns a C `int`, negative on failure.
+const fn workflow_spec(aggregate: Aggregate, label_arg: u8, value_args: [u8; 3]) -> ProbeSpec {
+    ProbeSpec {
+        error_rule: ErrorRule::Negative,
+        ret_bytes: 4,
+        aggregate,
+        label_arg,
+        value_args,
+        _pad: 0,
+        error_value: 0,
+    }
+}
+
+const PLAIN: ProbeSpec = workflow_spec(Aggregate::None, NO_ARG, [NO_ARG; 3]);
+
+const fn function(
+    function: &'static str,
+    primitive: Option<&'static str>,
+    spec: ProbeSpec,
+) -> FunctionSemantics {
+    FunctionSemantics {
+        function,
+        primitive,
+        spec,
+    }
+}
+
+/// The workflow runtime (`libwfrt`).
 pub const WORKFLOW: Semantics = Semantics {
     name: "workflow",
     marker: "wf_workflow_run",
     default_glob: "wf_*",
-    spec: ProbeSpec {
-        error_rule: ErrorRule::Negative,
-        ret_bytes: 4,
-        _pad: [0; 6],
-        error_value: 0,
-    },
+    functions: &[
+        // wf_workflow_run(const char *workflow, uint64_t run_id)
+        function(
+            "wf_workflow_run",
+            None,
+            workflow_spec(Aggregate::ByStatus, 0, [NO_ARG; 3]),
+        ),
+        function("wf_sequential", Some("sequential"), PLAIN),
+        function("wf_step_run", Some("step"), PLAIN),
+        function("wf_parallel", Some("parallel"), PLAIN),
+        function("wf_task_execute", Some("task"), PLAIN),
+        // wf_router_route(const char *route)
+        function(
+            "wf_router_route",
+            Some("router"),
+            workflow_spec(Aggregate::ByStatus, 0, [NO_ARG; 3]),
+        ),
+        // wf_cache_get(key): 1 hit, 0 miss
+        function(
+            "wf_cache_get",
+            Some("cache"),
+            workflow_spec(Aggregate::ByReturn, NO_ARG, [NO_ARG; 3]),
+        ),
+        function("wf_timeout_run", Some("timeout"), PLAIN),
+        function("wf_retry_run", Some("retry"), PLAIN),
+        // wf_llm_call(model, prompt_tokens, completion_tokens, cost_micros)
+        function(
+            "wf_llm_call",
+            Some("llm"),
+            workflow_spec(Aggregate::ByStatus, 0, [1, 2, 3]),
+        ),
+    ],
 };
 
 impl Semantics {
@@ -34,9 +96,19 @@ impl Semantics {
             .any(|function| function.raw_name == self.marker)
     }
 
+    /// The spec of a function of this runtime: its declared one, else the runtime's default.
     pub fn spec_for(&self, function: &str) -> Option<ProbeSpec> {
+        if let Some(known) = self.function(function) {
+            return Some(known.spec);
+        }
         glob::Pattern::new(self.default_glob)
             .is_ok_and(|pattern| pattern.matches(function))
-            .then_some(self.spec)
+            .then_some(PLAIN)
+    }
+
+    pub fn function(&self, function: &str) -> Option<&FunctionSemantics> {
+        self.functions
+            .iter()
+            .find(|known| known.function == function)
     }
 }

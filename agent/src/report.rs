@@ -1,10 +1,13 @@
 //! The end-of-run report: a table for people, JSON for programs.
 
-use std::io::Write;
+use std::{collections::BTreeMap, io::Write};
 
 use serde::Serialize;
 
-use crate::metrics::{FunctionStats, Snapshot};
+use crate::{
+    metrics::{FunctionStats, Snapshot},
+    workflow::WorkflowMetrics,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
@@ -12,13 +15,70 @@ pub enum ReportFormat {
     Json,
 }
 
+/// Everything the end-of-run report shows.
+pub struct Report<'a> {
+    pub snapshot: &'a Snapshot,
+    pub workflow: &'a WorkflowMetrics,
+    /// The launched command's, in launch mode.
+    pub exit_code: Option<i32>,
+}
+
 #[derive(Serialize)]
 struct JsonReport<'a> {
     functions: Vec<JsonFunction<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflow: Option<JsonWorkflow>,
     lost_events: u64,
-    losses: std::collections::BTreeMap<&'static str, u64>,
+    losses: BTreeMap<&'static str, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
+}
+
+/// The workflow metrics, keyed as their Prometheus series are labelled.
+#[derive(Serialize)]
+struct JsonWorkflow {
+    /// "workflow/status" → runs.
+    executions: BTreeMap<String, u64>,
+    /// "primitive/status" → calls.
+    primitive_executions: BTreeMap<String, u64>,
+    cache_hits: u64,
+    cache_misses: u64,
+    cache_evictions: u64,
+    routes: BTreeMap<String, u64>,
+    timeouts: u64,
+    retry_attempts: u64,
+    /// "model/kind" → tokens.
+    llm_tokens: BTreeMap<String, u64>,
+    llm_cost: BTreeMap<String, f64>,
+}
+
+impl From<&WorkflowMetrics> for JsonWorkflow {
+    fn from(w: &WorkflowMetrics) -> Self {
+        Self {
+            executions: w
+                .executions
+                .iter()
+                .map(|((a, b), n)| (format!("{a}/{b}"), *n))
+                .collect(),
+            primitive_executions: w
+                .primitive_executions
+                .iter()
+                .map(|((a, b), n)| (format!("{a}/{b}"), *n))
+                .collect(),
+            cache_hits: w.cache_hits,
+            cache_misses: w.cache_misses,
+            cache_evictions: w.cache_evictions,
+            routes: w.routes.clone(),
+            timeouts: w.timeouts,
+            retry_attempts: w.retry_attempts,
+            llm_tokens: w
+                .llm_tokens
+                .iter()
+                .map(|((a, b), n)| (format!("{a}/{b}"), *n))
+                .collect(),
+            llm_cost: w.llm_cost.clone(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -52,29 +112,79 @@ impl<'a> From<&'a FunctionStats> for JsonFunction<'a> {
     }
 }
 
-pub fn write(
-    out: &mut dyn Write,
-    format: ReportFormat,
-    snapshot: &Snapshot,
-    exit_code: Option<i32>,
-) -> std::io::Result<()> {
-    match format {
-        ReportFormat::Json => {
-            let report = JsonReport {
-                functions: snapshot.functions.iter().map(JsonFunction::from).collect(),
-                lost_events: snapshot.lost_events(),
-                losses: snapshot
-                    .losses
-                    .iter()
-                    .map(|(l, n)| (l.name(), *n))
-                    .collect(),
-                exit_code,
-            };
-            serde_json::to_writer_pretty(&mut *out, &report)?;
-            writeln!(out)
+impl Report<'_> {
+    pub fn write(&self, out: &mut dyn Write, format: ReportFormat) -> std::io::Result<()> {
+        match format {
+            ReportFormat::Json => {
+                let report = JsonReport {
+                    functions: self
+                        .snapshot
+                        .functions
+                        .iter()
+                        .map(JsonFunction::from)
+                        .collect(),
+                    workflow: (!self.workflow.is_empty()).then(|| self.workflow.into()),
+                    lost_events: self.snapshot.lost_events(),
+                    losses: self
+                        .snapshot
+                        .losses
+                        .iter()
+                        .map(|(l, n)| (l.name(), *n))
+                        .collect(),
+                    exit_code: self.exit_code,
+                };
+                serde_json::to_writer_pretty(&mut *out, &report)?;
+                writeln!(out)
+            }
+            ReportFormat::Table => {
+                write_table(out, self.snapshot)?;
+                if !self.workflow.is_empty() {
+                    write_workflow(out, self.workflow)?;
+                }
+                Ok(())
+            }
         }
-        ReportFormat::Table => write_table(out, snapshot),
     }
+}
+
+fn write_workflow(out: &mut dyn Write, w: &WorkflowMetrics) -> std::io::Result<()> {
+    writeln!(out, "\nWORKFLOW METRICS")?;
+    for ((workflow, status), n) in &w.executions {
+        writeln!(
+            out,
+            "  workflow_executions_total{{workflow={workflow},status={status}}}  {n}"
+        )?;
+    }
+    for ((primitive, status), n) in &w.primitive_executions {
+        writeln!(
+            out,
+            "  primitive_executions_total{{primitive={primitive},status={status}}}  {n}"
+        )?;
+    }
+    let lookups = w.cache_hits + w.cache_misses;
+    if lookups > 0 {
+        let rate = 100.0 * w.cache_hits as f64 / lookups as f64;
+        writeln!(
+            out,
+            "  cache: {} hits, {} misses ({rate:.1}% hit rate), {} evictions",
+            w.cache_hits, w.cache_misses, w.cache_evictions
+        )?;
+    }
+    for (route, n) in &w.routes {
+        writeln!(out, "  router_route_selected_total{{route={route}}}  {n}")?;
+    }
+    writeln!(
+        out,
+        "  timeouts triggered: {}, retry attempts: {}",
+        w.timeouts, w.retry_attempts
+    )?;
+    for ((model, kind), n) in &w.llm_tokens {
+        writeln!(out, "  llm_tokens_total{{model={model},kind={kind}}}  {n}")?;
+    }
+    for (model, dollars) in &w.llm_cost {
+        writeln!(out, "  llm_cost_total{{model={model}}}  ${dollars:.4}")?;
+    }
+    Ok(())
 }
 
 fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> {

@@ -17,6 +17,18 @@ pub const MAX_TRACED_PROCESSES: u32 = 16_384;
 /// Threads with a live shadow stack at once; LRU, so a leaked entry is evicted, never a failure.
 pub const MAX_TRACKED_THREADS: u32 = 65_536;
 
+/// Integer arguments saved at entry for use at return (registers are clobbered by then).
+pub const CAPTURED_ARGS: usize = 4;
+
+/// Bytes of a string argument kept as a label (longer strings are cut).
+pub const LABEL_LEN: usize = 48;
+
+/// Distinct (probe, outcome, label) aggregates the kernel keeps.
+pub const MAX_AGGREGATES: u32 = 16_384;
+
+/// Marks an unused argument index in a [`ProbeSpec`].
+pub const NO_ARG: u8 = u8::MAX;
+
 /// One probed call in progress on a thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -24,6 +36,7 @@ pub struct Frame {
     pub probe_id: u32,
     pub _pad: u32,
     pub start_ns: u64,
+    pub args: [u64; CAPTURED_ARGS],
 }
 
 /// The probed calls in progress on one thread, innermost last. `depth` can exceed
@@ -70,16 +83,66 @@ pub enum ErrorRule {
     Equals = 4,
 }
 
+/// How a probe's calls are aggregated beyond its histogram.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Aggregate {
+    #[default]
+    None = 0,
+    /// By failed / succeeded (outcome 1 / 0).
+    ByStatus = 1,
+    /// By the return value itself (small enumerations such as hit = 1 / miss = 0).
+    ByReturn = 2,
+}
+
 /// What the kernel needs to know about one probe, indexed by probe id.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct ProbeSpec {
     pub error_rule: ErrorRule,
     /// Width of the return value in bytes (4 for C `int`): the upper half of `rax` is garbage
     /// for 32-bit returns and must not be read as sign.
     pub ret_bytes: u8,
-    pub _pad: [u8; 6],
+    pub aggregate: Aggregate,
+    /// Argument holding a C string that labels the aggregate, or [`NO_ARG`].
+    pub label_arg: u8,
+    /// Integer arguments summed into the aggregate, or [`NO_ARG`].
+    pub value_args: [u8; 3],
+    pub _pad: u8,
     pub error_value: i64,
+}
+
+impl Default for ProbeSpec {
+    fn default() -> Self {
+        Self {
+            error_rule: ErrorRule::Never,
+            ret_bytes: 8,
+            aggregate: Aggregate::None,
+            label_arg: NO_ARG,
+            value_args: [NO_ARG; 3],
+            _pad: 0,
+            error_value: 0,
+        }
+    }
+}
+
+/// Key of the kernel's aggregates: calls of one probe with one outcome and label.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AggregateKey {
+    pub probe_id: u32,
+    /// 1 failed / 0 succeeded, or the return value: see [`Aggregate`].
+    pub outcome: i32,
+    /// NUL-padded.
+    pub label: [u8; LABEL_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AggregateValue {
+    pub calls: u64,
+    /// Sums of the spec's `value_args`, in order.
+    pub sums: [u64; 3],
 }
 
 impl ProbeSpec {
@@ -112,15 +175,18 @@ pub enum Loss {
     StackMapFull = 2,
     /// A probe's stats could not be created (map full).
     StatsMapFull = 3,
+    /// An aggregate could not be created (map full: too many distinct labels).
+    AggregateMapFull = 4,
 }
 
 impl Loss {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
     pub const ALL: [Loss; Self::COUNT as usize] = [
         Loss::StackOverflow,
         Loss::UnmatchedReturn,
         Loss::StackMapFull,
         Loss::StatsMapFull,
+        Loss::AggregateMapFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -129,6 +195,7 @@ impl Loss {
             Loss::UnmatchedReturn => "unmatched_return",
             Loss::StackMapFull => "stack_map_full",
             Loss::StatsMapFull => "stats_map_full",
+            Loss::AggregateMapFull => "aggregate_map_full",
         }
     }
 }
@@ -145,9 +212,11 @@ pub struct Config {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are #[repr(C)] plain data with explicit padding and no pointers; every bit
-    // pattern the kernel writes is a valid value (ErrorRule is only written by the agent).
+    // pattern the kernel writes is a valid value (the enums are only written by the agent).
     unsafe impl aya::Pod for super::ShadowStack {}
     unsafe impl aya::Pod for super::ProbeStats {}
     unsafe impl aya::Pod for super::ProbeSpec {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::AggregateKey {}
+    unsafe impl aya::Pod for super::AggregateValue {}
 }

@@ -1,17 +1,24 @@
 //! Entry and exit of probed calls: push a frame at entry, pop it at exit, and add the duration
 //! to the probe's in-kernel histogram.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_probe_read_user_str,
+    },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use flowtap_common::{
-    Config, Frame, Loss, MAX_DEPTH, MAX_PROBES, MAX_TRACED_PROCESSES, MAX_TRACKED_THREADS,
+    Aggregate, AggregateKey, AggregateValue, CAPTURED_ARGS, Config, Frame, LABEL_LEN, Loss,
+    MAX_AGGREGATES, MAX_DEPTH, MAX_PROBES, MAX_TRACED_PROCESSES, MAX_TRACKED_THREADS, NO_ARG,
     ProbeSpec, ProbeStats, ShadowStack, histogram,
 };
 
@@ -33,6 +40,11 @@ static SPECS: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 0);
 
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCESSES, 0);
+
+/// Shared, not per CPU: few probes aggregate, and the keys carry strings.
+#[map]
+static AGGREGATES: HashMap<AggregateKey, AggregateValue> =
+    HashMap::with_max_entries(MAX_AGGREGATES, 0);
 
 #[map]
 static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Loss::COUNT, 0);
@@ -71,7 +83,7 @@ pub fn call_exit(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_entry<C: EbpfContext>(ctx: &C) {
+fn on_entry(ctx: &ProbeContext) {
     let Some(tid) = traced_thread() else { return };
     let Some(stack) = stack_of(tid) else {
         count_loss(Loss::StackMapFull);
@@ -85,10 +97,16 @@ fn on_entry<C: EbpfContext>(ctx: &C) {
         count_loss(Loss::StackOverflow);
         return;
     }
+    // Copying four registers costs less than looking up whether the probe needs them.
+    let mut args = [0u64; CAPTURED_ARGS];
+    for (n, arg) in args.iter_mut().enumerate() {
+        *arg = ctx.arg(n).unwrap_or(0);
+    }
     stack.frames[depth] = Frame {
         probe_id: probe_id(ctx),
         _pad: 0,
         start_ns: unsafe { bpf_ktime_get_ns() },
+        args,
     };
 }
 
@@ -106,9 +124,61 @@ fn on_exit(ctx: &RetProbeContext) {
     let Some(frame) = pop_frame(stack, probe_id) else {
         return;
     };
-    let spec = SPECS.get(probe_id);
-    let failed = spec.is_some_and(|spec| spec.is_error(ctx.ret::<u64>()));
+    let Some(spec) = SPECS.get(probe_id) else {
+        return;
+    };
+    let ret = ctx.ret::<u64>();
+    let failed = spec.is_error(ret);
     record(probe_id, now.saturating_sub(frame.start_ns), failed);
+    if spec.aggregate != Aggregate::None {
+        aggregate(spec, &frame, ret, failed);
+    }
+}
+
+/// Adds the call to its (probe, outcome, label) aggregate, summing the spec's value arguments.
+#[inline(always)]
+fn aggregate(spec: &ProbeSpec, frame: &Frame, ret: u64, failed: bool) {
+    let mut key = AggregateKey {
+        probe_id: frame.probe_id,
+        outcome: match spec.aggregate {
+            Aggregate::ByReturn => ret as i32,
+            _ => i32::from(failed),
+        },
+        label: [0; LABEL_LEN],
+    };
+    if let Some(&pointer) = frame.args.get(usize::from(spec.label_arg)) {
+        // SAFETY: the helper reads at most LABEL_LEN bytes of user memory, faulting safely; a
+        // failed read leaves an empty label.
+        unsafe {
+            bpf_probe_read_user_str(
+                key.label.as_mut_ptr().cast(),
+                LABEL_LEN as u32,
+                pointer as *const c_void,
+            )
+        };
+    }
+    let value = match AGGREGATES.get_ptr_mut(&key) {
+        Some(value) => value,
+        None => {
+            let _ = AGGREGATES.insert(&key, &AggregateValue::default(), BPF_NOEXIST);
+            let Some(value) = AGGREGATES.get_ptr_mut(&key) else {
+                count_loss(Loss::AggregateMapFull);
+                return;
+            };
+            value
+        }
+    };
+    // SAFETY: a live map value, updated atomically as in `record`.
+    unsafe {
+        add(&raw mut (*value).calls, 1);
+        for (slot, &arg) in spec.value_args.iter().enumerate() {
+            if arg != NO_ARG
+                && let Some(&amount) = frame.args.get(usize::from(arg))
+            {
+                add(&raw mut (*value).sums[slot], amount);
+            }
+        }
+    }
 }
 
 /// The current thread id, or None when the process is not one we count.

@@ -116,9 +116,13 @@ fn lint() -> anyhow::Result<()> {
             "--all-targets",
         ])
         .args(["--", "-D", "warnings"]))?;
-    run(cargo()
+    // Through rustup: the CARGO we were started by is the pinned stable toolchain's own binary.
+    run(Command::new("rustup")
+        .current_dir(workspace_root())
         .args([
-            &format!("+{}", setup::EBPF_TOOLCHAIN),
+            "run",
+            setup::EBPF_TOOLCHAIN,
+            "cargo",
             "clippy",
             "--package",
             "flowtap-ebpf",

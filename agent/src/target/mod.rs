@@ -155,6 +155,18 @@ impl Target {
         )
     }
 
+    /// `unknown_service:<executable name>`, as OpenTelemetry names a service nobody named.
+    pub fn default_service_name(&self) -> String {
+        let executable = match &self.kind {
+            TargetKind::Binary { path, .. } => crate::symbols::file_name(path),
+            TargetKind::Launch { program, .. } => crate::symbols::file_name(program),
+            TargetKind::Process { pid } => std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|exe| crate::symbols::file_name(&exe))
+                .unwrap_or_else(|_| "unknown".into()),
+        };
+        format!("unknown_service:{executable}")
+    }
+
     /// A short description for messages: "PID 42", "/usr/bin/app", "command ./demo".
     pub fn describe(&self) -> String {
         match &self.kind {

@@ -1,0 +1,3 @@
+//! Where measurements leave the agent.
+
+pub mod prometheus;

@@ -1,0 +1,430 @@
+//! `/metrics`: the kernel's exact counts and histograms, read at scrape time and exposed in the
+//! Prometheus text format, with the workflow metrics and the agent's own health.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use prometheus::{
+    Encoder, TextEncoder,
+    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+};
+
+use crate::{
+    loader::Probes,
+    metrics::{FunctionStats, Snapshot},
+    plan::Plan,
+    workflow::{FAILURE, LabelCap, SUCCESS, WorkflowMetrics},
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {error}; choose another address with --metrics-addr")]
+pub struct BindError {
+    addr: SocketAddr,
+    error: std::io::Error,
+}
+
+/// Binds early, before probes are attached, so a busy port fails fast.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|error| BindError { addr, error })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|error| BindError { addr, error })?;
+    Ok(listener)
+}
+
+/// What a scrape reads.
+pub struct Exporter {
+    pub probes: Arc<Mutex<Probes>>,
+    pub plan: Arc<Plan>,
+    pub labels: Arc<Mutex<LabelCap>>,
+    /// `service_name` label on every series.
+    pub service: String,
+    /// Processes traced when it is not the kernel's TRACED set that says (PID, launch).
+    pub fixed_processes: Option<u64>,
+    last_scrape_seconds: Mutex<f64>,
+}
+
+impl Exporter {
+    pub fn new(
+        probes: Arc<Mutex<Probes>>,
+        plan: Arc<Plan>,
+        labels: Arc<Mutex<LabelCap>>,
+        service: String,
+        fixed_processes: Option<u64>,
+    ) -> Self {
+        Self {
+            probes,
+            plan,
+            labels,
+            service,
+            fixed_processes,
+            last_scrape_seconds: Mutex::new(0.0),
+        }
+    }
+
+    /// Serves `/metrics` until the future is dropped.
+    pub async fn serve(self: Arc<Self>, listener: std::net::TcpListener) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let app = Router::new()
+            .route("/metrics", get(scrape))
+            .route("/", get(|| async { "flowtap: metrics at /metrics\n" }))
+            .with_state(self);
+        axum::serve(listener, app).await
+    }
+
+    /// The whole exposition, as text.
+    pub fn render(&self) -> anyhow::Result<String> {
+        let started = Instant::now();
+        let (snapshot, processes) = {
+            let probes = self.probes.lock().expect("probes lock");
+            let processes = match self.fixed_processes {
+                Some(count) => count,
+                None => probes.traced_processes()?,
+            };
+            (Snapshot::read(&probes, &self.plan)?, processes)
+        };
+        let mut labels = self.labels.lock().expect("labels lock");
+        let workflow = WorkflowMetrics::derive(&snapshot, &self.plan, &mut labels);
+        let mut families = self.function_families(&snapshot);
+        families.extend(self.workflow_families(&workflow));
+        families.extend(self.health_families(&snapshot, &labels, processes));
+        drop(labels);
+        // The text format has no empty families (a series appears with its first value).
+        families.retain(|family| !family.get_metric().is_empty());
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&families, &mut text)?;
+        *self.last_scrape_seconds.lock().expect("scrape lock") = started.elapsed().as_secs_f64();
+        Ok(String::from_utf8(text)?)
+    }
+
+    fn labels<'a>(&'a self, pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut labels = vec![("service_name", self.service.as_str())];
+        labels.extend_from_slice(pairs);
+        labels
+    }
+
+    fn function_families(&self, snapshot: &Snapshot) -> Vec<MetricFamily> {
+        let mut calls = Vec::new();
+        let mut durations = Vec::new();
+        for f in &snapshot.functions {
+            let base = [
+                ("function", f.function.as_str()),
+                ("object", f.object.as_str()),
+            ];
+            let ok = [base[0], base[1], ("status", SUCCESS)];
+            let failed = [base[0], base[1], ("status", FAILURE)];
+            calls.push(counter(&self.labels(&ok), (f.calls - f.errors) as f64));
+            calls.push(counter(&self.labels(&failed), f.errors as f64));
+            durations.push(histogram(&self.labels(&base), f));
+        }
+        vec![
+            family(
+                "flowtap_function_calls_total",
+                "Calls of each probed function, by outcome, counted in the kernel.",
+                MetricType::COUNTER,
+                calls,
+            ),
+            family(
+                "flowtap_function_duration_seconds",
+                "Duration of each probed function, from the kernel's histogram.",
+                MetricType::HISTOGRAM,
+                durations,
+            ),
+        ]
+    }
+
+    fn workflow_families(&self, w: &WorkflowMetrics) -> Vec<MetricFamily> {
+        let plain = |value: u64| vec![counter(&self.labels(&[]), value as f64)];
+        let by = |name: &'static str, rows: Vec<(Vec<(&str, &str)>, f64)>| {
+            rows.into_iter()
+                .map(|(pairs, value)| counter(&self.labels(&pairs), value))
+                .collect::<Vec<_>>()
+                .pipe(|metrics| (name, metrics))
+        };
+        let counters = [
+            by(
+                "workflow_executions_total",
+                w.executions
+                    .iter()
+                    .map(|((workflow, status), n)| {
+                        (
+                            vec![("workflow", workflow.as_str()), ("status", *status)],
+                            *n as f64,
+                        )
+                    })
+                    .collect(),
+            ),
+            by(
+                "primitive_executions_total",
+                w.primitive_executions
+                    .iter()
+                    .map(|((primitive, status), n)| {
+                        (
+                            vec![("primitive", *primitive), ("status", *status)],
+                            *n as f64,
+                        )
+                    })
+                    .collect(),
+            ),
+            ("cache_hits_total", plain(w.cache_hits)),
+            ("cache_misses_total", plain(w.cache_misses)),
+            ("cache_evictions_total", plain(w.cache_evictions)),
+            by(
+                "router_route_selected_total",
+                w.routes
+                    .iter()
+                    .map(|(route, n)| (vec![("route", route.as_str())], *n as f64))
+                    .collect(),
+            ),
+            ("timeout_triggered_total", plain(w.timeouts)),
+            ("retry_attempts_total", plain(w.retry_attempts)),
+            by(
+                "llm_tokens_total",
+                w.llm_tokens
+                    .iter()
+                    .map(|((model, kind), n)| {
+                        (vec![("model", model.as_str()), ("kind", *kind)], *n as f64)
+                    })
+                    .collect(),
+            ),
+            by(
+                "llm_cost_total",
+                w.llm_cost
+                    .iter()
+                    .map(|(model, dollars)| (vec![("model", model.as_str())], *dollars))
+                    .collect(),
+            ),
+        ];
+        let mut families: Vec<MetricFamily> = counters
+            .into_iter()
+            .map(|(name, metrics)| family(name, workflow_help(name), MetricType::COUNTER, metrics))
+            .collect();
+        families.push(family(
+            "primitive_execution_duration_seconds",
+            workflow_help("primitive_execution_duration_seconds"),
+            MetricType::HISTOGRAM,
+            w.primitive_durations
+                .iter()
+                .map(|(primitive, stats)| {
+                    histogram(&self.labels(&[("primitive", primitive)]), stats)
+                })
+                .collect(),
+        ));
+        families
+    }
+
+    fn health_families(
+        &self,
+        snapshot: &Snapshot,
+        labels: &LabelCap,
+        processes: u64,
+    ) -> Vec<MetricFamily> {
+        let lost = snapshot
+            .losses
+            .iter()
+            .map(|(loss, n)| counter(&[("reason", loss.name())], *n as f64))
+            .collect();
+        let capped = labels
+            .refused()
+            .map(|(metric, n)| counter(&[("metric", metric)], n as f64))
+            .collect();
+        let last_scrape = *self.last_scrape_seconds.lock().expect("scrape lock");
+        vec![
+            family(
+                "flowtap_events_lost_total",
+                "Calls the kernel could not fully record, by reason.",
+                MetricType::COUNTER,
+                lost,
+            ),
+            family(
+                "flowtap_probes_attached",
+                "Functions with probes attached.",
+                MetricType::GAUGE,
+                vec![gauge(&[], self.plan.probes.len() as f64)],
+            ),
+            family(
+                "flowtap_processes_traced",
+                "Processes whose calls are being counted.",
+                MetricType::GAUGE,
+                vec![gauge(&[], processes as f64)],
+            ),
+            family(
+                "flowtap_label_values_capped_total",
+                "Distinct label values folded into \"other\" by the per-metric cap.",
+                MetricType::COUNTER,
+                capped,
+            ),
+            family(
+                "flowtap_scrape_duration_seconds",
+                "Time the previous scrape took to read the kernel and encode.",
+                MetricType::GAUGE,
+                vec![gauge(&[], last_scrape)],
+            ),
+        ]
+    }
+}
+
+async fn scrape(State(exporter): State<Arc<Exporter>>) -> (StatusCode, String) {
+    match exporter.render() {
+        Ok(text) => (StatusCode::OK, text),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("flowtap: scrape failed: {error:#}\n"),
+        ),
+    }
+}
+
+/// Lets a value flow into a closure, keeping builder chains readable.
+trait Pipe: Sized {
+    fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+fn workflow_help(name: &str) -> &'static str {
+    match name {
+        "workflow_executions_total" => "Workflow runs, by workflow name and outcome.",
+        "primitive_executions_total" => "Workflow primitive calls, by primitive and outcome.",
+        "primitive_execution_duration_seconds" => "Duration of workflow primitive calls.",
+        "cache_hits_total" => "Cache lookups that hit.",
+        "cache_misses_total" => "Cache lookups that missed.",
+        "cache_evictions_total" => "Cache entries evicted.",
+        "router_route_selected_total" => "Routes chosen by the router, by route.",
+        "timeout_triggered_total" => "Timeout primitives that timed out.",
+        "retry_attempts_total" => "Attempts made by retry primitives.",
+        "llm_tokens_total" => "LLM tokens, by model and kind (prompt, completion).",
+        "llm_cost_total" => "LLM cost in dollars, by model.",
+        _ => "",
+    }
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect()
+}
+
+fn counter(labels: &[(&str, &str)], value: f64) -> Metric {
+    let mut counter = Counter::default();
+    counter.set_value(value);
+    let mut metric = Metric::from_label(label_pairs(labels));
+    metric.set_counter(counter);
+    metric
+}
+
+fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
+    let mut gauge = Gauge::default();
+    gauge.set_value(value);
+    let mut metric = Metric::from_label(label_pairs(labels));
+    metric.set_gauge(gauge);
+    metric
+}
+
+/// Exposed bucket bounds: four per power of two (`16, 20, 24, 28 << k` ns, each a boundary of the
+/// kernel's 16-per-octave buckets, so cumulative counts are exact), from about 1 µs to 69 s.
+pub fn exposed_bounds_ns() -> Vec<u64> {
+    let mut bounds: Vec<u64> = (6..32)
+        .flat_map(|shift| [16u64, 20, 24, 28].map(|m| m << shift))
+        .collect();
+    bounds.push(32 << 31);
+    bounds
+}
+
+fn histogram(labels: &[(&str, &str)], stats: &FunctionStats) -> Metric {
+    let mut kernel = stats
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(index, count)| (flowtap_common::histogram::bucket_bounds(index).1, *count))
+        .peekable();
+    let mut cumulative = 0;
+    let buckets = exposed_bounds_ns()
+        .into_iter()
+        .map(|bound| {
+            while let Some((_, count)) = kernel.next_if(|(upper, _)| *upper <= bound) {
+                cumulative += count;
+            }
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(bound as f64 / 1e9);
+            bucket.set_cumulative_count(cumulative);
+            bucket
+        })
+        .collect();
+    let mut histogram = Histogram::default();
+    histogram.set_sample_count(stats.calls);
+    histogram.set_sample_sum(stats.total_ns as f64 / 1e9);
+    histogram.set_bucket(buckets);
+    let mut metric = Metric::from_label(label_pairs(labels));
+    metric.set_histogram(histogram);
+    metric
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowtap_common::histogram::{BUCKETS, bucket_bounds, bucket_index};
+
+    #[test]
+    fn exposed_bounds_are_kernel_bucket_boundaries() {
+        let boundaries: Vec<u64> = (0..BUCKETS).map(|i| bucket_bounds(i).1).collect();
+        for bound in exposed_bounds_ns() {
+            assert!(
+                boundaries.contains(&bound),
+                "{bound} is not a kernel boundary"
+            );
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_exact() {
+        let durations = [500u64, 1_500, 20_000_000, 20_100_000, 90_000_000_000];
+        let mut buckets = vec![0; BUCKETS];
+        for d in durations {
+            buckets[bucket_index(d)] += 1;
+        }
+        let stats = FunctionStats {
+            probe_id: 0,
+            function: "f".into(),
+            object: "o".into(),
+            calls: durations.len() as u64,
+            errors: 0,
+            total_ns: durations.iter().sum(),
+            max_ns: 90_000_000_000,
+            buckets,
+        };
+        let metric = histogram(&[], &stats);
+        let h = metric.get_histogram();
+        let count_at = |seconds: f64| {
+            h.get_bucket()
+                .iter()
+                .find(|b| b.get_upper_bound() >= seconds)
+                .map(|b| b.get_cumulative_count())
+                .unwrap()
+        };
+        assert_eq!(count_at(1.024e-6), 1);
+        assert_eq!(count_at(19.0e-3), 2);
+        assert_eq!(count_at(25.0e-3), 4);
+        assert_eq!(h.get_bucket().last().unwrap().get_cumulative_count(), 4);
+        assert_eq!(h.get_sample_count(), 5);
+    }
+}
