@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
@@ -20,7 +20,8 @@ fn env_path(name: &str) -> PathBuf {
     PathBuf::from(value)
 }
 
-/// The agent binary; asserts the tests run as root, since they load real eBPF.
+/// The agent binary; asserts the tests run as root, since they load real eBPF. Its metrics
+/// endpoint takes any free port, so that tests can run side by side.
 pub fn flowtap() -> Command {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -28,7 +29,9 @@ pub fn flowtap() -> Command {
         euid, 0,
         "these tests load eBPF programs and must run as root"
     );
-    Command::new(env_path("FLOWTAP_BIN"))
+    let mut command = Command::new(env_path("FLOWTAP_BIN"));
+    command.env("FLOWTAP_METRICS_ADDR", "127.0.0.1:0");
+    command
 }
 
 pub fn fixture_dir() -> PathBuf {
@@ -41,6 +44,16 @@ pub fn demo_path() -> PathBuf {
 
 pub fn library_path() -> PathBuf {
     fixture_dir().join("libwfrt.so")
+}
+
+/// A private copy of the fixture (`wfdemo` and `libwfrt.so`, new inodes) in `dir`: probes on
+/// it, by binary or library, see no other test's processes.
+pub fn isolated_fixture(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let demo = dir.join("wfdemo");
+    let library = dir.join("libwfrt.so");
+    std::fs::copy(demo_path(), &demo).unwrap();
+    std::fs::copy(library_path(), &library).unwrap();
+    (demo, library)
 }
 
 /// A fresh directory for one test's files.
@@ -114,9 +127,11 @@ pub fn assert_same_counts(expected: &Counts, actual: &Counts, what: &str) {
 }
 
 /// Starts flowtap with stderr piped and waits (bounded) until its probes are attached.
-/// Its remaining stderr is collected on a thread and returned by [`finish`].
+/// Its remaining stderr is collected on a thread and returned by [`Running::finish`].
 pub struct Running {
     pub child: Child,
+    /// Where it serves `/metrics`, from its "serving metrics on" line.
+    pub metrics_url: String,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -131,26 +146,36 @@ impl Running {
         let (rest_tx, rest_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut all = String::new();
+            let mut metrics_url = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("flowtap: serving metrics on ") {
+                    metrics_url = url.to_string();
+                }
                 if line.contains("attached") {
-                    let _ = attached_tx.send(());
+                    let _ = attached_tx.send(metrics_url.clone());
                 }
                 all.push_str(&line);
                 all.push('\n');
             }
             let _ = rest_tx.send(all);
         });
-        if attached_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let Ok(metrics_url) = attached_rx.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
             let stderr = rest_rx
                 .recv_timeout(Duration::from_secs(5))
                 .unwrap_or_default();
             panic!("flowtap did not attach:\n{stderr}");
-        }
+        };
         Self {
             child,
+            metrics_url,
             stderr: rest_rx,
         }
+    }
+
+    /// The body of a GET of its `/metrics`.
+    pub fn scrape(&self) -> String {
+        http_get(&self.metrics_url)
     }
 
     /// Sends SIGINT, as Ctrl-C does.
@@ -168,16 +193,6 @@ impl Running {
             .unwrap_or_default();
         (status.code().unwrap_or(-1), stderr)
     }
-}
-
-/// Runs the demo to completion with these arguments.
-pub fn run_demo(args: &[&str]) -> Output {
-    let output = Command::new(demo_path())
-        .args(args)
-        .output()
-        .expect("running wfdemo");
-    assert!(output.status.success(), "wfdemo failed: {output:?}");
-    output
 }
 
 /// Starts the demo held at `--wait-start`; it runs when its stdin is closed.
@@ -207,4 +222,51 @@ pub fn run_flowtap(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A plain HTTP/1.0 GET of `http://host:port/path`; returns the body of a 200 answer.
+pub fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    let mut stream = std::net::TcpStream::connect(host).expect("connecting to flowtap");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}\n{body}"
+    );
+    body.to_string()
+}
+
+/// Samples of the text exposition: (name, labels as `k="v",...`, value).
+pub fn samples(exposition: &str) -> Vec<(String, String, f64)> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some((name.to_string(), labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of the one sample of `name` whose labels contain every `k="v"` in `with`.
+pub fn sample(exposition: &str, name: &str, with: &[&str]) -> f64 {
+    let matching: Vec<f64> = samples(exposition)
+        .into_iter()
+        .filter(|(n, labels, _)| n == name && with.iter().all(|w| labels.contains(w)))
+        .map(|(_, _, value)| value)
+        .collect();
+    assert_eq!(matching.len(), 1, "{name} {with:?}: {matching:?}");
+    matching[0]
 }

@@ -97,3 +97,14 @@ fn not_root() {
         "{stderr}"
     );
 }
+
+#[test]
+fn metrics_port_in_use() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap().to_string();
+    let line = fails(&["run", "--metrics-addr", &address, "--", "/bin/true"]);
+    assert!(
+        line.contains("cannot serve metrics on") && line.contains("--metrics-addr"),
+        "{line}"
+    );
+}

@@ -1,7 +1,7 @@
 //! Exact per-function counts and latencies of the fixture runtime, in every target mode,
 //! checked against the runtime's own counts and against bpftrace.
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use flowtap_tests::*;
 
@@ -68,12 +68,11 @@ fn pid_mode_counts_every_call_after_attaching_and_ends_with_the_process() {
 fn exe_mode_counts_processes_of_the_binary_only() {
     let dir = scratch_dir("exe");
     let report_path = dir.join("report.json");
+    let (demo, _) = isolated_fixture(&dir);
     // Another program mapping the same libwfrt.so: its calls must not be counted.
     let other = dir.join("other-app");
-    std::fs::copy(demo_path(), &other).unwrap();
-    std::os::unix::fs::symlink(library_path(), dir.join("libwfrt.so")).unwrap();
+    std::fs::copy(&demo, &other).unwrap();
 
-    let demo = demo_path();
     let flowtap = Running::start(flowtap().args([
         "run",
         "--exe",
@@ -83,8 +82,18 @@ fn exe_mode_counts_processes_of_the_binary_only() {
         "--output",
         report_path.to_str().unwrap(),
     ]));
-    let first = std::thread::spawn(|| run_demo(&["--runs", "80", "--seed", "1"]));
-    let second = std::thread::spawn(|| run_demo(&["--runs", "60", "--seed", "2"]));
+    let run = |demo: PathBuf, seed: &'static str| {
+        move || {
+            let output = Command::new(demo)
+                .args(["--runs", "70", "--seed", seed])
+                .output();
+            let output = output.expect("running wfdemo");
+            assert!(output.status.success(), "{output:?}");
+            output
+        }
+    };
+    let first = std::thread::spawn(run(demo.clone(), "1"));
+    let second = std::thread::spawn(run(demo.clone(), "2"));
     let unrelated = Command::new(&other)
         .args(["--runs", "50"])
         .output()
@@ -110,7 +119,7 @@ fn exe_mode_counts_processes_of_the_binary_only() {
 fn exe_mode_on_a_library_counts_every_process_mapping_it() {
     let dir = scratch_dir("library");
     let report_path = dir.join("report.json");
-    let library = library_path();
+    let (demo, library) = isolated_fixture(&dir);
     let flowtap = Running::start(flowtap().args([
         "run",
         "--exe",
@@ -120,7 +129,11 @@ fn exe_mode_on_a_library_counts_every_process_mapping_it() {
         "--output",
         report_path.to_str().unwrap(),
     ]));
-    let output = run_demo(&["--runs", "40", "--seed", "5"]);
+    let output = Command::new(&demo)
+        .args(["--runs", "40", "--seed", "5"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
     flowtap.interrupt();
     let (code, stderr) = flowtap.finish();
     assert_eq!(code, 0, "{stderr}");
@@ -164,12 +177,12 @@ fn a_20ms_primitive_reports_p50_between_20_and_30ms() {
 
 #[test]
 fn bpftrace_counts_the_same_calls() {
-    let library = library_path();
+    let dir = scratch_dir("bpftrace");
+    let (demo, library) = isolated_fixture(&dir);
     let script = format!(
         "uprobe:{}:wf_* {{ @[probe] = count(); }}",
         library.display()
     );
-    let demo = demo_path();
     let command = format!("{} --runs 60 --seed 9", demo.display());
     let output = Command::new("bpftrace")
         .args(["-e", &script, "-c", &command])
@@ -189,7 +202,6 @@ fn bpftrace_counts_the_same_calls() {
     let demo_own = demo_counts(&stdout);
     assert_same_counts(&demo_own, &bpftrace, "bpftrace against the runtime");
 
-    let dir = scratch_dir("bpftrace");
     let report_path = dir.join("report.json");
     let (code, _, stderr) = run_flowtap(&[
         "run",

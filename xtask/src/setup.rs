@@ -10,7 +10,8 @@ const RUST_TOOLCHAIN: &str = "1.98.0";
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// Build inputs of bpf-linker, and the reference tools the tests compare with.
+/// Build inputs of bpf-linker, the C compiler of the fixture, and the reference tools the tests
+/// compare with (bpftrace; Prometheus and promtool).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -18,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "bpftrace",
     "gcc",
+    "prometheus",
 ];
 
 pub fn install_all() -> anyhow::Result<()> {
