@@ -15,12 +15,18 @@ use clap::{Args, Parser, Subcommand};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    export::prometheus::{self, Exporter},
+    events::SpanStream,
+    export::{
+        otlp::{self, OtlpProtocol, SpanCounts, SpanQueue},
+        prometheus::{self, Exporter},
+        spans_file::SpansFile,
+    },
     host,
     loader::Probes,
     metrics::Snapshot,
     plan::{Plan, SymbolSelector},
-    report::{Report, ReportFormat},
+    report::{Report, ReportFormat, SpanSummary},
+    spans::{SpanFactory, SpanPump},
     symbols::ElfObject,
     target::{
         Target, TargetKind, TargetSpec,
@@ -99,9 +105,36 @@ pub struct RunArgs {
         default_value = "127.0.0.1:9464"
     )]
     pub metrics_addr: SocketAddr,
-    /// The `service_name` label of every series; default `unknown_service:<executable name>`.
+    /// The service name of every span and series; default `unknown_service:<executable name>`.
     #[arg(long, value_name = "NAME", env = "OTEL_SERVICE_NAME")]
     pub service_name: Option<String>,
+    /// Send spans over OTLP to this collector, e.g. http://localhost:4317 (default:
+    /// OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT when set; headers from
+    /// OTEL_EXPORTER_OTLP_HEADERS). For http/protobuf a base URL gets /v1/traces.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "PROTOCOL",
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "grpc"
+    )]
+    pub otlp_protocol: OtlpProtocol,
+    /// Fraction of traces whose spans are exported, decided at each trace's root and inherited
+    /// by every span below it. Metrics always count every call.
+    #[arg(
+        long,
+        value_name = "RATE",
+        env = "OTEL_TRACES_SAMPLER_ARG",
+        default_value = "1.0",
+        value_parser = parse_rate
+    )]
+    pub sample_rate: f64,
+    /// Write spans to this file as OTLP JSON lines (no collector needed).
+    #[arg(long, value_name = "FILE")]
+    pub spans_out: Option<PathBuf>,
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -137,7 +170,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(invalid)
 }
 
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    let valid = text
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && !rest.is_empty());
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not an http:// or https:// URL, e.g. http://localhost:4317"
+        ))
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a fraction between 0 and 1, e.g. 0.1"
+        )),
+    }
+}
+
 impl RunArgs {
+    /// Whether spans go anywhere: a collector, from flags or the environment, or a file.
+    fn otlp_wanted(&self) -> bool {
+        self.otlp_endpoint.is_some()
+            || [
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ]
+            .iter()
+            .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+    }
+
     fn target_spec(&self) -> anyhow::Result<TargetSpec> {
         Ok(match (&self.pid, &self.exe, self.command.is_empty()) {
             (Some(pid), None, true) => TargetSpec::Pid(*pid),
@@ -169,20 +235,58 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let listener = prometheus::bind(args.metrics_addr)?;
     // Launch mode forks here, so this comes before any thread is started.
     let target = Target::resolve(&spec)?;
-    let plan = Plan::build(
+    let plan = Arc::new(Plan::build(
         &target.objects,
         &selectors,
         &args.symbols,
         &target.describe(),
-    )?;
+    )?);
     if !plan.unprobeable.is_empty() {
         eprintln!(
             "flowtap: warning: not tracing {} (uprobes refuse a first instruction with a LOCK prefix)",
             plan.unprobeable.join(", ")
         );
     }
-    let probes = Arc::new(Mutex::new(Probes::load(&plan, &target)?));
-    let plan = Arc::new(plan);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    // The gRPC exporter needs the event loop to exist when it is built.
+    let otlp = args
+        .otlp_wanted()
+        .then(|| {
+            runtime.block_on(async {
+                otlp::exporter(args.otlp_endpoint.as_deref(), args.otlp_protocol)
+            })
+        })
+        .transpose()?;
+    let spans_file = args
+        .spans_out
+        .as_deref()
+        .map(|path| {
+            SpansFile::create(path)
+                .with_context(|| format!("cannot write spans to {}", path.display()))
+        })
+        .transpose()?;
+    let spans_wanted = otlp.is_some() || spans_file.is_some();
+    let sample_rate = if spans_wanted { args.sample_rate } else { 0.0 };
+    let mut probes = Probes::load(&plan, &target, sample_rate)?;
+    let counts = Arc::new(SpanCounts::default());
+    let queue = otlp.is_some().then(|| SpanQueue::new(counts.clone()));
+    let mut pump = spans_wanted
+        .then(|| -> anyhow::Result<SpanPump> {
+            let factory = SpanFactory::new(args.service_name.clone());
+            let stream = SpanStream::take(&mut probes)?;
+            Ok(SpanPump::new(
+                stream,
+                factory,
+                queue.clone(),
+                spans_file,
+                counts.clone(),
+            ))
+        })
+        .transpose()?;
+    let probes = Arc::new(Mutex::new(probes));
     let labels = Arc::new(Mutex::new(LabelCap::default()));
     let exporter = Arc::new(Exporter::new(
         probes.clone(),
@@ -192,27 +296,57 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             .clone()
             .unwrap_or_else(|| target.default_service_name()),
         (!target.filters_by_process()).then_some(1),
+        spans_wanted.then(|| counts.clone()),
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
     let exit_code = runtime.block_on(async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let export = otlp
+            .zip(queue)
+            .map(|(otlp, queue)| tokio::spawn(queue.run(otlp, stopped, SPAN_FLUSH_LIMIT)));
         let address = listener.local_addr().context("metrics address")?;
         eprintln!("flowtap: serving metrics on http://{address}/metrics");
-        tokio::select! {
+        let exit_code = tokio::select! {
             result = exporter.serve(listener) => {
                 result.context("serving metrics")?;
                 unreachable!("the metrics server runs until stopped")
             }
-            result = trace(&args, target, &plan, &probes) => result,
+            result = pump_spans(pump.as_mut(), &plan) => {
+                result.context("writing spans")?;
+                unreachable!("the span pump runs until stopped")
+            }
+            result = trace(&args, target, &plan, &probes) => result?,
+        };
+        if let Some(pump) = &mut pump {
+            pump.pump(&plan).context("writing spans")?;
         }
+        let _ = stop.send(true);
+        if let Some(export) = export {
+            export.await.context("exporting spans")?;
+        }
+        anyhow::Ok(exit_code)
     })?;
     let probes = probes.lock().expect("probes lock");
     let snapshot = Snapshot::read(&probes, &plan).context("reading the kernel's counters")?;
     let workflow = WorkflowMetrics::derive(&snapshot, &plan, &mut labels.lock().expect("labels"));
-    write_report(&args, &snapshot, &workflow, exit_code)?;
+    let spans = pump.map(|pump| SpanSummary::new(&counts, pump.slowest.slowest));
+    let report = Report {
+        snapshot: &snapshot,
+        workflow: &workflow,
+        spans: spans.as_ref(),
+        exit_code,
+    };
+    write_report(&args, &report)?;
     Ok(exit_code.unwrap_or(0))
+}
+
+/// How long the end of a run waits for queued spans to reach the collector.
+const SPAN_FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+async fn pump_spans(pump: Option<&mut SpanPump>, plan: &Plan) -> std::io::Result<()> {
+    match pump {
+        Some(pump) => pump.run(plan).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the end of the run; returns the launched command's exit code, if any.
@@ -335,17 +469,7 @@ fn process_exit(pid: u32) -> anyhow::Result<AsyncFd<OwnedFd>> {
         .map_err(|error| anyhow::anyhow!("watching process {pid}: {error}"))
 }
 
-fn write_report(
-    args: &RunArgs,
-    snapshot: &Snapshot,
-    workflow: &WorkflowMetrics,
-    exit_code: Option<i32>,
-) -> anyhow::Result<()> {
-    let report = Report {
-        snapshot,
-        workflow,
-        exit_code,
-    };
+fn write_report(args: &RunArgs, report: &Report) -> anyhow::Result<()> {
     match &args.output {
         Some(path) => {
             let mut file = std::fs::File::create(path)

@@ -2,6 +2,7 @@
 //! data flow: target → symbols → plan → loader → (kernel) → metrics → report.
 
 pub mod cli;
+pub mod events;
 pub mod export;
 pub mod host;
 pub mod loader;
@@ -9,6 +10,7 @@ pub mod metrics;
 pub mod plan;
 pub mod profile;
 pub mod report;
+pub mod spans;
 pub mod symbols;
 pub mod target;
 pub mod workflow;

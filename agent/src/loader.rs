@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapError},
+    maps::{Array, HashMap, Map, MapData, MapError, RingBuf},
     programs::{
         BtfTracePoint, ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -77,9 +77,13 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load(plan: &Plan, target: &Target) -> Result<Self, LoadError> {
+    /// Loads and attaches; `sample_rate` is the fraction of traces whose spans are emitted
+    /// (0: no spans at all).
+    pub fn load(plan: &Plan, target: &Target, sample_rate: f64) -> Result<Self, LoadError> {
         let config = Config {
             filter_by_tgid: u8::from(target.filters_by_process()),
+            _pad: [0; 3],
+            sample_threshold: Config::sample_threshold(sample_rate),
         };
         let map_size = (plan.probes.len() as u32).clamp(1, MAX_PROBES);
         let ebpf = EbpfLoader::new()
@@ -190,6 +194,18 @@ impl Probes {
             traced.insert(pid, &1, 0).map_err(map_error)?;
         }
         Ok(())
+    }
+
+    /// The ring buffer of sampled spans, which the reader owns from then on.
+    pub fn take_span_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map("SPANS")
+            .expect("map SPANS is defined by flowtap-ebpf");
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            name: "SPANS",
+            source,
+        })
     }
 
     /// Processes enrolled in the kernel's TRACED set (binary mode).

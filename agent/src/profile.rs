@@ -2,7 +2,7 @@
 //! failure, which arguments label and measure their calls, and which workflow primitive each is.
 //! The built-in workflow semantics describe the fixture runtime's C ABI.
 
-use flowtap_common::{Aggregate, ErrorRule, NO_ARG, ProbeSpec};
+use flowtap_common::{Aggregate, ContextRole, ErrorRule, NO_ARG, ProbeSpec};
 
 /// What one function of a runtime means.
 #[derive(Debug, Clone, Copy)]
@@ -31,8 +31,19 @@ const fn workflow_spec(aggregate: Aggregate, label_arg: u8, value_args: [u8; 3])
         aggregate,
         label_arg,
         value_args,
-        _pad: 0,
+        context: ContextRole::None,
+        context_arg: NO_ARG,
+        _pad: [0; 7],
         error_value: 0,
+    }
+}
+
+/// A function that carries trace context across threads under its first argument.
+const fn context_spec(context: ContextRole) -> ProbeSpec {
+    ProbeSpec {
+        context,
+        context_arg: 0,
+        ..PLAIN
     }
 }
 
@@ -65,7 +76,14 @@ pub const WORKFLOW: Semantics = Semantics {
         function("wf_sequential", Some("sequential"), PLAIN),
         function("wf_step_run", Some("step"), PLAIN),
         function("wf_parallel", Some("parallel"), PLAIN),
-        function("wf_task_execute", Some("task"), PLAIN),
+        // wf_task_submit(task) on the caller's thread hands its context to the worker thread
+        // that calls wf_task_execute(task): branches are children of the parallel span.
+        function("wf_task_submit", None, context_spec(ContextRole::HandOff)),
+        function(
+            "wf_task_execute",
+            Some("task"),
+            context_spec(ContextRole::Adopt),
+        ),
         // wf_router_route(const char *route)
         function(
             "wf_router_route",

@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, io::Write};
 use serde::Serialize;
 
 use crate::{
+    export::otlp::SpanCounts,
     metrics::{FunctionStats, Snapshot},
+    spans::TreeSpan,
     workflow::WorkflowMetrics,
 };
 
@@ -19,8 +21,33 @@ pub enum ReportFormat {
 pub struct Report<'a> {
     pub snapshot: &'a Snapshot,
     pub workflow: &'a WorkflowMetrics,
+    /// When spans were exported or written.
+    pub spans: Option<&'a SpanSummary>,
     /// The launched command's, in launch mode.
     pub exit_code: Option<i32>,
+}
+
+/// What became of the spans, and the slowest trace seen.
+#[derive(Debug, Serialize)]
+pub struct SpanSummary {
+    pub received: u64,
+    pub exported: u64,
+    pub dropped: u64,
+    pub export_errors: u64,
+    #[serde(skip)]
+    pub slowest_trace: Option<Vec<TreeSpan>>,
+}
+
+impl SpanSummary {
+    pub fn new(counts: &SpanCounts, slowest_trace: Option<Vec<TreeSpan>>) -> Self {
+        Self {
+            received: SpanCounts::get(&counts.received),
+            exported: SpanCounts::get(&counts.exported),
+            dropped: SpanCounts::get(&counts.dropped),
+            export_errors: SpanCounts::get(&counts.export_errors),
+            slowest_trace,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -28,6 +55,8 @@ struct JsonReport<'a> {
     functions: Vec<JsonFunction<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     workflow: Option<JsonWorkflow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spans: Option<&'a SpanSummary>,
     lost_events: u64,
     losses: BTreeMap<&'static str, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,6 +153,7 @@ impl Report<'_> {
                         .map(JsonFunction::from)
                         .collect(),
                     workflow: (!self.workflow.is_empty()).then(|| self.workflow.into()),
+                    spans: self.spans,
                     lost_events: self.snapshot.lost_events(),
                     losses: self
                         .snapshot
@@ -141,10 +171,61 @@ impl Report<'_> {
                 if !self.workflow.is_empty() {
                     write_workflow(out, self.workflow)?;
                 }
+                if let Some(spans) = self.spans {
+                    write_spans(out, spans)?;
+                }
                 Ok(())
             }
         }
     }
+}
+
+fn write_spans(out: &mut dyn Write, spans: &SpanSummary) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "\nspans: {} received, {} exported, {} dropped, {} export errors",
+        spans.received, spans.exported, spans.dropped, spans.export_errors
+    )?;
+    let Some(trace) = &spans.slowest_trace else {
+        return Ok(());
+    };
+    writeln!(out, "slowest trace:")?;
+    let ids: std::collections::HashSet<u64> = trace.iter().map(|s| s.span_id).collect();
+    // Roots: spans whose parent is not in the trace (0, or a parent outside what was kept).
+    let mut roots: Vec<&TreeSpan> = trace
+        .iter()
+        .filter(|s| !ids.contains(&s.parent_span_id))
+        .collect();
+    roots.sort_by_key(|s| s.start_ns);
+    for root in roots {
+        write_tree(out, trace, root, 1)?;
+    }
+    Ok(())
+}
+
+fn write_tree(
+    out: &mut dyn Write,
+    trace: &[TreeSpan],
+    span: &TreeSpan,
+    depth: usize,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:indent$}{}  {}",
+        "",
+        span.name,
+        human_duration(span.end_ns.saturating_sub(span.start_ns)),
+        indent = depth * 2
+    )?;
+    let mut children: Vec<&TreeSpan> = trace
+        .iter()
+        .filter(|s| s.parent_span_id == span.span_id)
+        .collect();
+    children.sort_by_key(|s| s.start_ns);
+    for child in children {
+        write_tree(out, trace, child, depth + 1)?;
+    }
+    Ok(())
 }
 
 fn write_workflow(out: &mut dyn Write, w: &WorkflowMetrics) -> std::io::Result<()> {

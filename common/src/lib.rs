@@ -29,13 +29,23 @@ pub const MAX_AGGREGATES: u32 = 16_384;
 /// Marks an unused argument index in a [`ProbeSpec`].
 pub const NO_ARG: u8 = u8::MAX;
 
+/// Pending hand-offs of trace context between threads; LRU, so hand-offs never adopted age out.
+pub const MAX_HANDOFFS: u32 = 65_536;
+
+/// Bytes of the span ring buffer (a power of two; 72-byte events).
+pub const SPAN_RING_BYTES: u32 = 16 << 20;
+
 /// One probed call in progress on a thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Frame {
     pub probe_id: u32,
-    pub _pad: u32,
+    /// Whether this call's trace is sampled: decided at the root, inherited by all below.
+    pub sampled: u32,
     pub start_ns: u64,
+    pub span_id: u64,
+    /// 0 for a root span.
+    pub parent_span_id: u64,
     pub args: [u64; CAPTURED_ARGS],
 }
 
@@ -46,7 +56,35 @@ pub struct Frame {
 pub struct ShadowStack {
     pub depth: u32,
     pub _pad: u32,
+    /// The trace of the calls on this stack, set when its outermost call starts.
+    pub trace_id: [u64; 2],
     pub frames: [Frame; MAX_DEPTH],
+}
+
+/// A span context handed from one thread to another under a key (a task pointer...).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceContext {
+    pub trace_id: [u64; 2],
+    /// The span the adopting call becomes a child of.
+    pub span_id: u64,
+    pub sampled: u64,
+}
+
+/// A finished call of a sampled trace, as the exit program emits it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpanEvent {
+    pub trace_id: [u64; 2],
+    pub span_id: u64,
+    pub parent_span_id: u64,
+    /// CLOCK_MONOTONIC.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub probe_id: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub failed: u32,
 }
 
 /// Per-probe totals, kept per CPU in the kernel and summed by the agent.
@@ -95,6 +133,18 @@ pub enum Aggregate {
     ByReturn = 2,
 }
 
+/// A probe's part in carrying trace context across threads.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ContextRole {
+    #[default]
+    None = 0,
+    /// Stores the caller's span context under the key argument.
+    HandOff = 1,
+    /// Called first on a thread with the same key: continues that context.
+    Adopt = 2,
+}
+
 /// What the kernel needs to know about one probe, indexed by probe id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -108,7 +158,10 @@ pub struct ProbeSpec {
     pub label_arg: u8,
     /// Integer arguments summed into the aggregate, or [`NO_ARG`].
     pub value_args: [u8; 3],
-    pub _pad: u8,
+    pub context: ContextRole,
+    /// The argument keying a hand-off or adoption, or [`NO_ARG`].
+    pub context_arg: u8,
+    pub _pad: [u8; 7],
     pub error_value: i64,
 }
 
@@ -120,7 +173,9 @@ impl Default for ProbeSpec {
             aggregate: Aggregate::None,
             label_arg: NO_ARG,
             value_args: [NO_ARG; 3],
-            _pad: 0,
+            context: ContextRole::None,
+            context_arg: NO_ARG,
+            _pad: [0; 7],
             error_value: 0,
         }
     }
@@ -177,16 +232,19 @@ pub enum Loss {
     StatsMapFull = 3,
     /// An aggregate could not be created (map full: too many distinct labels).
     AggregateMapFull = 4,
+    /// A sampled span found the ring buffer full.
+    SpanRingFull = 5,
 }
 
 impl Loss {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const ALL: [Loss; Self::COUNT as usize] = [
         Loss::StackOverflow,
         Loss::UnmatchedReturn,
         Loss::StackMapFull,
         Loss::StatsMapFull,
         Loss::AggregateMapFull,
+        Loss::SpanRingFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -196,6 +254,7 @@ impl Loss {
             Loss::StackMapFull => "stack_map_full",
             Loss::StatsMapFull => "stats_map_full",
             Loss::AggregateMapFull => "aggregate_map_full",
+            Loss::SpanRingFull => "span_ring_full",
         }
     }
 }
@@ -207,6 +266,17 @@ pub struct Config {
     /// Count only thread groups listed in `TRACED` (binary-path mode, where the shared libraries'
     /// probes also fire in unrelated processes). Otherwise the attach scope already filters.
     pub filter_by_tgid: u8,
+    pub _pad: [u8; 3],
+    /// A new trace is sampled when a random u32 is below this: 0 emits no spans at all,
+    /// `u32::MAX` all of them (see [`Config::sample_threshold`]).
+    pub sample_threshold: u32,
+}
+
+impl Config {
+    /// The threshold for sampling a fraction `rate` (0..=1) of traces.
+    pub fn sample_threshold(rate: f64) -> u32 {
+        (rate.clamp(0.0, 1.0) * u32::MAX as f64) as u32
+    }
 }
 
 #[cfg(feature = "user")]
@@ -219,4 +289,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::AggregateKey {}
     unsafe impl aya::Pod for super::AggregateValue {}
+    unsafe impl aya::Pod for super::TraceContext {}
+    unsafe impl aya::Pod for super::SpanEvent {}
 }

@@ -9,22 +9,27 @@ use core::{
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
         generated::bpf_probe_read_user_str,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use flowtap_common::{
-    Aggregate, AggregateKey, AggregateValue, CAPTURED_ARGS, Config, Frame, LABEL_LEN, Loss,
-    MAX_AGGREGATES, MAX_DEPTH, MAX_PROBES, MAX_TRACED_PROCESSES, MAX_TRACKED_THREADS, NO_ARG,
-    ProbeSpec, ProbeStats, ShadowStack, histogram,
+    Aggregate, AggregateKey, AggregateValue, CAPTURED_ARGS, Config, ContextRole, Frame, LABEL_LEN,
+    Loss, MAX_AGGREGATES, MAX_DEPTH, MAX_HANDOFFS, MAX_PROBES, MAX_TRACED_PROCESSES,
+    MAX_TRACKED_THREADS, NO_ARG, ProbeSpec, ProbeStats, SPAN_RING_BYTES, ShadowStack, SpanEvent,
+    TraceContext, histogram,
 };
 
 /// Written by the agent before load (read-only data section).
 #[unsafe(no_mangle)]
-static CONFIG: Config = Config { filter_by_tgid: 0 };
+static CONFIG: Config = Config {
+    filter_by_tgid: 0,
+    _pad: [0; 3],
+    sample_threshold: 0,
+};
 
 #[map]
 pub static STACKS: LruHashMap<u32, ShadowStack> =
@@ -47,6 +52,12 @@ static AGGREGATES: HashMap<AggregateKey, AggregateValue> =
     HashMap::with_max_entries(MAX_AGGREGATES, 0);
 
 #[map]
+static HANDOFFS: LruHashMap<u64, TraceContext> = LruHashMap::with_max_entries(MAX_HANDOFFS, 0);
+
+#[map]
+static SPANS: RingBuf = RingBuf::with_byte_size(SPAN_RING_BYTES, 0);
+
+#[map]
 static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Loss::COUNT, 0);
 
 /// Zeroed values to insert from: both are larger than the 512-byte eBPF stack.
@@ -56,6 +67,9 @@ static EMPTY_STACK: PerCpuArray<ShadowStack> = PerCpuArray::with_max_entries(1, 
 static EMPTY_STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(1, 0);
 
 const BPF_NOEXIST: u64 = 1;
+/// Spans are read in batches on a timer: waking the reader per span would cost more than the
+/// probe itself.
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[uprobe(multi)]
 pub fn call_entry_multi(ctx: ProbeContext) -> u32 {
@@ -91,7 +105,7 @@ fn on_entry(ctx: &ProbeContext) {
     };
     // SAFETY: the pointer is a live map value of this thread; only this thread touches it.
     let stack = unsafe { &mut *stack };
-    let depth = stack.depth as usize;
+    let depth = opaque(stack.depth as usize);
     stack.depth += 1;
     if depth >= MAX_DEPTH {
         count_loss(Loss::StackOverflow);
@@ -102,12 +116,68 @@ fn on_entry(ctx: &ProbeContext) {
     for (n, arg) in args.iter_mut().enumerate() {
         *arg = ctx.arg(n).unwrap_or(0);
     }
+    let probe_id = probe_id(ctx);
+    let spec = SPECS.get(probe_id);
+    let (parent_span_id, sampled) = match depth.checked_sub(1) {
+        Some(caller) if caller < MAX_DEPTH => {
+            let caller = &stack.frames[caller];
+            (caller.span_id, caller.sampled)
+        }
+        _ => start_trace(stack, spec, &args),
+    };
+    if let Some(spec) = spec
+        && spec.context == ContextRole::HandOff
+        && let Some(&key) = args.get(usize::from(spec.context_arg))
+    {
+        let context = TraceContext {
+            trace_id: stack.trace_id,
+            span_id: parent_span_id,
+            sampled: u64::from(sampled),
+        };
+        let _ = HANDOFFS.insert(&key, &context, 0);
+    }
     stack.frames[depth] = Frame {
-        probe_id: probe_id(ctx),
-        _pad: 0,
+        probe_id,
+        sampled,
         start_ns: unsafe { bpf_ktime_get_ns() },
+        span_id: random_id(),
+        parent_span_id,
         args,
     };
+}
+
+/// The outermost probed call on a thread: continues a context handed off to it, or starts a new
+/// trace, sampled or not. Returns the parent span id and whether the trace is sampled.
+#[inline(always)]
+fn start_trace(
+    stack: &mut ShadowStack,
+    spec: Option<&ProbeSpec>,
+    args: &[u64; CAPTURED_ARGS],
+) -> (u64, u32) {
+    if let Some(spec) = spec
+        && spec.context == ContextRole::Adopt
+        && let Some(key) = args.get(usize::from(spec.context_arg))
+        && let Some(context) = unsafe { HANDOFFS.get(key) }
+    {
+        let adopted = (context.span_id, context.sampled as u32);
+        stack.trace_id = context.trace_id;
+        // One hand-off, one adoption: the key (a task pointer) is reused for later tasks.
+        let _ = HANDOFFS.remove(key);
+        return adopted;
+    }
+    stack.trace_id = [random_id(), random_id()];
+    // SAFETY: as in traced_thread.
+    let threshold = unsafe { core::ptr::read_volatile(&CONFIG.sample_threshold) };
+    let sampled =
+        threshold == u32::MAX || (threshold != 0 && unsafe { bpf_get_prandom_u32() } < threshold);
+    (0, u32::from(sampled))
+}
+
+#[inline(always)]
+fn random_id() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    let (high, low) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    ((u64::from(high) << 32) | u64::from(low)).max(1)
 }
 
 #[inline(always)]
@@ -133,6 +203,30 @@ fn on_exit(ctx: &RetProbeContext) {
     if spec.aggregate != Aggregate::None {
         aggregate(spec, &frame, ret, failed);
     }
+    if frame.sampled != 0 {
+        emit_span(&frame, stack.trace_id, now, failed);
+    }
+}
+
+#[inline(always)]
+fn emit_span(frame: &Frame, trace_id: [u64; 2], end_ns: u64, failed: bool) {
+    let Some(mut entry) = SPANS.reserve::<SpanEvent>(0) else {
+        count_loss(Loss::SpanRingFull);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    entry.write(SpanEvent {
+        trace_id,
+        span_id: frame.span_id,
+        parent_span_id: frame.parent_span_id,
+        start_ns: frame.start_ns,
+        end_ns,
+        probe_id: frame.probe_id,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        failed: u32::from(failed),
+    });
+    entry.submit(BPF_RB_NO_WAKEUP);
 }
 
 /// Adds the call to its (probe, outcome, label) aggregate, summing the spec's value arguments.

@@ -14,6 +14,7 @@ use prometheus::{
 };
 
 use crate::{
+    export::otlp::SpanCounts,
     loader::Probes,
     metrics::{FunctionStats, Snapshot},
     plan::Plan,
@@ -45,6 +46,8 @@ pub struct Exporter {
     pub service: String,
     /// Processes traced when it is not the kernel's TRACED set that says (PID, launch).
     pub fixed_processes: Option<u64>,
+    /// The span stream's counts, when spans are exported.
+    pub span_counts: Option<Arc<SpanCounts>>,
     last_scrape_seconds: Mutex<f64>,
 }
 
@@ -55,6 +58,7 @@ impl Exporter {
         labels: Arc<Mutex<LabelCap>>,
         service: String,
         fixed_processes: Option<u64>,
+        span_counts: Option<Arc<SpanCounts>>,
     ) -> Self {
         Self {
             probes,
@@ -62,6 +66,7 @@ impl Exporter {
             labels,
             service,
             fixed_processes,
+            span_counts,
             last_scrape_seconds: Mutex::new(0.0),
         }
     }
@@ -117,8 +122,11 @@ impl Exporter {
             ];
             let ok = [base[0], base[1], ("status", SUCCESS)];
             let failed = [base[0], base[1], ("status", FAILURE)];
-            calls.push(counter(&self.labels(&ok), (f.calls - f.errors) as f64));
-            calls.push(counter(&self.labels(&failed), f.errors as f64));
+            calls.push(counter_metric(
+                &self.labels(&ok),
+                (f.calls - f.errors) as f64,
+            ));
+            calls.push(counter_metric(&self.labels(&failed), f.errors as f64));
             durations.push(histogram(&self.labels(&base), f));
         }
         vec![
@@ -138,10 +146,10 @@ impl Exporter {
     }
 
     fn workflow_families(&self, w: &WorkflowMetrics) -> Vec<MetricFamily> {
-        let plain = |value: u64| vec![counter(&self.labels(&[]), value as f64)];
+        let plain = |value: u64| vec![counter_metric(&self.labels(&[]), value as f64)];
         let by = |name: &'static str, rows: Vec<(Vec<(&str, &str)>, f64)>| {
             rows.into_iter()
-                .map(|(pairs, value)| counter(&self.labels(&pairs), value))
+                .map(|(pairs, value)| counter_metric(&self.labels(&pairs), value))
                 .collect::<Vec<_>>()
                 .pipe(|metrics| (name, metrics))
         };
@@ -226,14 +234,15 @@ impl Exporter {
         let lost = snapshot
             .losses
             .iter()
-            .map(|(loss, n)| counter(&[("reason", loss.name())], *n as f64))
+            .map(|(loss, n)| counter_metric(&[("reason", loss.name())], *n as f64))
             .collect();
         let capped = labels
             .refused()
-            .map(|(metric, n)| counter(&[("metric", metric)], n as f64))
+            .map(|(metric, n)| counter_metric(&[("metric", metric)], n as f64))
             .collect();
         let last_scrape = *self.last_scrape_seconds.lock().expect("scrape lock");
-        vec![
+        let mut families = self.span_families();
+        families.extend([
             family(
                 "flowtap_events_lost_total",
                 "Calls the kernel could not fully record, by reason.",
@@ -264,7 +273,46 @@ impl Exporter {
                 MetricType::GAUGE,
                 vec![gauge(&[], last_scrape)],
             ),
+        ]);
+        families
+    }
+
+    fn span_families(&self) -> Vec<MetricFamily> {
+        let Some(counts) = &self.span_counts else {
+            return Vec::new();
+        };
+        [
+            (
+                "flowtap_spans_received_total",
+                "Spans read from the kernel.",
+                &counts.received,
+            ),
+            (
+                "flowtap_spans_exported_total",
+                "Spans the OTLP collector accepted.",
+                &counts.exported,
+            ),
+            (
+                "flowtap_spans_dropped_total",
+                "Spans dropped: export queue full, or unsent at exit.",
+                &counts.dropped,
+            ),
+            (
+                "flowtap_span_export_errors_total",
+                "Failed OTLP export attempts (each retried).",
+                &counts.export_errors,
+            ),
         ]
+        .into_iter()
+        .map(|(name, help, counter)| {
+            family(
+                name,
+                help,
+                MetricType::COUNTER,
+                vec![counter_metric(&[], SpanCounts::get(counter) as f64)],
+            )
+        })
+        .collect()
     }
 }
 
@@ -324,7 +372,7 @@ fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
-fn counter(labels: &[(&str, &str)], value: f64) -> Metric {
+fn counter_metric(labels: &[(&str, &str)], value: f64) -> Metric {
     let mut counter = Counter::default();
     counter.set_value(value);
     let mut metric = Metric::from_label(label_pairs(labels));

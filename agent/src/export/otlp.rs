@@ -1,0 +1,211 @@
+//! OTLP export of spans: a bounded queue, batches, retry with backoff while the collector is
+//! down, and an account of every span (exported, dropped, still queued).
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::{Resource, trace::SpanData, trace::SpanExporter as _};
+use tokio::sync::{Notify, watch};
+
+/// Spans waiting for export; beyond this, new spans are dropped (and counted).
+pub const QUEUE_CAPACITY: usize = 65_536;
+const BATCH_SIZE: usize = 512;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    Grpc,
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up OTLP export: {0}")]
+pub struct OtlpError(String);
+
+/// Counts of the span stream, shown on /metrics and in the report.
+#[derive(Debug, Default)]
+pub struct SpanCounts {
+    /// Read from the kernel.
+    pub received: AtomicU64,
+    pub exported: AtomicU64,
+    pub dropped: AtomicU64,
+    pub export_errors: AtomicU64,
+}
+
+impl SpanCounts {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds the exporter: `endpoint` (else `OTEL_EXPORTER_OTLP_*`), headers from
+/// `OTEL_EXPORTER_OTLP_HEADERS`.
+pub fn exporter(endpoint: Option<&str>, protocol: OtlpProtocol) -> Result<SpanExporter, OtlpError> {
+    let error = |e: opentelemetry_otlp::ExporterBuildError| OtlpError(e.to_string());
+    match protocol {
+        OtlpProtocol::Grpc => {
+            let mut builder = SpanExporter::builder().with_tonic();
+            if let Some(endpoint) = endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            builder.build().map_err(error)
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut builder = SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary);
+            if let Some(endpoint) = endpoint {
+                builder = builder.with_endpoint(http_traces_url(endpoint));
+            }
+            builder.build().map_err(error)
+        }
+    }
+}
+
+/// A base URL gets the traces path, as `OTEL_EXPORTER_OTLP_ENDPOINT` does.
+fn http_traces_url(endpoint: &str) -> String {
+    let after_scheme = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    if after_scheme.trim_end_matches('/').contains('/') {
+        endpoint.to_string()
+    } else {
+        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+    }
+}
+
+/// Spans of one process, sharing its resource.
+pub type ProcessSpans = (u32, Resource, SpanData);
+
+/// The queue between the span reader and the export task.
+pub struct SpanQueue {
+    queue: Mutex<VecDeque<ProcessSpans>>,
+    ready: Notify,
+    pub counts: Arc<SpanCounts>,
+}
+
+impl SpanQueue {
+    pub fn new(counts: Arc<SpanCounts>) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            counts,
+        })
+    }
+
+    /// Queues spans; those that do not fit are dropped and counted.
+    pub fn push(&self, spans: impl IntoIterator<Item = ProcessSpans>) {
+        let mut queue = self.queue.lock().expect("span queue lock");
+        for span in spans {
+            if queue.len() < QUEUE_CAPACITY {
+                queue.push_back(span);
+            } else {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(queue);
+        self.ready.notify_one();
+    }
+
+    fn take_batch(&self) -> Vec<ProcessSpans> {
+        let mut queue = self.queue.lock().expect("span queue lock");
+        let n = queue.len().min(BATCH_SIZE);
+        queue.drain(..n).collect()
+    }
+
+    fn len(&self) -> usize {
+        self.queue.lock().expect("span queue lock").len()
+    }
+
+    /// Exports until `stop` turns true and the queue is empty, or `stop` turned true
+    /// `flush_limit` ago; whatever is left then is counted as dropped.
+    pub async fn run(
+        self: Arc<Self>,
+        mut exporter: SpanExporter,
+        stop: watch::Receiver<bool>,
+        flush_limit: Duration,
+    ) {
+        let mut deadline = stop.clone();
+        let stopping = async {
+            let _ = deadline.wait_for(|stop| *stop).await;
+            tokio::time::sleep(flush_limit).await;
+        };
+        tokio::select! {
+            _ = self.export_loop(&mut exporter, &stop) => {}
+            _ = stopping => {}
+        }
+        let left = self.len() as u64;
+        self.counts.dropped.fetch_add(left, Ordering::Relaxed);
+        let _ = exporter.shutdown();
+    }
+
+    async fn export_loop(&self, exporter: &mut SpanExporter, stop: &watch::Receiver<bool>) {
+        loop {
+            let batch = self.take_batch();
+            if batch.is_empty() {
+                if *stop.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = self.ready.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+            self.export_with_retry(exporter, batch).await;
+        }
+    }
+
+    /// Retries with exponential backoff until the collector takes the batch.
+    async fn export_with_retry(&self, exporter: &mut SpanExporter, batch: Vec<ProcessSpans>) {
+        let mut groups: Vec<(u32, Resource, Vec<SpanData>)> = Vec::new();
+        for (pid, resource, span) in batch {
+            match groups.iter_mut().find(|(p, _, _)| *p == pid) {
+                Some((_, _, spans)) => spans.push(span),
+                None => groups.push((pid, resource, vec![span])),
+            }
+        }
+        for (_, resource, spans) in groups {
+            exporter.set_resource(&resource);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match exporter.export(spans.clone()).await {
+                    Ok(()) => {
+                        self.counts
+                            .exported
+                            .fetch_add(spans.len() as u64, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(_) => {
+                        self.counts.export_errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_get_the_traces_path() {
+        assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(
+            http_traces_url("http://c:4318/custom/path"),
+            "http://c:4318/custom/path"
+        );
+    }
+}

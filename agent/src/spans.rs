@@ -1,0 +1,282 @@
+//! From the kernel's span events to OpenTelemetry spans: names and attributes from the plan,
+//! wall-clock times, one resource per traced process, and the slowest trace for the report.
+//! Parentage is not decided here: the kernel already did, from the thread's call stack.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use flowtap_common::SpanEvent;
+use opentelemetry::{
+    InstrumentationScope, KeyValue,
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+};
+use opentelemetry_sdk::{
+    Resource,
+    resource::EnvResourceDetector,
+    trace::{SpanData, SpanEvents, SpanLinks},
+};
+
+use crate::plan::Plan;
+
+/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time, with an offset measured
+/// once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid out-pointer; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec)
+}
+
+impl WallClock {
+    pub fn measure() -> Self {
+        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        Self {
+            realtime_minus_monotonic_ns: realtime - monotonic,
+        }
+    }
+
+    pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
+        let ns = (i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns).max(0);
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+pub fn trace_id(event: &SpanEvent) -> TraceId {
+    TraceId::from((u128::from(event.trace_id[0]) << 64) | u128::from(event.trace_id[1]))
+}
+
+/// Builds spans and their processes' resources.
+pub struct SpanFactory {
+    clock: WallClock,
+    scope: InstrumentationScope,
+    service_name: Option<String>,
+    resources: HashMap<u32, Resource>,
+}
+
+impl SpanFactory {
+    /// `service_name` overrides `unknown_service:<executable name>` for every process.
+    pub fn new(service_name: Option<String>) -> Self {
+        Self {
+            clock: WallClock::measure(),
+            scope: InstrumentationScope::builder("flowtap")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            service_name,
+            resources: HashMap::new(),
+        }
+    }
+
+    pub fn span(&self, event: &SpanEvent, plan: &Plan) -> Option<SpanData> {
+        let probe = plan.probes.get(event.probe_id as usize)?;
+        let object = &plan.objects[probe.object].name;
+        Some(SpanData {
+            span_context: SpanContext::new(
+                trace_id(event),
+                SpanId::from(event.span_id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::from(event.parent_span_id),
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: Cow::Owned(probe.function.clone()),
+            start_time: self.clock.wall(event.start_ns),
+            end_time: self.clock.wall(event.end_ns),
+            attributes: vec![
+                KeyValue::new("code.function.name", probe.function.clone()),
+                KeyValue::new("thread.id", i64::from(event.tid)),
+                KeyValue::new("flowtap.object", object.clone()),
+            ],
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: if event.failed != 0 {
+                Status::error("the function's return value means failure")
+            } else {
+                Status::Unset
+            },
+            instrumentation_scope: self.scope.clone(),
+        })
+    }
+
+    /// The resource of process `pid`: semantic-convention process attributes, the service name,
+    /// the host, and `OTEL_RESOURCE_ATTRIBUTES`.
+    pub fn resource(&mut self, pid: u32) -> Resource {
+        let service_name = self.service_name.clone();
+        self.resources
+            .entry(pid)
+            .or_insert_with(|| process_resource(pid, service_name))
+            .clone()
+    }
+}
+
+fn process_resource(pid: u32, service_name: Option<String>) -> Resource {
+    let executable = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let executable_name = executable
+        .as_deref()
+        .map(crate::symbols::file_name)
+        .unwrap_or_else(|| "unknown".into());
+    let mut attributes = vec![KeyValue::new("process.pid", i64::from(pid))];
+    if let Some(path) = &executable {
+        attributes.push(KeyValue::new(
+            "process.executable.path",
+            path.display().to_string(),
+        ));
+    }
+    attributes.push(KeyValue::new(
+        "process.executable.name",
+        executable_name.clone(),
+    ));
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        attributes.push(KeyValue::new("host.name", host.trim().to_string()));
+    }
+    Resource::builder_empty()
+        .with_detector(Box::new(EnvResourceDetector::new()))
+        .with_attributes(attributes)
+        .with_service_name(
+            service_name.unwrap_or_else(|| format!("unknown_service:{executable_name}")),
+        )
+        .build()
+}
+
+/// One span of the slowest trace, for the report's tree.
+#[derive(Debug, Clone)]
+pub struct TreeSpan {
+    pub span_id: u64,
+    pub parent_span_id: u64,
+    pub name: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Keeps the spans of traces still in progress (bounded) and the slowest finished one.
+#[derive(Debug, Default)]
+pub struct SlowestTrace {
+    open: HashMap<[u64; 2], Vec<TreeSpan>>,
+    open_spans: usize,
+    pub slowest: Option<Vec<TreeSpan>>,
+}
+
+/// Spans held for traces not yet finished; past this, the oldest partial traces are dropped from
+/// the report (never from the export).
+const MAX_OPEN_SPANS: usize = 100_000;
+
+impl SlowestTrace {
+    pub fn add(&mut self, event: &SpanEvent, plan: &Plan) {
+        let name = plan
+            .probes
+            .get(event.probe_id as usize)
+            .map_or_else(|| "?".to_string(), |p| p.function.clone());
+        let span = TreeSpan {
+            span_id: event.span_id,
+            parent_span_id: event.parent_span_id,
+            name,
+            start_ns: event.start_ns,
+            end_ns: event.end_ns,
+        };
+        if self.open_spans >= MAX_OPEN_SPANS {
+            self.open.clear();
+            self.open_spans = 0;
+        }
+        let spans = self.open.entry(event.trace_id).or_default();
+        spans.push(span.clone());
+        self.open_spans += 1;
+        // The root ends last: the trace is complete.
+        if span.parent_span_id == 0 {
+            let spans = self.open.remove(&event.trace_id).unwrap_or_default();
+            self.open_spans -= spans.len();
+            let duration = span.end_ns - span.start_ns;
+            let slowest = self.slowest.as_ref().and_then(|s| s.last());
+            if slowest.is_none_or(|root| root.end_ns - root.start_ns < duration) {
+                self.slowest = Some(spans);
+            }
+        }
+    }
+}
+
+/// Moves spans from the kernel to their sinks every few milliseconds: the OTLP queue, the
+/// `--spans-out` file, and the report's slowest trace.
+pub struct SpanPump {
+    pub stream: crate::events::SpanStream,
+    pub factory: SpanFactory,
+    pub queue: Option<std::sync::Arc<crate::export::otlp::SpanQueue>>,
+    pub file: Option<crate::export::spans_file::SpansFile>,
+    pub counts: std::sync::Arc<crate::export::otlp::SpanCounts>,
+    pub slowest: SlowestTrace,
+    events: Vec<SpanEvent>,
+}
+
+/// How often the ring buffer is read: the kernel never wakes us, to keep the probes cheap.
+const PUMP_INTERVAL: Duration = Duration::from_millis(100);
+
+impl SpanPump {
+    pub fn new(
+        stream: crate::events::SpanStream,
+        factory: SpanFactory,
+        queue: Option<std::sync::Arc<crate::export::otlp::SpanQueue>>,
+        file: Option<crate::export::spans_file::SpansFile>,
+        counts: std::sync::Arc<crate::export::otlp::SpanCounts>,
+    ) -> Self {
+        Self {
+            stream,
+            factory,
+            queue,
+            file,
+            counts,
+            slowest: SlowestTrace::default(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Pumps until the future is dropped.
+    pub async fn run(&mut self, plan: &Plan) -> std::io::Result<()> {
+        let mut interval = tokio::time::interval(PUMP_INTERVAL);
+        loop {
+            interval.tick().await;
+            self.pump(plan)?;
+        }
+    }
+
+    /// Moves every span available now.
+    pub fn pump(&mut self, plan: &Plan) -> std::io::Result<()> {
+        self.events.clear();
+        self.stream.drain(&mut self.events);
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        self.counts.received.fetch_add(
+            self.events.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let mut by_process: HashMap<u32, Vec<SpanData>> = HashMap::new();
+        for event in &self.events {
+            self.slowest.add(event, plan);
+            if let Some(span) = self.factory.span(event, plan) {
+                by_process.entry(event.tgid).or_default().push(span);
+            }
+        }
+        for (pid, spans) in by_process {
+            let resource = self.factory.resource(pid);
+            if let Some(file) = &mut self.file {
+                file.write(&resource, spans.clone())?;
+            }
+            if let Some(queue) = &self.queue {
+                queue.push(spans.into_iter().map(|span| (pid, resource.clone(), span)));
+            }
+        }
+        Ok(())
+    }
+}
