@@ -275,7 +275,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let queue = otlp.is_some().then(|| SpanQueue::new(counts.clone()));
     let mut pump = spans_wanted
         .then(|| -> anyhow::Result<SpanPump> {
-            let factory = SpanFactory::new(args.service_name.clone());
+            let factory = SpanFactory::new(args.service_name.clone(), target.executable());
             let stream = SpanStream::take(&mut probes)?;
             Ok(SpanPump::new(
                 stream,

@@ -5,6 +5,7 @@
 use std::{
     borrow::Cow,
     collections::HashMap,
+    path::PathBuf,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -62,18 +63,21 @@ pub struct SpanFactory {
     clock: WallClock,
     scope: InstrumentationScope,
     service_name: Option<String>,
+    /// The target's program, for processes that exited before their spans were read.
+    executable: Option<PathBuf>,
     resources: HashMap<u32, Resource>,
 }
 
 impl SpanFactory {
     /// `service_name` overrides `unknown_service:<executable name>` for every process.
-    pub fn new(service_name: Option<String>) -> Self {
+    pub fn new(service_name: Option<String>, executable: Option<PathBuf>) -> Self {
         Self {
             clock: WallClock::measure(),
             scope: InstrumentationScope::builder("flowtap")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             service_name,
+            executable,
             resources: HashMap::new(),
         }
     }
@@ -116,15 +120,18 @@ impl SpanFactory {
     /// the host, and `OTEL_RESOURCE_ATTRIBUTES`.
     pub fn resource(&mut self, pid: u32) -> Resource {
         let service_name = self.service_name.clone();
+        let fallback = self.executable.clone();
         self.resources
             .entry(pid)
-            .or_insert_with(|| process_resource(pid, service_name))
+            .or_insert_with(|| process_resource(pid, service_name, fallback))
             .clone()
     }
 }
 
-fn process_resource(pid: u32, service_name: Option<String>) -> Resource {
-    let executable = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+fn process_resource(pid: u32, service_name: Option<String>, fallback: Option<PathBuf>) -> Resource {
+    let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .or(fallback);
     let executable_name = executable
         .as_deref()
         .map(crate::symbols::file_name)

@@ -1,6 +1,9 @@
 //! Helpers for flowtap's integration tests: locating the agent and the fixture (built by
 //! `cargo xtask test`), running them, and reading the counts each side reports.
 
+pub mod otlp;
+pub mod spans;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},

@@ -155,15 +155,22 @@ impl Target {
         )
     }
 
+    /// The program traced, when there is one (a library target has none).
+    pub fn executable(&self) -> Option<PathBuf> {
+        match &self.kind {
+            TargetKind::Binary {
+                path, is_library, ..
+            } => (!is_library).then(|| path.clone()),
+            TargetKind::Launch { program, .. } => Some(program.clone()),
+            TargetKind::Process { pid } => std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+        }
+    }
+
     /// `unknown_service:<executable name>`, as OpenTelemetry names a service nobody named.
     pub fn default_service_name(&self) -> String {
-        let executable = match &self.kind {
-            TargetKind::Binary { path, .. } => crate::symbols::file_name(path),
-            TargetKind::Launch { program, .. } => crate::symbols::file_name(program),
-            TargetKind::Process { pid } => std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|exe| crate::symbols::file_name(&exe))
-                .unwrap_or_else(|_| "unknown".into()),
-        };
+        let executable = self
+            .executable()
+            .map_or_else(|| "unknown".into(), |path| crate::symbols::file_name(&path));
         format!("unknown_service:{executable}")
     }
 
