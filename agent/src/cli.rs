@@ -232,6 +232,15 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| anyhow::anyhow!("--symbols: {error}"))?;
     host::check_privileges()?;
+    // Fail now, not after a long run, if the report cannot be written.
+    let output = args
+        .output
+        .as_deref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write the report to {}", path.display()))
+        })
+        .transpose()?;
     let listener = prometheus::bind(args.metrics_addr)?;
     // Launch mode forks here, so this comes before any thread is started.
     let target = Target::resolve(&spec)?;
@@ -335,7 +344,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         spans: spans.as_ref(),
         exit_code,
     };
-    write_report(&args, &report)?;
+    write_report(output, &args, &report)?;
     Ok(exit_code.unwrap_or(0))
 }
 
@@ -469,15 +478,17 @@ fn process_exit(pid: u32) -> anyhow::Result<AsyncFd<OwnedFd>> {
         .map_err(|error| anyhow::anyhow!("watching process {pid}: {error}"))
 }
 
-fn write_report(args: &RunArgs, report: &Report) -> anyhow::Result<()> {
-    match &args.output {
-        Some(path) => {
-            let mut file = std::fs::File::create(path)
-                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+fn write_report(
+    output: Option<std::fs::File>,
+    args: &RunArgs,
+    report: &Report,
+) -> anyhow::Result<()> {
+    match (output, &args.output) {
+        (Some(mut file), Some(path)) => {
             report.write(&mut file, args.report)?;
             eprintln!("flowtap: report written to {}", path.display());
         }
-        None => report.write(&mut std::io::stdout().lock(), args.report)?,
+        _ => report.write(&mut std::io::stdout().lock(), args.report)?,
     }
     Ok(())
 }

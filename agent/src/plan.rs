@@ -98,6 +98,10 @@ pub enum PlanError {
     )]
     NoMatch { target: String, selectors: String },
     #[error(
+        "`{symbol}` in {object} is data, not a function: flowtap times functions; pick one with `flowtap symbols`"
+    )]
+    DataNotCode { symbol: String, object: String },
+    #[error(
         "uprobes cannot attach to the selected functions of {target} (their first instruction has a LOCK prefix): {functions}"
     )]
     NoneProbeable { target: String, functions: String },
@@ -138,6 +142,11 @@ impl Plan {
                 target: target.to_string(),
                 functions: plan.unprobeable.join(", "),
             });
+        }
+        if plan.probes.is_empty()
+            && let Some((symbol, object)) = matching_data_symbol(objects, selectors)
+        {
+            return Err(PlanError::DataNotCode { symbol, object });
         }
         if plan.probes.is_empty() {
             return Err(PlanError::NoMatch {
@@ -211,6 +220,21 @@ impl Plan {
             .iter()
             .filter(move |probe| probe.object == object)
     }
+}
+
+/// A data symbol some selector names, when no function matched: the likely mistake.
+fn matching_data_symbol(
+    objects: &[ElfObject],
+    selectors: &[SymbolSelector],
+) -> Option<(String, String)> {
+    objects.iter().find_map(|object| {
+        let name = object.file_name();
+        object
+            .data_symbols
+            .iter()
+            .find(|symbol| selectors.iter().any(|s| s.matches(&name, symbol, symbol)))
+            .map(|symbol| (symbol.clone(), name.clone()))
+    })
 }
 
 #[cfg(test)]

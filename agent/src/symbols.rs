@@ -48,6 +48,8 @@ pub struct ElfObject {
     pub search_path: Vec<String>,
     /// Go binaries move their stacks, which uretprobes corrupt.
     pub is_go: bool,
+    /// Names of defined data symbols, to tell a user who selected one that it is not code.
+    pub data_symbols: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,12 @@ impl ElfObject {
             .iter()
             .any(|header| header.p_type(elf.endian()) == PT_INTERP);
         let entry = elf.elf_header().e_entry(elf.endian());
+        let data_symbols = elf
+            .dynamic_symbols()
+            .chain(elf.symbols())
+            .filter(|s| s.kind() == SymbolKind::Data && s.is_definition())
+            .filter_map(|s| s.name().ok().map(str::to_string))
+            .collect();
         let is_go = [".go.buildinfo", ".gopclntab"]
             .iter()
             .any(|name| elf.section_by_name(name).is_some());
@@ -102,6 +110,7 @@ impl ElfObject {
             needed,
             search_path,
             is_go,
+            data_symbols,
         })
     }
 

@@ -108,3 +108,253 @@ fn metrics_port_in_use() {
         "{line}"
     );
 }
+
+#[test]
+fn pid_zero() {
+    let line = fails(&["run", "--pid", "0"]);
+    assert!(line.contains("no process with PID 0"), "{line}");
+}
+
+#[test]
+fn zombie_pid() {
+    // A child that exited and was not waited for.
+    let zombie = std::process::Command::new("/bin/true").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let line = fails(&["run", "--pid", &zombie.id().to_string()]);
+    assert!(line.contains("zombie"), "{line}");
+}
+
+/// A file with an ELF header only: class, byte order and machine as given.
+fn elf_header(name: &str, class: u8, machine: u16) -> std::path::PathBuf {
+    let mut header = vec![0x7f, b'E', b'L', b'F', class, 1, 1];
+    header.resize(64, 0);
+    header[18..20].copy_from_slice(&machine.to_le_bytes());
+    let path = scratch_dir(name).join("app");
+    std::fs::write(&path, header).unwrap();
+    path
+}
+
+#[test]
+fn elf_32_bit() {
+    let path = elf_header("elf32", 1, 3);
+    let line = fails(&["run", "--exe", path.to_str().unwrap()]);
+    assert!(line.contains("32-bit"), "{line}");
+}
+
+#[test]
+fn elf_for_another_architecture() {
+    let path = elf_header("aarch64", 2, 183);
+    let line = fails(&["run", "--exe", path.to_str().unwrap()]);
+    assert!(line.contains("built for aarch64"), "{line}");
+}
+
+#[test]
+fn truncated_elf() {
+    let path = elf_header("truncated", 2, 62);
+    // Program headers said to lie past the end of the file.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[32..40].copy_from_slice(&0x1000u64.to_le_bytes());
+    bytes[54..56].copy_from_slice(&56u16.to_le_bytes());
+    bytes[56..58].copy_from_slice(&1u16.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let line = fails(&["run", "--exe", path.to_str().unwrap()]);
+    assert!(line.contains("malformed ELF"), "{line}");
+}
+
+#[test]
+fn directory_as_binary() {
+    let line = fails(&["run", "--exe", "/tmp"]);
+    assert!(line.contains("/tmp"), "{line}");
+}
+
+#[test]
+fn symbol_that_is_data() {
+    let line = fails(&["run", "--symbols", "libc.so.6:environ", "--", "/bin/true"]);
+    assert!(
+        line.contains("`environ` in libc.so.6 is data, not a function"),
+        "{line}"
+    );
+}
+
+#[test]
+fn empty_symbol_glob() {
+    let line = fails(&["run", "--symbols", "libc.so.6:", "--", "/bin/true"]);
+    assert!(line.contains("names no function"), "{line}");
+}
+
+#[test]
+fn malformed_symbol_glob() {
+    let line = fails(&["run", "--symbols", "wf_[", "--", "/bin/true"]);
+    assert!(line.contains("bad glob"), "{line}");
+}
+
+#[test]
+fn no_target() {
+    let line = fails(&["run"]);
+    assert!(line.contains("give exactly one target"), "{line}");
+}
+
+#[test]
+fn command_not_in_path() {
+    let line = fails(&["run", "--", "no-such-command-flowtap"]);
+    assert!(line.contains("not found in PATH"), "{line}");
+}
+
+#[test]
+fn command_path_missing() {
+    let line = fails(&["run", "--", "./no/such/app"]);
+    assert!(line.contains("does not exist"), "{line}");
+}
+
+#[test]
+fn zero_duration() {
+    let (code, _, stderr) = run_flowtap(&["run", "--duration", "0", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not a positive duration"), "{stderr}");
+}
+
+#[test]
+fn bad_endpoint_url() {
+    let (code, _, stderr) =
+        run_flowtap(&["run", "--otlp-endpoint", "collector:4317", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("is not an http:// or https:// URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_otlp_protocol() {
+    let (code, _, stderr) = run_flowtap(&["run", "--otlp-protocol", "thrift", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("grpc") && stderr.contains("http/protobuf"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sample_rate_out_of_range() {
+    let (code, _, stderr) = run_flowtap(&["run", "--sample-rate", "1.5", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("not a fraction between 0 and 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_metrics_address() {
+    let (code, _, stderr) = run_flowtap(&["run", "--metrics-addr", "localhost", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--metrics-addr"), "{stderr}");
+}
+
+#[test]
+fn unknown_report_format() {
+    let (code, _, stderr) = run_flowtap(&["run", "--report", "xml", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("table") && stderr.contains("json"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn report_file_that_cannot_be_written() {
+    let line = fails(&[
+        "run",
+        "--output",
+        "/nonexistent/dir/report.json",
+        "--",
+        "/bin/true",
+    ]);
+    assert!(
+        line.contains("cannot write the report to /nonexistent/dir/report.json"),
+        "{line}"
+    );
+}
+
+#[test]
+fn spans_file_that_cannot_be_written() {
+    let demo = demo_path();
+    let line = fails(&[
+        "run",
+        "--spans-out",
+        "/nonexistent/spans.jsonl",
+        "--",
+        demo.to_str().unwrap(),
+    ]);
+    assert!(
+        line.contains("cannot write spans to /nonexistent/spans.jsonl"),
+        "{line}"
+    );
+}
+
+#[test]
+fn symbols_of_unknown_pid() {
+    let line = fails(&["symbols", "--pid", "4000001"]);
+    assert!(line.contains("no process with PID 4000001"), "{line}");
+}
+
+#[test]
+fn only_lock_prefixed_functions_selected() {
+    let dir = scratch_dir("lock-prefix");
+    let source = dir.join("counter.c");
+    std::fs::write(
+        &source,
+        "static long hits;\n__attribute__((noinline)) void count_hit(void) { __atomic_fetch_add(&hits, 1, __ATOMIC_RELAXED); }\nint main(void) { count_hit(); return 0; }\n",
+    )
+    .unwrap();
+    let program = dir.join("counter");
+    let compiled = std::process::Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(compiled.success());
+    let line = fails(&[
+        "run",
+        "--symbols",
+        "count_hit",
+        "--",
+        program.to_str().unwrap(),
+    ]);
+    assert!(
+        line.contains("LOCK prefix") && line.contains("count_hit"),
+        "{line}"
+    );
+}
+
+#[test]
+fn stripped_binary_is_traced_through_dynsym() {
+    let dir = scratch_dir("stripped");
+    let (demo, library) = isolated_fixture(&dir);
+    for file in [&demo, &library] {
+        let stripped = std::process::Command::new("strip")
+            .arg(file)
+            .status()
+            .unwrap();
+        assert!(stripped.success());
+    }
+    let report = dir.join("report.json");
+    let (code, stdout, stderr) = run_flowtap(&[
+        "run",
+        "--report",
+        "json",
+        "--output",
+        report.to_str().unwrap(),
+        "--",
+        demo.to_str().unwrap(),
+        "--runs",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_same_counts(
+        &demo_counts(&stdout),
+        &report_counts(&read_report(&report)),
+        "stripped",
+    );
+}
