@@ -18,7 +18,7 @@ const NEEDED: [(u32, &str); 4] = [
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "flowtap needs root or the capabilities {}: missing {}; run it with sudo",
+    "flowtap needs root or the capabilities {}: missing {}; run it with sudo or grant them",
     NEEDED.map(|(_, name)| name).join(", "),
     missing.join(", ")
 )]

@@ -12,7 +12,9 @@ use aya::{
     },
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
-use flowtap_common::{Config, MAX_PROBES, ProbeSpec};
+use flowtap_common::{
+    AggregateKey, AggregateValue, Config, MAX_PROBES, ProbeSpec, ShadowStack, TraceContext,
+};
 
 use crate::{plan::Plan, target::Target};
 
@@ -190,8 +192,13 @@ impl Probes {
         };
         let mut traced: HashMap<_, u32, u8> =
             HashMap::try_from(self.kernel_map_mut("TRACED")).map_err(map_error)?;
-        for pid in pids {
-            traced.insert(pid, &1, 0).map_err(map_error)?;
+        for &pid in pids {
+            traced.insert(&pid, &1, 0).map_err(map_error)?;
+            // A process that exited after /proc was read had its exit cleanup run before this
+            // insert: take it out again, or it would stay forever.
+            if crate::target::process::check_traceable(pid).is_err() {
+                let _ = traced.remove(&pid);
+            }
         }
         Ok(())
     }
@@ -210,8 +217,31 @@ impl Probes {
 
     /// Processes enrolled in the kernel's TRACED set (binary mode).
     pub fn traced_processes(&self) -> Result<u64, MapError> {
-        let traced: HashMap<_, u32, u8> = HashMap::try_from(self.kernel_map("TRACED"))?;
-        Ok(traced.keys().filter(Result::is_ok).count() as u64)
+        self.count_entries::<u32, u8>("TRACED")
+    }
+
+    /// Entries of the kernel maps that grow with the target's threads, processes and labels.
+    pub fn map_entries(&self) -> Result<[(&'static str, u64); 4], MapError> {
+        Ok([
+            (
+                "thread_stacks",
+                self.count_entries::<u32, ShadowStack>("STACKS")?,
+            ),
+            ("traced_processes", self.traced_processes()?),
+            (
+                "handoffs",
+                self.count_entries::<u64, TraceContext>("HANDOFFS")?,
+            ),
+            (
+                "aggregates",
+                self.count_entries::<AggregateKey, AggregateValue>("AGGREGATES")?,
+            ),
+        ])
+    }
+
+    fn count_entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<u64, MapError> {
+        let map: HashMap<_, K, V> = HashMap::try_from(self.kernel_map(name))?;
+        Ok(map.keys().filter(Result::is_ok).count() as u64)
     }
 
     pub fn kernel_map(&self, name: &str) -> &Map {

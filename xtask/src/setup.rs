@@ -11,7 +11,7 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Build inputs of bpf-linker, the C compiler of the fixture, and the reference tools the tests
-/// compare with (bpftrace; Prometheus and promtool).
+/// compare with (bpftrace; Prometheus and promtool), and Go for the Go-binary refusal test.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftrace",
     "gcc",
     "prometheus",
+    "golang-go",
 ];
 
 pub fn install_all() -> anyhow::Result<()> {

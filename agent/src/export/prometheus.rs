@@ -84,19 +84,29 @@ impl Exporter {
     /// The whole exposition, as text.
     pub fn render(&self) -> anyhow::Result<String> {
         let started = Instant::now();
-        let (snapshot, processes) = {
+        let (snapshot, processes, map_entries) = {
             let probes = self.probes.lock().expect("probes lock");
             let processes = match self.fixed_processes {
                 Some(count) => count,
                 None => probes.traced_processes()?,
             };
-            (Snapshot::read(&probes, &self.plan)?, processes)
+            let map_entries = probes.map_entries()?;
+            (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
         };
         let mut labels = self.labels.lock().expect("labels lock");
         let workflow = WorkflowMetrics::derive(&snapshot, &self.plan, &mut labels);
         let mut families = self.function_families(&snapshot);
         families.extend(self.workflow_families(&workflow));
         families.extend(self.health_families(&snapshot, &labels, processes));
+        families.push(family(
+            "flowtap_kernel_map_entries",
+            "Entries of the kernel maps that grow with threads, processes, hand-offs and labels.",
+            MetricType::GAUGE,
+            map_entries
+                .iter()
+                .map(|(map, n)| gauge(&[("map", map)], *n as f64))
+                .collect(),
+        ));
         drop(labels);
         // The text format has no empty families (a series appears with its first value).
         families.retain(|family| !family.get_metric().is_empty());

@@ -1,0 +1,65 @@
+//! flowtap works with only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, and says
+//! which one is missing when one is.
+
+use std::process::Command;
+
+use flowtap_tests::*;
+
+const NEEDED: [&str; 4] = ["bpf", "perfmon", "sys_ptrace", "dac_read_search"];
+
+/// flowtap under `setpriv`, keeping only `capabilities` (as root: the bounding set decides).
+fn flowtap_with(capabilities: &[&str]) -> Command {
+    let flowtap = flowtap();
+    let mut command = Command::new("setpriv");
+    let bounding: String = std::iter::once("-all".to_string())
+        .chain(capabilities.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    command
+        .arg(format!("--bounding-set={bounding}"))
+        .arg(flowtap.get_program())
+        .envs(flowtap.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    command
+}
+
+#[test]
+fn four_capabilities_are_enough() {
+    let dir = scratch_dir("capabilities");
+    let report = dir.join("report.json");
+    let output = flowtap_with(&NEEDED)
+        .args([
+            "run",
+            "--report",
+            "json",
+            "--output",
+            report.to_str().unwrap(),
+            "--",
+        ])
+        .arg(demo_path())
+        .args(["--runs", "20"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let counts = demo_counts(&String::from_utf8(output.stdout).unwrap());
+    assert_same_counts(
+        &counts,
+        &report_counts(&read_report(&report)),
+        "four capabilities",
+    );
+}
+
+#[test]
+fn a_missing_capability_is_named() {
+    for missing in NEEDED {
+        let kept: Vec<&str> = NEEDED.iter().copied().filter(|c| *c != missing).collect();
+        let output = flowtap_with(&kept)
+            .args(["run", "--", "/bin/true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let name = format!("missing CAP_{}", missing.to_uppercase());
+        assert!(stderr.contains(&name), "{missing}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
