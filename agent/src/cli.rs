@@ -135,6 +135,9 @@ pub struct RunArgs {
     /// Write spans to this file as OTLP JSON lines (no collector needed).
     #[arg(long, value_name = "FILE")]
     pub spans_out: Option<PathBuf>,
+    /// Attach programs that do nothing: the kernel's own cost, for `cargo xtask bench`.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -279,7 +282,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         .transpose()?;
     let spans_wanted = otlp.is_some() || spans_file.is_some();
     let sample_rate = if spans_wanted { args.sample_rate } else { 0.0 };
-    let mut probes = Probes::load(&plan, &target, sample_rate)?;
+    let mut probes = Probes::load(&plan, &target, sample_rate, args.empty_programs)?;
     let counts = Arc::new(SpanCounts::default());
     let queue = otlp.is_some().then(|| SpanQueue::new(counts.clone()));
     let mut pump = spans_wanted

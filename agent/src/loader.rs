@@ -80,8 +80,14 @@ pub struct Probes {
 
 impl Probes {
     /// Loads and attaches; `sample_rate` is the fraction of traces whose spans are emitted
-    /// (0: no spans at all).
-    pub fn load(plan: &Plan, target: &Target, sample_rate: f64) -> Result<Self, LoadError> {
+    /// (0: no spans at all). `empty_programs` attaches programs that do nothing (the kernel
+    /// floor, for benchmarks).
+    pub fn load(
+        plan: &Plan,
+        target: &Target,
+        sample_rate: f64,
+        empty_programs: bool,
+    ) -> Result<Self, LoadError> {
         let config = Config {
             filter_by_tgid: u8::from(target.filters_by_process()),
             _pad: [0; 3],
@@ -96,7 +102,7 @@ impl Probes {
         let mut probes = Self { ebpf, attached: 0 };
         probes.write_specs(plan)?;
         probes.attach_lifecycle()?;
-        probes.attach_calls(plan, target.pid())?;
+        probes.attach_calls(plan, target.pid(), empty_programs)?;
         if target.filters_by_process()
             && let Some(entry) = target.objects.first().and_then(|o| o.entry_offset)
         {
@@ -132,16 +138,22 @@ impl Probes {
         Ok(())
     }
 
-    fn attach_calls(&mut self, plan: &Plan, pid: Option<NonZeroU32>) -> Result<(), LoadError> {
+    fn attach_calls(
+        &mut self,
+        plan: &Plan,
+        pid: Option<NonZeroU32>,
+        empty_programs: bool,
+    ) -> Result<(), LoadError> {
         let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         // One link per object with uprobe.multi (kernel >= 6.6); one perf event per function
         // on older kernels.
         let multi =
             is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter).unwrap_or(false);
-        let (entry, exit) = if multi {
-            ("call_entry_multi", "call_exit_multi")
-        } else {
-            ("call_entry", "call_exit")
+        let (entry, exit) = match (multi, empty_programs) {
+            (true, false) => ("call_entry_multi", "call_exit_multi"),
+            (false, false) => ("call_entry", "call_exit"),
+            (true, true) => ("empty_entry_multi", "empty_exit_multi"),
+            (false, true) => ("empty_entry", "empty_exit"),
         };
         for program in [entry, exit] {
             let uprobe: &mut UProbe = self.program_mut(program)?;

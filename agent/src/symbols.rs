@@ -79,14 +79,19 @@ impl ElfObject {
             path: path.to_path_buf(),
             source,
         })?;
-        check_header(path, &data)?;
+        Self::parse(path, &data)
+    }
+
+    /// Parses the contents `data` of the file at `path` (which is only used in messages).
+    pub fn parse(path: &Path, data: &[u8]) -> Result<Self, SymbolError> {
+        check_header(path, data)?;
         let malformed = |error: object::Error| SymbolError::Malformed {
             path: path.to_path_buf(),
             reason: error.to_string(),
         };
-        let elf = ElfFile64::<Endianness>::parse(data.as_slice()).map_err(malformed)?;
+        let elf = ElfFile64::<Endianness>::parse(data).map_err(malformed)?;
         let segments = LoadSegments::of(&elf);
-        let functions = collect_functions(&elf, &segments, &data);
+        let functions = collect_functions(&elf, &segments, data);
         let (needed, search_path) = dynamic_dependencies(&elf).map_err(malformed)?;
         let is_executable = elf
             .elf_program_headers()
@@ -193,11 +198,13 @@ impl LoadSegments {
         )
     }
 
+    /// Checked throughout: the header values come from an untrusted file (the fuzzer found a
+    /// segment whose end overflowed).
     fn file_offset(&self, address: u64) -> Option<u64> {
-        self.0
-            .iter()
-            .find(|(vaddr, size, _)| address >= *vaddr && address < vaddr + size)
-            .map(|(vaddr, _, offset)| address - vaddr + offset)
+        self.0.iter().find_map(|&(vaddr, size, offset)| {
+            let into = address.checked_sub(vaddr)?;
+            (into < size).then(|| offset.checked_add(into)).flatten()
+        })
     }
 }
 
@@ -318,6 +325,26 @@ mod tests {
                 .iter()
                 .any(|f| f.name.ends_with("reads_own_test_binary"))
         );
+    }
+
+    #[test]
+    fn inputs_the_fuzzer_crashed_on_are_refused_or_read() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/elf_symbols"
+        );
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let _ = ElfObject::parse(&path, &std::fs::read(&path).unwrap());
+        }
+    }
+
+    #[test]
+    fn segments_at_the_top_of_the_address_space_do_not_overflow() {
+        let segments = LoadSegments(vec![(u64::MAX - 10, 100, 0), (0x1000, 0x100, u64::MAX)]);
+        assert_eq!(segments.file_offset(u64::MAX - 5), Some(5));
+        assert_eq!(segments.file_offset(0x1010), None);
+        assert_eq!(segments.file_offset(0x10), None);
     }
 
     #[test]

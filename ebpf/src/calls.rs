@@ -394,3 +394,25 @@ pub fn count_loss(loss: Loss) {
         unsafe { add(counter, 1) };
     }
 }
+
+/// The kernel floor for benchmarks: the same attach points with programs that do nothing, so
+/// `cargo xtask bench` can tell the uprobe's own cost from flowtap's.
+#[uprobe(multi)]
+pub fn empty_entry_multi(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe(multi)]
+pub fn empty_exit_multi(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
+#[uprobe]
+pub fn empty_entry(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe]
+pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
+    0
+}

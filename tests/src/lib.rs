@@ -273,3 +273,37 @@ pub fn sample(exposition: &str, name: &str, with: &[&str]) -> f64 {
     assert_eq!(matching.len(), 1, "{name} {with:?}: {matching:?}");
     matching[0]
 }
+
+/// What a launch-mode run of flowtap left: its exit code and stderr, the launched program's
+/// stdout, and the JSON report's path.
+pub struct Launched {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: PathBuf,
+}
+
+/// Runs `flowtap run FLOWTAP_ARGS --report json --output DIR/report.json -- PROGRAM ARGS`.
+pub fn launch_with_report(
+    dir: &std::path::Path,
+    flowtap_args: &[&str],
+    program: &std::path::Path,
+    args: &[&str],
+) -> Launched {
+    let report = dir.join("report.json");
+    let output = flowtap()
+        .args(["run", "--report", "json", "--output"])
+        .arg(&report)
+        .args(flowtap_args)
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("running flowtap");
+    Launched {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        report,
+    }
+}

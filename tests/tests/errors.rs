@@ -117,10 +117,11 @@ fn pid_zero() {
 
 #[test]
 fn zombie_pid() {
-    // A child that exited and was not waited for.
-    let zombie = std::process::Command::new("/bin/true").spawn().unwrap();
+    // A child that exited and is not waited for until flowtap has looked at it.
+    let mut zombie = std::process::Command::new("/bin/true").spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let line = fails(&["run", "--pid", &zombie.id().to_string()]);
+    zombie.wait().unwrap();
     assert!(line.contains("zombie"), "{line}");
 }
 
@@ -339,22 +340,12 @@ fn stripped_binary_is_traced_through_dynsym() {
             .unwrap();
         assert!(stripped.success());
     }
-    let report = dir.join("report.json");
-    let (code, stdout, stderr) = run_flowtap(&[
-        "run",
-        "--report",
-        "json",
-        "--output",
-        report.to_str().unwrap(),
-        "--",
-        demo.to_str().unwrap(),
-        "--runs",
-        "5",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
+    let run = launch_with_report(&dir, &[], &demo, &["--runs", "5"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = read_report(&run.report);
     assert_same_counts(
-        &demo_counts(&stdout),
-        &report_counts(&read_report(&report)),
+        &demo_counts(&run.stdout),
+        &report_counts(&report),
         "stripped",
     );
 }

@@ -8,26 +8,16 @@ use flowtap_tests::*;
 #[test]
 fn launch_mode_counts_every_call_exactly() {
     let dir = scratch_dir("launch");
-    let report_path = dir.join("report.json");
-    let demo = demo_path();
-    let (code, stdout, stderr) = run_flowtap(&[
-        "run",
-        "--report",
-        "json",
-        "--output",
-        report_path.to_str().unwrap(),
-        "--",
-        demo.to_str().unwrap(),
-        "--runs",
-        "150",
-        "--seed",
-        "7",
-    ]);
-    assert_eq!(code, 0, "flowtap failed: {stderr}");
-    assert!(stderr.contains("command exited with code 0"), "{stderr}");
-    let report = read_report(&report_path);
+    let run = launch_with_report(&dir, &[], &demo_path(), &["--runs", "150", "--seed", "7"]);
+    assert_eq!(run.code, 0, "flowtap failed: {}", run.stderr);
+    assert!(
+        run.stderr.contains("command exited with code 0"),
+        "{}",
+        run.stderr
+    );
+    let report = read_report(&run.report);
     assert_same_counts(
-        &demo_counts(&stdout),
+        &demo_counts(&run.stdout),
         &report_counts(&report),
         "launch mode",
     );
@@ -148,23 +138,10 @@ fn exe_mode_on_a_library_counts_every_process_mapping_it() {
 #[test]
 fn a_20ms_primitive_reports_p50_between_20_and_30ms() {
     let dir = scratch_dir("latency");
-    let report_path = dir.join("report.json");
-    let demo = demo_path();
-    let (code, _, stderr) = run_flowtap(&[
-        "run",
-        "--report",
-        "json",
-        "--output",
-        report_path.to_str().unwrap(),
-        "--",
-        demo.to_str().unwrap(),
-        "--runs",
-        "10",
-        "--latency",
-        "timeout=20000",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let report = read_report(&report_path);
+    let args = ["--runs", "10", "--latency", "timeout=20000"];
+    let run = launch_with_report(&dir, &[], &demo_path(), &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = read_report(&run.report);
     let timeout = report_function(&report, "wf_timeout_run");
     let p50 = timeout["p50_ns"].as_u64().unwrap();
     assert!((20_000_000..=30_000_000).contains(&p50), "p50 {p50} ns");
@@ -202,24 +179,12 @@ fn bpftrace_counts_the_same_calls() {
     let demo_own = demo_counts(&stdout);
     assert_same_counts(&demo_own, &bpftrace, "bpftrace against the runtime");
 
-    let report_path = dir.join("report.json");
-    let (code, _, stderr) = run_flowtap(&[
-        "run",
-        "--report",
-        "json",
-        "--output",
-        report_path.to_str().unwrap(),
-        "--",
-        demo.to_str().unwrap(),
-        "--runs",
-        "60",
-        "--seed",
-        "9",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
+    let run = launch_with_report(&dir, &[], &demo, &["--runs", "60", "--seed", "9"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = read_report(&run.report);
     assert_same_counts(
         &bpftrace,
-        &report_counts(&read_report(&report_path)),
+        &report_counts(&report),
         "flowtap against bpftrace",
     );
 }

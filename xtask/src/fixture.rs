@@ -41,6 +41,28 @@ pub fn build() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
+/// Builds the benchmark's programs into `target/bench`: `bench` (a tight loop over one tiny
+/// function) and `libsyms.so` (10,000 functions, for attach times); returns that directory.
+pub fn build_bench() -> anyhow::Result<PathBuf> {
+    let out = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    run(Command::new("cc")
+        .args(["-O2", "-fno-omit-frame-pointer", "-o"])
+        .arg(out.join("bench"))
+        .arg(workspace_root().join("tests/fixture/bench.c"))
+        .arg("-lpthread"))?;
+    let symbols: String = (0..10_000)
+        .map(|i| format!("int sym_{i:05}(int x) {{ return x + {i}; }}\n"))
+        .collect();
+    let source = out.join("syms.c");
+    std::fs::write(&source, symbols)?;
+    run(Command::new("cc")
+        .args(["-O1", "-fno-omit-frame-pointer", "-fPIC", "-shared", "-o"])
+        .arg(out.join("libsyms.so"))
+        .arg(&source))?;
+    Ok(out)
+}
+
 /// Passes flowtap's stderr through until it says its probes are attached.
 pub fn wait_for_attach(flowtap: &mut Child) -> anyhow::Result<()> {
     let stderr = flowtap.stderr.take().context("flowtap's stderr")?;

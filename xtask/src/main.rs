@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | demo | test`.
 
+mod bench;
 mod fixture;
 mod setup;
 
@@ -32,6 +33,15 @@ enum Task {
         /// Only integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// Fuzz the ELF symbol reader and the `--symbols` parser for a bounded time each.
+    Fuzz {
+        /// Seconds per fuzz target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Measure what flowtap costs per call against the kernel floor and bpftrace, its
+    /// throughput, memory and attach time; writes target/bench/results.{json,md}.
+    Bench,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +54,14 @@ fn main() -> anyhow::Result<()> {
         Task::Test { filter } => {
             setup::install_all()?;
             test(filter)
+        }
+        Task::Fuzz { seconds } => {
+            setup::install_all()?;
+            fuzz(seconds)
+        }
+        Task::Bench => {
+            setup::install_all()?;
+            bench::run()
         }
     }
 }
@@ -72,7 +90,7 @@ fn cargo() -> Command {
     command
 }
 
-fn build_agent() -> anyhow::Result<std::path::PathBuf> {
+pub fn build_agent() -> anyhow::Result<std::path::PathBuf> {
     run(cargo().args(["build", "--release", "--package", "flowtap"]))?;
     Ok(workspace_root().join("target/release/flowtap"))
 }
@@ -100,6 +118,34 @@ fn demo(runs: u32) -> anyhow::Result<()> {
     let status = flowtap.wait().context("waiting for flowtap")?;
     if !status.success() {
         bail!("flowtap failed with {status}");
+    }
+    Ok(())
+}
+
+const FUZZ_TARGETS: [&str; 2] = ["elf_symbols", "symbol_selector"];
+
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    setup::install_cargo_fuzz()?;
+    // Start the ELF fuzzer from real objects: the fixture's executable and library.
+    let fixture = fixture::build()?;
+    let corpus = workspace_root().join("fuzz/corpus/elf_symbols");
+    std::fs::create_dir_all(&corpus)?;
+    for file in ["wfdemo", "libwfrt.so"] {
+        std::fs::copy(fixture.join(file), corpus.join(file))?;
+    }
+    for target in FUZZ_TARGETS {
+        run(Command::new("rustup")
+            .current_dir(workspace_root())
+            .args([
+                "run",
+                setup::EBPF_TOOLCHAIN,
+                "cargo",
+                "fuzz",
+                "run",
+                target,
+                "--",
+            ])
+            .arg(format!("-max_total_time={seconds}")))?;
     }
     Ok(())
 }

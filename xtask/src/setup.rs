@@ -105,3 +105,25 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         .env("LLVM_PREFIX", LLVM_PREFIX)
         .env("PATH", path))
 }
+
+const CARGO_FUZZ_VERSION: &str = "0.13";
+
+/// cargo-fuzz, built with the nightly toolchain it runs on.
+pub fn install_cargo_fuzz() -> anyhow::Result<()> {
+    let version =
+        output(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "cargo", "fuzz", "--version"]))
+            .unwrap_or_default();
+    if version.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")) {
+        return Ok(());
+    }
+    run(Command::new("rustup").args([
+        "run",
+        EBPF_TOOLCHAIN,
+        "cargo",
+        "install",
+        "cargo-fuzz",
+        "--version",
+        &format!("^{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
+}
