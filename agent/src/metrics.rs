@@ -20,6 +20,25 @@ pub struct FunctionStats {
 }
 
 impl FunctionStats {
+    /// Stats of these durations, as the kernel would have counted them.
+    #[cfg(test)]
+    pub fn from_durations(durations: &[u64]) -> Self {
+        let mut buckets = vec![0; histogram::BUCKETS];
+        for &d in durations {
+            buckets[histogram::bucket_index(d)] += 1;
+        }
+        FunctionStats {
+            probe_id: 0,
+            function: "f".into(),
+            object: "o".into(),
+            calls: durations.len() as u64,
+            errors: 0,
+            total_ns: durations.iter().sum(),
+            max_ns: durations.iter().copied().max().unwrap_or(0),
+            buckets,
+        }
+    }
+
     pub fn mean_ns(&self) -> u64 {
         self.total_ns.checked_div(self.calls).unwrap_or(0)
     }
@@ -148,28 +167,11 @@ fn read_aggregates(probes: &Probes) -> Result<Vec<AggregateRow>, MapError> {
 mod tests {
     use super::*;
 
-    fn stats_of(durations: &[u64]) -> FunctionStats {
-        let mut buckets = vec![0; histogram::BUCKETS];
-        for &d in durations {
-            buckets[histogram::bucket_index(d)] += 1;
-        }
-        FunctionStats {
-            probe_id: 0,
-            function: "f".into(),
-            object: "o".into(),
-            calls: durations.len() as u64,
-            errors: 0,
-            total_ns: durations.iter().sum(),
-            max_ns: durations.iter().copied().max().unwrap_or(0),
-            buckets,
-        }
-    }
-
     #[test]
     fn quantiles_are_within_five_percent() {
         // A spread from 1 µs to 100 ms, as a real function shows.
         let durations: Vec<u64> = (1..=10_000u64).map(|i| i * i).collect();
-        let stats = stats_of(&durations);
+        let stats = FunctionStats::from_durations(&durations);
         for q in [0.5, 0.95, 0.99] {
             let exact = durations[(q * durations.len() as f64).ceil() as usize - 1] as f64;
             let estimate = stats.quantile_ns(q) as f64;
@@ -182,7 +184,7 @@ mod tests {
 
     #[test]
     fn empty_stats_have_zero_quantiles() {
-        assert_eq!(stats_of(&[]).quantile_ns(0.5), 0);
-        assert_eq!(stats_of(&[]).mean_ns(), 0);
+        assert_eq!(FunctionStats::from_durations(&[]).quantile_ns(0.5), 0);
+        assert_eq!(FunctionStats::from_durations(&[]).mean_ns(), 0);
     }
 }

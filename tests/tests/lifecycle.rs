@@ -90,26 +90,15 @@ fn output_is_identical_across_a_million_probed_calls() {
     let baseline = Command::new(demo_path()).args(&args).output().unwrap();
     assert!(baseline.status.success());
     let dir = scratch_dir("million");
-    let report = dir.join("report.json");
-    let traced = flowtap()
-        .args([
-            "run",
-            "--report",
-            "json",
-            "--output",
-            report.to_str().unwrap(),
-            "--",
-        ])
-        .arg(demo_path())
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(traced.status.success(), "{traced:?}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let traced = launch_with_report(&dir, &[], &demo_path(), &args);
+    assert_eq!(traced.code, 0, "{}", traced.stderr);
     assert_eq!(
-        traced.stdout, baseline.stdout,
+        traced.stdout.as_bytes(),
+        baseline.stdout,
         "the target's output changed"
     );
-    let calls: u64 = report_counts(&read_report(&report)).values().sum();
+    let calls: u64 = report_counts(&read_report(&traced.report)).values().sum();
     assert!(calls >= 1_000_000, "{calls} calls");
 }
 

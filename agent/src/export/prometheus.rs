@@ -440,7 +440,7 @@ fn histogram(labels: &[(&str, &str)], stats: &FunctionStats) -> Metric {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowtap_common::histogram::{BUCKETS, bucket_bounds, bucket_index};
+    use flowtap_common::histogram::{BUCKETS, bucket_bounds};
 
     #[test]
     fn exposed_bounds_are_kernel_bucket_boundaries() {
@@ -456,20 +456,7 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_exact() {
         let durations = [500u64, 1_500, 20_000_000, 20_100_000, 90_000_000_000];
-        let mut buckets = vec![0; BUCKETS];
-        for d in durations {
-            buckets[bucket_index(d)] += 1;
-        }
-        let stats = FunctionStats {
-            probe_id: 0,
-            function: "f".into(),
-            object: "o".into(),
-            calls: durations.len() as u64,
-            errors: 0,
-            total_ns: durations.iter().sum(),
-            max_ns: 90_000_000_000,
-            buckets,
-        };
+        let stats = FunctionStats::from_durations(&durations);
         let metric = histogram(&[], &stats);
         let h = metric.get_histogram();
         let count_at = |seconds: f64| {
