@@ -90,6 +90,16 @@ fn cargo() -> Command {
     command
 }
 
+/// Cargo of the eBPF (nightly) toolchain, through rustup: the CARGO we were started by is the
+/// pinned stable toolchain's own binary, which ignores `+toolchain`.
+fn nightly_cargo() -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .current_dir(workspace_root())
+        .args(["run", setup::EBPF_TOOLCHAIN, "cargo"]);
+    command
+}
+
 pub fn build_agent() -> anyhow::Result<std::path::PathBuf> {
     run(cargo().args(["build", "--release", "--package", "flowtap"]))?;
     Ok(workspace_root().join("target/release/flowtap"))
@@ -134,17 +144,8 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         std::fs::copy(fixture.join(file), corpus.join(file))?;
     }
     for target in FUZZ_TARGETS {
-        run(Command::new("rustup")
-            .current_dir(workspace_root())
-            .args([
-                "run",
-                setup::EBPF_TOOLCHAIN,
-                "cargo",
-                "fuzz",
-                "run",
-                target,
-                "--",
-            ])
+        run(nightly_cargo()
+            .args(["fuzz", "run", target, "--"])
             .arg(format!("-max_total_time={seconds}")))?;
     }
     Ok(())
@@ -162,17 +163,8 @@ fn lint() -> anyhow::Result<()> {
             "--all-targets",
         ])
         .args(["--", "-D", "warnings"]))?;
-    // Through rustup: the CARGO we were started by is the pinned stable toolchain's own binary.
-    run(Command::new("rustup")
-        .current_dir(workspace_root())
-        .args([
-            "run",
-            setup::EBPF_TOOLCHAIN,
-            "cargo",
-            "clippy",
-            "--package",
-            "flowtap-ebpf",
-        ])
+    run(nightly_cargo()
+        .args(["clippy", "--package", "flowtap-ebpf"])
         .args([
             "--release",
             "--target",
