@@ -140,7 +140,9 @@ fn on_entry(ctx: &ProbeContext) {
         probe_id,
         sampled,
         start_ns: unsafe { bpf_ktime_get_ns() },
-        span_id: random_id(),
+        // Ids matter only to sampled traces: unsampled calls (all of them, with metrics
+        // only) skip drawing them.
+        span_id: if sampled != 0 { random_id() } else { 0 },
         parent_span_id,
         args,
     };
@@ -165,11 +167,13 @@ fn start_trace(
         let _ = HANDOFFS.remove(key);
         return adopted;
     }
-    stack.trace_id = [random_id(), random_id()];
     // SAFETY: as in traced_thread.
     let threshold = unsafe { core::ptr::read_volatile(&CONFIG.sample_threshold) };
     let sampled =
         threshold == u32::MAX || (threshold != 0 && unsafe { bpf_get_prandom_u32() } < threshold);
+    if sampled {
+        stack.trace_id = [random_id(), random_id()];
+    }
     (0, u32::from(sampled))
 }
 
