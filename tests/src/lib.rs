@@ -198,15 +198,26 @@ impl Running {
     }
 }
 
-/// Starts the demo held at `--wait-start`; it runs when its stdin is closed.
+/// Starts the demo held at `--wait-start`; it runs when its stdin is closed. Returns once the
+/// runtime library is mapped: `spawn` returns at `execve`, before ld.so has loaded it.
 pub fn spawn_held_demo(args: &[&str]) -> Child {
-    Command::new(demo_path())
+    let demo = Command::new(demo_path())
         .args(args)
         .arg("--wait-start")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("starting wfdemo")
+        .expect("starting wfdemo");
+    let maps = format!("/proc/{}/maps", demo.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&maps).is_ok_and(|m| m.contains("libwfrt.so")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wfdemo never mapped libwfrt.so"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    demo
 }
 
 /// Releases a held demo and returns its stdout.

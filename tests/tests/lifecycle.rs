@@ -65,7 +65,8 @@ fn exited_threads_and_processes_leave_no_kernel_state() {
 
 #[test]
 fn killing_the_agent_leaves_the_target_running_with_identical_output() {
-    let args = ["--runs", "300", "--seed", "3", "--latency", "llm=300"];
+    // Long enough (about a second) to be mid-run when the agent is killed.
+    let args = ["--runs", "1000", "--seed", "3", "--latency", "llm=300"];
     let baseline = Command::new(demo_path()).args(args).output().unwrap();
     assert!(baseline.status.success());
 

@@ -116,6 +116,15 @@ fn demo(runs: u32) -> anyhow::Result<()> {
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("starting the demo app")?;
+    // `spawn` returns at execve; attach once ld.so has mapped the runtime.
+    let maps = format!("/proc/{}/maps", app.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&maps).is_ok_and(|m| m.contains("libwfrt.so")) {
+        if std::time::Instant::now() > deadline || app.try_wait()?.is_some() {
+            bail!("the demo app did not start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let mut flowtap = Command::new(&agent)
         .args(["run", "--pid", &app.id().to_string()])
         .stderr(std::process::Stdio::piped())
