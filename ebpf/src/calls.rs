@@ -98,8 +98,10 @@ pub fn call_exit(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_entry(ctx: &ProbeContext) {
-    let Some(tid) = traced_thread() else { return };
-    let Some(stack) = stack_of(tid) else {
+    let Some(pid_tgid) = traced_thread() else {
+        return;
+    };
+    let Some(stack) = stack_of(pid_tgid as u32) else {
         count_loss(Loss::StackMapFull);
         return;
     };
@@ -187,8 +189,10 @@ fn random_id() -> u64 {
 #[inline(always)]
 fn on_exit(ctx: &RetProbeContext) {
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(tid) = traced_thread() else { return };
-    let Some(stack) = STACKS.get_ptr_mut(&tid) else {
+    let Some(pid_tgid) = traced_thread() else {
+        return;
+    };
+    let Some(stack) = STACKS.get_ptr_mut(&(pid_tgid as u32)) else {
         count_loss(Loss::UnmatchedReturn);
         return;
     };
@@ -208,17 +212,16 @@ fn on_exit(ctx: &RetProbeContext) {
         aggregate(spec, &frame, ret, failed);
     }
     if frame.sampled != 0 {
-        emit_span(&frame, stack.trace_id, now, failed);
+        emit_span(&frame, stack.trace_id, pid_tgid, now, failed);
     }
 }
 
 #[inline(always)]
-fn emit_span(frame: &Frame, trace_id: [u64; 2], end_ns: u64, failed: bool) {
+fn emit_span(frame: &Frame, trace_id: [u64; 2], pid_tgid: u64, end_ns: u64, failed: bool) {
     let Some(mut entry) = SPANS.reserve::<SpanEvent>(0) else {
         count_loss(Loss::SpanRingFull);
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
     entry.write(SpanEvent {
         trace_id,
         span_id: frame.span_id,
@@ -279,9 +282,10 @@ fn aggregate(spec: &ProbeSpec, frame: &Frame, ret: u64, failed: bool) {
     }
 }
 
-/// The current thread id, or None when the process is not one we count.
+/// The current `pid_tgid` (thread id in the low half), or None when the process is not one we
+/// count.
 #[inline(always)]
-fn traced_thread() -> Option<u32> {
+fn traced_thread() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: CONFIG is plain data in .rodata; the volatile read stops the compiler from folding
     // the default value the agent overrides at load time.
@@ -289,7 +293,7 @@ fn traced_thread() -> Option<u32> {
     if filter != 0 && unsafe { TRACED.get(&((pid_tgid >> 32) as u32)) }.is_none() {
         return None;
     }
-    Some(pid_tgid as u32)
+    Some(pid_tgid)
 }
 
 #[inline(always)]
