@@ -24,7 +24,9 @@ use crate::{
     host,
     loader::Probes,
     metrics::Snapshot,
-    plan::{Plan, SymbolSelector},
+    plan::{Plan, Selection, SymbolSelector},
+    profile::{self, Profile},
+    profile_metrics::{LabelCap, ProfileMetrics},
     report::{Report, ReportFormat, SpanSummary},
     spans::{SpanFactory, SpanPump},
     symbols::ElfObject,
@@ -33,7 +35,6 @@ use crate::{
         launch::{self, HeldChild},
         process::{self, FileId},
     },
-    workflow::{LabelCap, WorkflowMetrics},
 };
 
 /// Exact per-function timing of native workflow runtimes with eBPF, without touching the
@@ -46,6 +47,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per run")]
 pub enum Command {
     /// Trace a process, a binary or a command, and print a latency report at the end.
     ///
@@ -57,8 +59,27 @@ pub enum Command {
     Run(RunArgs),
     /// List the functions that can be traced, per ELF object.
     Symbols(SymbolsArgs),
+    /// List, show and check profiles: what symbols mean (spans, attributes, errors, metrics).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Tell what this host supports (privileges, uprobes, BTF, cookies, uprobe.multi, tracefs).
     Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCommand {
+    /// The built-in profiles, with what each covers.
+    List,
+    /// Print a built-in profile's TOML: a starting point for your own.
+    Show {
+        /// A built-in profile (see `flowtap profile list`).
+        name: String,
+    },
+    /// Check profile files and summarise what they declare; errors give file:line:column.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -84,8 +105,12 @@ pub struct RunArgs {
     /// loads. A shared library traces every process mapping it.
     #[arg(long, value_name = "PATH", conflicts_with = "command")]
     pub exe: Option<PathBuf>,
-    /// Functions to trace: GLOB or OBJECT:GLOB on raw or demangled names (repeatable).
-    /// Default: the workflow runtime's functions when the target exports them.
+    /// What the target's functions mean: a built-in profile (`flowtap profile list`) or a
+    /// profile file (repeatable). Default, with no --symbols either: `workflow`.
+    #[arg(long = "profile", value_name = "NAME|FILE")]
+    pub profiles: Vec<String>,
+    /// Functions to time without a profile: GLOB or OBJECT:GLOB on raw or demangled names
+    /// (repeatable); beside --profile, adds plain timing of more functions.
     #[arg(long = "symbols", value_name = "GLOB")]
     pub symbols: Vec<String>,
     /// Stop after this long: seconds (30, 2.5) or with a unit (500ms, 90s, 5m, 1h).
@@ -222,18 +247,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Symbols(args) => list_symbols(args),
+        Command::Profile(command) => profile_command(command),
         Command::Check => Ok(check()),
     }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
     let spec = args.target_spec()?;
-    let selectors = args
-        .symbols
-        .iter()
-        .map(|text| text.parse::<SymbolSelector>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| anyhow::anyhow!("--symbols: {error}"))?;
+    let selection = selection(&args)?;
     host::check_privileges()?;
     // Fail now, not after a long run, if the report cannot be written.
     let output = args
@@ -249,8 +270,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let target = Target::resolve(&spec)?;
     let plan = Arc::new(Plan::build(
         &target.objects,
-        &selectors,
-        &args.symbols,
+        &selection,
         &target.describe(),
     )?);
     if !plan.unprobeable.is_empty() {
@@ -339,11 +359,11 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     })?;
     let probes = probes.lock().expect("probes lock");
     let snapshot = Snapshot::read(&probes, &plan).context("reading the kernel's counters")?;
-    let workflow = WorkflowMetrics::derive(&snapshot, &plan, &mut labels.lock().expect("labels"));
+    let declared = ProfileMetrics::derive(&snapshot, &plan, &mut labels.lock().expect("labels"));
     let spans = pump.map(|pump| SpanSummary::new(&counts, pump.slowest.slowest));
     let report = Report {
         snapshot: &snapshot,
-        workflow: &workflow,
+        declared: &declared,
         spans: spans.as_ref(),
         exit_code,
     };
@@ -494,6 +514,75 @@ fn write_report(
         _ => report.write(&mut std::io::stdout().lock(), args.report)?,
     }
     Ok(())
+}
+
+/// The profiles asked for (or the default one) and the plain selectors.
+fn selection(args: &RunArgs) -> anyhow::Result<Selection> {
+    let symbols = args
+        .symbols
+        .iter()
+        .map(|text| text.parse::<SymbolSelector>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| anyhow::anyhow!("--symbols: {error}"))?;
+    let defaulted = args.profiles.is_empty() && args.symbols.is_empty();
+    let names = if defaulted {
+        vec![profile::DEFAULT.to_string()]
+    } else {
+        args.profiles.clone()
+    };
+    let profiles = names
+        .iter()
+        .map(|name| Profile::load(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let texts = profiles
+        .iter()
+        .map(|p| format!("profile {}", p.name))
+        .chain(args.symbols.iter().cloned())
+        .collect();
+    Ok(Selection {
+        profiles,
+        symbols,
+        texts,
+        defaulted,
+    })
+}
+
+fn profile_command(command: ProfileCommand) -> anyhow::Result<i32> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        ProfileCommand::List => {
+            for (name, _) in profile::BUILTIN {
+                let profile = Profile::builtin(name)?;
+                writeln!(out, "{name:<10} {}", profile.description)?;
+            }
+        }
+        ProfileCommand::Show { name } => {
+            let text = profile::builtin_source(&name).ok_or_else(|| {
+                anyhow::anyhow!("no built-in profile `{name}`: see `flowtap profile list`")
+            })?;
+            out.write_all(text.as_bytes())?;
+        }
+        ProfileCommand::Check { files } => {
+            for file in files {
+                let profile = Profile::from_file(&file)?;
+                let metrics: std::collections::BTreeSet<&str> = profile
+                    .functions
+                    .iter()
+                    .flat_map(|rule| rule.metrics.iter().map(|m| m.name.as_str()))
+                    .collect();
+                writeln!(
+                    out,
+                    "{}: profile `{}` is valid: {} function rules, {} metrics ({})",
+                    file.display(),
+                    profile.name,
+                    profile.functions.len(),
+                    metrics.len(),
+                    metrics.into_iter().collect::<Vec<_>>().join(", ")
+                )?;
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {

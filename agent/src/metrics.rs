@@ -2,7 +2,7 @@
 //! per-function statistics with percentiles.
 
 use aya::maps::{HashMap, MapError, PerCpuArray, PerCpuHashMap};
-use flowtap_common::{AggregateKey, AggregateValue, Loss, ProbeStats, histogram};
+use flowtap_common::{AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, histogram};
 
 use crate::{loader::Probes, plan::Plan};
 
@@ -39,6 +39,17 @@ impl FunctionStats {
         }
     }
 
+    /// Adds another function's calls, as one histogram of both.
+    pub fn merge(&mut self, other: &FunctionStats) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.total_ns += other.total_ns;
+        self.max_ns = self.max_ns.max(other.max_ns);
+        for (sum, count) in self.buckets.iter_mut().zip(&other.buckets) {
+            *sum += count;
+        }
+    }
+
     pub fn mean_ns(&self) -> u64 {
         self.total_ns.checked_div(self.calls).unwrap_or(0)
     }
@@ -64,14 +75,14 @@ impl FunctionStats {
     }
 }
 
-/// Calls of one probe with one outcome and label (see [`flowtap_common::Aggregate`]).
+/// Calls of one probe with one outcome and label (see [`flowtap_common::ProbeSpec::outcome`]).
 #[derive(Debug, Clone)]
 pub struct AggregateRow {
     pub probe_id: u32,
     pub outcome: i32,
     pub label: String,
     pub calls: u64,
-    pub sums: [u64; 3],
+    pub sums: [u64; MAX_SUMS],
 }
 
 /// Everything the kernel counted so far.

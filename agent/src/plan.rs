@@ -1,13 +1,13 @@
 //! The probe plan: which functions of which objects get probes, each with a probe id (the attach
-//! cookie) and the spec the kernel uses to judge its return value.
+//! cookie), the spec the kernel works by, and the profile rule that gives the calls meaning.
 
-use std::{path::PathBuf, str::FromStr};
+use std::{path::PathBuf, str::FromStr, sync::Arc};
 
 use flowtap_common::{MAX_PROBES, ProbeSpec};
 use glob::Pattern;
 
 use crate::{
-    profile::{Semantics, WORKFLOW},
+    profile::{FunctionRule, Profile},
     symbols::ElfObject,
 };
 
@@ -50,13 +50,6 @@ impl SymbolSelector {
         self.object.as_ref().is_none_or(|o| o.matches(object_name))
             && (self.function.matches(raw) || self.function.matches(demangled))
     }
-
-    fn from_semantics(semantics: &Semantics) -> Self {
-        Self {
-            object: None,
-            function: Pattern::new(semantics.default_glob).expect("built-in glob is valid"),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -69,8 +62,8 @@ pub struct PlannedProbe {
     pub object: usize,
     pub file_offset: u64,
     pub spec: ProbeSpec,
-    /// Whether it belongs to the workflow runtime, whose semantics derive workflow metrics.
-    pub in_workflow_runtime: bool,
+    /// What a profile says the function means; `None` for plain timing (`--symbols`).
+    pub rule: Option<Arc<FunctionRule>>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,7 +83,7 @@ pub struct Plan {
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(
-        "{target} does not export the workflow runtime's functions: choose functions with --symbols GLOB (list them with `flowtap symbols`)"
+        "{target} does not export the workflow runtime's functions: choose functions with --symbols GLOB (list them with `flowtap symbols`) or --profile (`flowtap profile list`)"
     )]
     NoKnownRuntime { target: String },
     #[error(
@@ -113,29 +106,30 @@ pub enum PlanError {
     GoBinary { object: String },
 }
 
+/// What to probe: functions the profiles give meaning to, and plain `--symbols` selections.
+pub struct Selection {
+    pub profiles: Vec<Profile>,
+    pub symbols: Vec<SymbolSelector>,
+    /// How the user wrote them, for messages.
+    pub texts: Vec<String>,
+    /// The profile was chosen by default, not asked for.
+    pub defaulted: bool,
+}
+
 impl Plan {
-    /// Selects functions by `selectors`, or by the built-in runtime semantics when none given.
     pub fn build(
         objects: &[ElfObject],
-        selectors: &[SymbolSelector],
-        selector_texts: &[String],
+        selection: &Selection,
         target: &str,
     ) -> Result<Self, PlanError> {
-        let defaults;
-        let selectors = if selectors.is_empty() {
-            if !objects.iter().any(|o| WORKFLOW.recognises(&o.functions)) {
-                return Err(PlanError::NoKnownRuntime {
-                    target: target.to_string(),
-                });
-            }
-            defaults = [SymbolSelector::from_semantics(&WORKFLOW)];
-            &defaults[..]
-        } else {
-            selectors
-        };
         let mut plan = Plan::default();
         for object in objects {
-            plan.add_object(object, selectors)?;
+            plan.add_object(object, selection)?;
+        }
+        if plan.probes.is_empty() && selection.defaulted {
+            return Err(PlanError::NoKnownRuntime {
+                target: target.to_string(),
+            });
         }
         if plan.probes.is_empty() && !plan.unprobeable.is_empty() {
             return Err(PlanError::NoneProbeable {
@@ -144,14 +138,14 @@ impl Plan {
             });
         }
         if plan.probes.is_empty()
-            && let Some((symbol, object)) = matching_data_symbol(objects, selectors)
+            && let Some((symbol, object)) = matching_data_symbol(objects, &selection.symbols)
         {
             return Err(PlanError::DataNotCode { symbol, object });
         }
         if plan.probes.is_empty() {
             return Err(PlanError::NoMatch {
                 target: target.to_string(),
-                selectors: selector_texts.join(", "),
+                selectors: selection.texts.join(", "),
             });
         }
         if plan.probes.len() > MAX_PROBES as usize {
@@ -162,23 +156,32 @@ impl Plan {
         Ok(plan)
     }
 
-    fn add_object(
-        &mut self,
-        object: &ElfObject,
-        selectors: &[SymbolSelector],
-    ) -> Result<(), PlanError> {
+    fn add_object(&mut self, object: &ElfObject, selection: &Selection) -> Result<(), PlanError> {
         let name = object.file_name();
-        let is_workflow = WORKFLOW.recognises(&object.functions);
-        // A function is named in reports by the first of its names a selector matched.
+        let profiles: Vec<&Profile> = selection
+            .profiles
+            .iter()
+            .filter(|profile| profile.applies_to(object))
+            .collect();
+        // A function is named in reports by the first of its names that was selected; a
+        // profile's rule takes precedence over a plain selector.
         let selected: Vec<_> = object
             .functions
             .iter()
             .filter_map(|f| {
-                f.names()
-                    .find(|(raw, demangled)| {
-                        selectors.iter().any(|s| s.matches(&name, raw, demangled))
-                    })
-                    .map(|(raw, demangled)| (f, raw.to_string(), demangled))
+                f.names().find_map(|(raw, demangled)| {
+                    let rule = profiles
+                        .iter()
+                        .find_map(|profile| profile.rule_for(&name, raw, &demangled));
+                    let plain = || {
+                        selection
+                            .symbols
+                            .iter()
+                            .any(|s| s.matches(&name, raw, &demangled))
+                    };
+                    (rule.is_some() || plain())
+                        .then(|| (f, raw.to_string(), demangled.clone(), rule.cloned()))
+                })
             })
             .collect();
         if selected.is_empty() {
@@ -188,23 +191,19 @@ impl Plan {
             return Err(PlanError::GoBinary { object: name });
         }
         let index = self.objects.len();
-        for (function, raw_name, demangled) in selected {
+        for (function, raw_name, demangled, rule) in selected {
             if !function.probeable {
                 self.unprobeable.push(demangled);
                 continue;
             }
-            let spec = is_workflow
-                .then(|| WORKFLOW.spec_for(&raw_name))
-                .flatten()
-                .unwrap_or_default();
             self.probes.push(PlannedProbe {
                 id: self.probes.len() as u32,
                 function: demangled,
                 raw_name,
                 object: index,
                 file_offset: function.file_offset,
-                spec,
-                in_workflow_runtime: is_workflow,
+                spec: rule.as_ref().map(|rule| rule.spec).unwrap_or_default(),
+                rule,
             });
         }
         self.objects.push(PlannedObject {

@@ -7,8 +7,8 @@ use serde::Serialize;
 use crate::{
     export::otlp::SpanCounts,
     metrics::{FunctionStats, Snapshot},
+    profile_metrics::{ProfileMetrics, Series},
     spans::TreeSpan,
-    workflow::WorkflowMetrics,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,7 +20,8 @@ pub enum ReportFormat {
 /// Everything the end-of-run report shows.
 pub struct Report<'a> {
     pub snapshot: &'a Snapshot,
-    pub workflow: &'a WorkflowMetrics,
+    /// The metrics the profiles declare.
+    pub declared: &'a ProfileMetrics,
     /// When spans were exported or written.
     pub spans: Option<&'a SpanSummary>,
     /// The launched command's, in launch mode.
@@ -53,8 +54,8 @@ impl SpanSummary {
 #[derive(Serialize)]
 struct JsonReport<'a> {
     functions: Vec<JsonFunction<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    workflow: Option<JsonWorkflow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    metrics: Vec<JsonCounter<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     spans: Option<&'a SpanSummary>,
     lost_events: u64,
@@ -63,51 +64,36 @@ struct JsonReport<'a> {
     exit_code: Option<i32>,
 }
 
-/// The workflow metrics, keyed as their Prometheus series are labelled.
+/// A series of a declared counter (histograms are in `functions`).
 #[derive(Serialize)]
-struct JsonWorkflow {
-    /// "workflow/status" → runs.
-    executions: BTreeMap<String, u64>,
-    /// "primitive/status" → calls.
-    primitive_executions: BTreeMap<String, u64>,
-    cache_hits: u64,
-    cache_misses: u64,
-    cache_evictions: u64,
-    routes: BTreeMap<String, u64>,
-    timeouts: u64,
-    retry_attempts: u64,
-    /// "model/kind" → tokens.
-    llm_tokens: BTreeMap<String, u64>,
-    llm_cost: BTreeMap<String, f64>,
+struct JsonCounter<'a> {
+    name: &'a str,
+    labels: BTreeMap<&'a str, &'a str>,
+    value: f64,
 }
 
-impl From<&WorkflowMetrics> for JsonWorkflow {
-    fn from(w: &WorkflowMetrics) -> Self {
-        Self {
-            executions: w
-                .executions
+/// The declared counters' series, in name and label order.
+fn counters(declared: &ProfileMetrics) -> Vec<JsonCounter<'_>> {
+    declared
+        .families
+        .iter()
+        .flat_map(|(name, family)| {
+            family
+                .series
                 .iter()
-                .map(|((a, b), n)| (format!("{a}/{b}"), *n))
-                .collect(),
-            primitive_executions: w
-                .primitive_executions
-                .iter()
-                .map(|((a, b), n)| (format!("{a}/{b}"), *n))
-                .collect(),
-            cache_hits: w.cache_hits,
-            cache_misses: w.cache_misses,
-            cache_evictions: w.cache_evictions,
-            routes: w.routes.clone(),
-            timeouts: w.timeouts,
-            retry_attempts: w.retry_attempts,
-            llm_tokens: w
-                .llm_tokens
-                .iter()
-                .map(|((a, b), n)| (format!("{a}/{b}"), *n))
-                .collect(),
-            llm_cost: w.llm_cost.clone(),
-        }
-    }
+                .filter_map(move |(labels, series)| match series {
+                    Series::Counter(value) => Some(JsonCounter {
+                        name,
+                        labels: labels
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str()))
+                            .collect(),
+                        value: *value,
+                    }),
+                    Series::Histogram(_) => None,
+                })
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -152,7 +138,7 @@ impl Report<'_> {
                         .iter()
                         .map(JsonFunction::from)
                         .collect(),
-                    workflow: (!self.workflow.is_empty()).then(|| self.workflow.into()),
+                    metrics: counters(self.declared),
                     spans: self.spans,
                     lost_events: self.snapshot.lost_events(),
                     losses: self
@@ -168,8 +154,8 @@ impl Report<'_> {
             }
             ReportFormat::Table => {
                 write_table(out, self.snapshot)?;
-                if !self.workflow.is_empty() {
-                    write_workflow(out, self.workflow)?;
+                if !self.declared.is_empty() {
+                    write_declared(out, self.declared)?;
                 }
                 if let Some(spans) = self.spans {
                     write_spans(out, spans)?;
@@ -228,42 +214,21 @@ fn write_tree(
     Ok(())
 }
 
-fn write_workflow(out: &mut dyn Write, w: &WorkflowMetrics) -> std::io::Result<()> {
-    writeln!(out, "\nWORKFLOW METRICS")?;
-    for ((workflow, status), n) in &w.executions {
+fn write_declared(out: &mut dyn Write, declared: &ProfileMetrics) -> std::io::Result<()> {
+    writeln!(out, "\nPROFILE METRICS")?;
+    for counter in counters(declared) {
+        let labels: Vec<String> = counter
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         writeln!(
             out,
-            "  workflow_executions_total{{workflow={workflow},status={status}}}  {n}"
+            "  {}{{{}}}  {}",
+            counter.name,
+            labels.join(","),
+            counter.value
         )?;
-    }
-    for ((primitive, status), n) in &w.primitive_executions {
-        writeln!(
-            out,
-            "  primitive_executions_total{{primitive={primitive},status={status}}}  {n}"
-        )?;
-    }
-    let lookups = w.cache_hits + w.cache_misses;
-    if lookups > 0 {
-        let rate = 100.0 * w.cache_hits as f64 / lookups as f64;
-        writeln!(
-            out,
-            "  cache: {} hits, {} misses ({rate:.1}% hit rate), {} evictions",
-            w.cache_hits, w.cache_misses, w.cache_evictions
-        )?;
-    }
-    for (route, n) in &w.routes {
-        writeln!(out, "  router_route_selected_total{{route={route}}}  {n}")?;
-    }
-    writeln!(
-        out,
-        "  timeouts triggered: {}, retry attempts: {}",
-        w.timeouts, w.retry_attempts
-    )?;
-    for ((model, kind), n) in &w.llm_tokens {
-        writeln!(out, "  llm_tokens_total{{model={model},kind={kind}}}  {n}")?;
-    }
-    for (model, dollars) in &w.llm_cost {
-        writeln!(out, "  llm_cost_total{{model={model}}}  ${dollars:.4}")?;
     }
     Ok(())
 }

@@ -20,7 +20,11 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanEvents, SpanLinks},
 };
 
-use crate::plan::Plan;
+use crate::{
+    events::SpanRecord,
+    plan::{Plan, PlannedProbe},
+    profile::{Part, Slot},
+};
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time, with an offset measured
 /// once at start.
@@ -54,6 +58,54 @@ impl WallClock {
     }
 }
 
+/// The profile's span name, or the function's name.
+fn span_name(probe: &PlannedProbe, record: &SpanRecord) -> String {
+    let Some(template) = probe.rule.as_ref().and_then(|rule| rule.span_name.as_ref()) else {
+        return probe.function.clone();
+    };
+    template.render(|part| match part {
+        Part::Capture(n) => captured(probe, record, *n).to_string(),
+        _ => probe.function.clone(),
+    })
+}
+
+/// The profile's constant attributes, exported captures and return value.
+fn declared_attributes(probe: &PlannedProbe, record: &SpanRecord) -> Vec<KeyValue> {
+    let Some(rule) = &probe.rule else {
+        return Vec::new();
+    };
+    let mut attributes: Vec<KeyValue> = rule
+        .attributes
+        .iter()
+        .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
+        .collect();
+    for (n, capture) in rule.captures.iter().enumerate() {
+        if let Some(name) = &capture.attribute {
+            attributes.push(KeyValue::new(name.clone(), captured(probe, record, n)));
+        }
+    }
+    if let Some(returns) = &rule.returns
+        && let Some(name) = &returns.attribute
+    {
+        attributes.push(KeyValue::new(
+            name.clone(),
+            returns.kind.value(record.event.ret),
+        ));
+    }
+    attributes
+}
+
+/// Capture `n` of the probe's rule, as its declared type.
+fn captured(probe: &PlannedProbe, record: &SpanRecord, n: usize) -> opentelemetry::Value {
+    let Some(capture) = probe.rule.as_ref().and_then(|rule| rule.captures.get(n)) else {
+        return opentelemetry::Value::from("");
+    };
+    match capture.slot {
+        Slot::Value(slot) => capture.kind.value(record.event.values[slot]),
+        Slot::Text => capture.kind.text(record.text.as_deref().unwrap_or("")),
+    }
+}
+
 pub fn trace_id(event: &SpanEvent) -> TraceId {
     TraceId::from((u128::from(event.trace_id[0]) << 64) | u128::from(event.trace_id[1]))
 }
@@ -82,9 +134,16 @@ impl SpanFactory {
         }
     }
 
-    pub fn span(&self, event: &SpanEvent, plan: &Plan) -> Option<SpanData> {
+    pub fn span(&self, record: &SpanRecord, plan: &Plan) -> Option<SpanData> {
+        let event = &record.event;
         let probe = plan.probes.get(event.probe_id as usize)?;
         let object = &plan.objects[probe.object].name;
+        let mut attributes = vec![
+            KeyValue::new("code.function.name", probe.function.clone()),
+            KeyValue::new("thread.id", i64::from(event.tid)),
+            KeyValue::new("flowtap.object", object.clone()),
+        ];
+        attributes.extend(declared_attributes(probe, record));
         Some(SpanData {
             span_context: SpanContext::new(
                 trace_id(event),
@@ -96,19 +155,18 @@ impl SpanFactory {
             parent_span_id: SpanId::from(event.parent_span_id),
             parent_span_is_remote: false,
             span_kind: SpanKind::Internal,
-            name: Cow::Owned(probe.function.clone()),
+            name: Cow::Owned(span_name(probe, record)),
             start_time: self.clock.wall(event.start_ns),
             end_time: self.clock.wall(event.end_ns),
-            attributes: vec![
-                KeyValue::new("code.function.name", probe.function.clone()),
-                KeyValue::new("thread.id", i64::from(event.tid)),
-                KeyValue::new("flowtap.object", object.clone()),
-            ],
+            attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
             status: if event.failed != 0 {
-                Status::error("the function's return value means failure")
+                Status::error(format!(
+                    "returned {}: failure by the profile's error rule",
+                    probe.spec.return_value(event.ret)
+                ))
             } else {
                 Status::Unset
             },
@@ -182,11 +240,12 @@ pub struct SlowestTrace {
 const MAX_OPEN_SPANS: usize = 100_000;
 
 impl SlowestTrace {
-    pub fn add(&mut self, event: &SpanEvent, plan: &Plan) {
+    pub fn add(&mut self, record: &SpanRecord, plan: &Plan) {
+        let event = &record.event;
         let name = plan
             .probes
             .get(event.probe_id as usize)
-            .map_or_else(|| "?".to_string(), |p| p.function.clone());
+            .map_or_else(|| "?".to_string(), |probe| span_name(probe, record));
         let span = TreeSpan {
             span_id: event.span_id,
             parent_span_id: event.parent_span_id,
@@ -223,7 +282,7 @@ pub struct SpanPump {
     pub file: Option<crate::export::spans_file::SpansFile>,
     pub counts: std::sync::Arc<crate::export::otlp::SpanCounts>,
     pub slowest: SlowestTrace,
-    events: Vec<SpanEvent>,
+    events: Vec<SpanRecord>,
 }
 
 /// How often the ring buffer is read: the kernel never wakes us, to keep the probes cheap.
@@ -269,10 +328,10 @@ impl SpanPump {
             std::sync::atomic::Ordering::Relaxed,
         );
         let mut by_process: HashMap<u32, Vec<SpanData>> = HashMap::new();
-        for event in &self.events {
-            self.slowest.add(event, plan);
-            if let Some(span) = self.factory.span(event, plan) {
-                by_process.entry(event.tgid).or_default().push(span);
+        for record in &self.events {
+            self.slowest.add(record, plan);
+            if let Some(span) = self.factory.span(record, plan) {
+                by_process.entry(record.event.tgid).or_default().push(span);
             }
         }
         for (pid, spans) in by_process {

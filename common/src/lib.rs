@@ -17,11 +17,23 @@ pub const MAX_TRACED_PROCESSES: u32 = 16_384;
 /// Threads with a live shadow stack at once; LRU, so a leaked entry is evicted, never a failure.
 pub const MAX_TRACKED_THREADS: u32 = 65_536;
 
-/// Integer arguments saved at entry for use at return (registers are clobbered by then).
-pub const CAPTURED_ARGS: usize = 4;
+/// Integer values a probe captures at entry: arguments, or fields behind pointer arguments.
+pub const CAPTURES: usize = 4;
 
-/// Bytes of a string argument kept as a label (longer strings are cut).
+/// Bytes of a captured C string, NUL included (longer strings are cut).
+pub const TEXT_LEN: usize = 256;
+
+/// Bytes of a captured string kept as a metric label (longer strings are cut).
 pub const LABEL_LEN: usize = 48;
+
+/// Conditions on the return value a probe's metrics can count by.
+pub const MAX_CONDITIONS: usize = 2;
+
+/// Values a probe's aggregates can sum.
+pub const MAX_SUMS: usize = 3;
+
+/// In [`ProbeSpec::sums`]: sum the return value rather than a capture.
+pub const RETURN_VALUE: u8 = CAPTURES as u8;
 
 /// Distinct (probe, outcome, label) aggregates the kernel keeps.
 pub const MAX_AGGREGATES: u32 = 16_384;
@@ -32,7 +44,10 @@ pub const NO_ARG: u8 = u8::MAX;
 /// Pending hand-offs of trace context between threads; LRU, so hand-offs never adopted age out.
 pub const MAX_HANDOFFS: u32 = 65_536;
 
-/// Bytes of the span ring buffer (a power of two; 72-byte events).
+/// Strings captured at entry and not yet used at exit (calls in flight across all threads).
+pub const MAX_TEXTS: u32 = 16_384;
+
+/// Bytes of the span ring buffer (a power of two; 112-byte events, 368 with a string).
 pub const SPAN_RING_BYTES: u32 = 16 << 20;
 
 /// One probed call in progress on a thread.
@@ -46,7 +61,8 @@ pub struct Frame {
     pub span_id: u64,
     /// 0 for a root span.
     pub parent_span_id: u64,
-    pub args: [u64; CAPTURED_ARGS],
+    /// The probe's captures, in [`ProbeSpec::captures`] order.
+    pub values: [u64; CAPTURES],
 }
 
 /// The probed calls in progress on one thread, innermost last. `depth` can exceed
@@ -85,6 +101,25 @@ pub struct SpanEvent {
     pub tgid: u32,
     pub tid: u32,
     pub failed: u32,
+    pub values: [u64; CAPTURES],
+    /// The return register, as is.
+    pub ret: u64,
+}
+
+/// A [`SpanEvent`] of a probe whose captured string goes on its span.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TextSpanEvent {
+    pub span: SpanEvent,
+    /// NUL-terminated (garbage may follow the NUL).
+    pub text: [u8; TEXT_LEN],
+}
+
+/// The key of the string captured by the call at `depth` of thread `tid`, kept from its entry
+/// to its exit.
+#[inline(always)]
+pub fn text_key(tid: u32, depth: usize) -> u64 {
+    (u64::from(tid) << 8) | depth as u64
 }
 
 /// Per-probe totals, kept per CPU in the kernel and summed by the agent.
@@ -108,29 +143,81 @@ impl ProbeStats {
     };
 }
 
-/// How a probe's return value tells failure.
+/// A comparison of a return value with a constant.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ErrorRule {
-    /// The return value carries no status (void, or nothing declared).
+pub enum Compare {
+    /// Never holds: the slot is unused.
     #[default]
     Never = 0,
-    Zero = 1,
-    NonZero = 2,
-    Negative = 3,
-    Equals = 4,
+    Eq = 1,
+    Ne = 2,
+    Lt = 3,
+    Le = 4,
+    Gt = 5,
+    Ge = 6,
 }
 
-/// How a probe's calls are aggregated beyond its histogram.
-#[repr(u8)]
+/// `return <compare> value`: when a call failed, or a metric counts it.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Aggregate {
-    #[default]
-    None = 0,
-    /// By failed / succeeded (outcome 1 / 0).
-    ByStatus = 1,
-    /// By the return value itself (small enumerations such as hit = 1 / miss = 0).
-    ByReturn = 2,
+pub struct Condition {
+    pub compare: Compare,
+    pub _pad: [u8; 7],
+    pub value: i64,
+}
+
+impl Condition {
+    pub const NEVER: Self = Self::new(Compare::Never, 0);
+
+    pub const fn new(compare: Compare, value: i64) -> Self {
+        Self {
+            compare,
+            _pad: [0; 7],
+            value,
+        }
+    }
+
+    #[inline(always)]
+    pub fn holds(&self, value: i64) -> bool {
+        match self.compare {
+            Compare::Never => false,
+            Compare::Eq => value == self.value,
+            Compare::Ne => value != self.value,
+            Compare::Lt => value < self.value,
+            Compare::Le => value <= self.value,
+            Compare::Gt => value > self.value,
+            Compare::Ge => value >= self.value,
+        }
+    }
+}
+
+/// Where an integer capture comes from: argument `arg`, or `width` bytes at `offset` behind it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capture {
+    /// Argument register index, or [`NO_ARG`] for an unused slot.
+    pub arg: u8,
+    /// Read `width` bytes at `arg + offset` instead of taking the register.
+    pub deref: u8,
+    /// 1, 2, 4 or 8.
+    pub width: u8,
+    pub _pad: u8,
+    pub offset: u32,
+}
+
+impl Capture {
+    pub const NONE: Self = Self::register(NO_ARG);
+
+    pub const fn register(arg: u8) -> Self {
+        Self {
+            arg,
+            deref: 0,
+            width: 8,
+            _pad: 0,
+            offset: 0,
+        }
+    }
 }
 
 /// A probe's part in carrying trace context across threads.
@@ -149,35 +236,80 @@ pub enum ContextRole {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeSpec {
-    pub error_rule: ErrorRule,
-    /// Width of the return value in bytes (4 for C `int`): the upper half of `rax` is garbage
-    /// for 32-bit returns and must not be read as sign.
+    /// When the return value means the call failed.
+    pub error: Condition,
+    /// Conditions on the return value the probe's aggregates are split by (outcome bits 1..).
+    pub conditions: [Condition; MAX_CONDITIONS],
+    pub captures: [Capture; CAPTURES],
+    /// A C string captured at entry: the argument holding `char *`, or one holding a pointer to
+    /// a struct whose `char *` field is at `offset` (`deref`). `width` is unused.
+    pub text: Capture,
+    /// Width of the return value in bytes: the upper half of `rax` is garbage for a 32-bit
+    /// return and must not be read as sign.
     pub ret_bytes: u8,
-    pub aggregate: Aggregate,
-    /// Argument holding a C string that labels the aggregate, or [`NO_ARG`].
-    pub label_arg: u8,
-    /// Integer arguments summed into the aggregate, or [`NO_ARG`].
-    pub value_args: [u8; 3],
+    pub ret_signed: u8,
+    /// Whether calls are counted in `AGGREGATES` (metrics with labels, conditions or sums).
+    pub aggregate: u8,
+    /// Whether the captured string labels the aggregates.
+    pub text_label: u8,
+    /// Whether the captured string goes on the span.
+    pub text_in_span: u8,
+    /// Captures (or [`RETURN_VALUE`]) summed into the aggregates, or [`NO_ARG`].
+    pub sums: [u8; MAX_SUMS],
     pub context: ContextRole,
-    /// The argument keying a hand-off or adoption, or [`NO_ARG`].
-    pub context_arg: u8,
-    pub _pad: [u8; 7],
-    pub error_value: i64,
+    /// The capture keying a hand-off or adoption, or [`NO_ARG`].
+    pub context_capture: u8,
+    pub _pad: [u8; 6],
 }
 
 impl Default for ProbeSpec {
     fn default() -> Self {
         Self {
-            error_rule: ErrorRule::Never,
+            error: Condition::NEVER,
+            conditions: [Condition::NEVER; MAX_CONDITIONS],
+            captures: [Capture::NONE; CAPTURES],
+            text: Capture::NONE,
             ret_bytes: 8,
-            aggregate: Aggregate::None,
-            label_arg: NO_ARG,
-            value_args: [NO_ARG; 3],
+            ret_signed: 1,
+            aggregate: 0,
+            text_label: 0,
+            text_in_span: 0,
+            sums: [NO_ARG; MAX_SUMS],
             context: ContextRole::None,
-            context_arg: NO_ARG,
-            _pad: [0; 7],
-            error_value: 0,
+            context_capture: NO_ARG,
+            _pad: [0; 6],
         }
+    }
+}
+
+impl ProbeSpec {
+    /// The return register as the function's declared return type.
+    #[inline(always)]
+    pub fn return_value(&self, raw: u64) -> i64 {
+        let bits = u32::from(self.ret_bytes) * 8;
+        if bits >= 64 || bits == 0 {
+            return raw as i64;
+        }
+        let shift = 64 - bits;
+        if self.ret_signed != 0 {
+            ((raw << shift) as i64) >> shift
+        } else {
+            ((raw << shift) >> shift) as i64
+        }
+    }
+
+    /// The aggregate outcome of a call: bit 0 failed, bit 1 + n condition n held.
+    #[inline(always)]
+    pub fn outcome(&self, value: i64, failed: bool) -> i32 {
+        let mut outcome = i32::from(failed);
+        let mut n = 0;
+        while n < MAX_CONDITIONS {
+            if self.conditions[n].holds(value) {
+                outcome |= 2 << n;
+            }
+            n += 1;
+        }
+        outcome
     }
 }
 
@@ -186,7 +318,7 @@ impl Default for ProbeSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AggregateKey {
     pub probe_id: u32,
-    /// 1 failed / 0 succeeded, or the return value: see [`Aggregate`].
+    /// See [`ProbeSpec::outcome`].
     pub outcome: i32,
     /// NUL-padded.
     pub label: [u8; LABEL_LEN],
@@ -196,26 +328,8 @@ pub struct AggregateKey {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AggregateValue {
     pub calls: u64,
-    /// Sums of the spec's `value_args`, in order.
-    pub sums: [u64; 3],
-}
-
-impl ProbeSpec {
-    /// Whether `raw`, the return register, means failure under this spec.
-    pub fn is_error(&self, raw: u64) -> bool {
-        let value = if self.ret_bytes == 4 {
-            raw as u32 as i32 as i64
-        } else {
-            raw as i64
-        };
-        match self.error_rule {
-            ErrorRule::Never => false,
-            ErrorRule::Zero => value == 0,
-            ErrorRule::NonZero => value != 0,
-            ErrorRule::Negative => value < 0,
-            ErrorRule::Equals => value == self.error_value,
-        }
-    }
+    /// Sums of the spec's `sums`, in order.
+    pub sums: [u64; MAX_SUMS],
 }
 
 /// Why the kernel could not record something; each is a slot of the per-CPU `LOSSES` array.

@@ -10,17 +10,18 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        generated::bpf_probe_read_user_str,
+        bpf_probe_read_user,
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use flowtap_common::{
-    Aggregate, AggregateKey, AggregateValue, CAPTURED_ARGS, Config, ContextRole, Frame, LABEL_LEN,
-    Loss, MAX_AGGREGATES, MAX_DEPTH, MAX_HANDOFFS, MAX_PROBES, MAX_TRACED_PROCESSES,
-    MAX_TRACKED_THREADS, NO_ARG, ProbeSpec, ProbeStats, SPAN_RING_BYTES, ShadowStack, SpanEvent,
-    TraceContext, histogram,
+    AggregateKey, AggregateValue, CAPTURES, Capture, Config, ContextRole, Frame, LABEL_LEN, Loss,
+    MAX_AGGREGATES, MAX_DEPTH, MAX_HANDOFFS, MAX_PROBES, MAX_TEXTS, MAX_TRACED_PROCESSES,
+    MAX_TRACKED_THREADS, NO_ARG, ProbeSpec, ProbeStats, RETURN_VALUE, SPAN_RING_BYTES, ShadowStack,
+    SpanEvent, TEXT_LEN, TextSpanEvent, TraceContext, histogram, text_key,
 };
 
 /// Written by the agent before load (read-only data section).
@@ -53,6 +54,15 @@ static AGGREGATES: HashMap<AggregateKey, AggregateValue> =
 
 #[map]
 static HANDOFFS: LruHashMap<u64, TraceContext> = LruHashMap::with_max_entries(MAX_HANDOFFS, 0);
+
+/// Strings captured at entry, waiting for their call's exit; LRU, so strings of calls that
+/// never return age out.
+#[map]
+static TEXTS: LruHashMap<u64, [u8; TEXT_LEN]> = LruHashMap::with_max_entries(MAX_TEXTS, 0);
+
+/// Where a string is read before it is stored: larger than the 512-byte eBPF stack allows.
+#[map]
+static TEXT_SCRATCH: PerCpuArray<[u8; TEXT_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SPANS: RingBuf = RingBuf::with_byte_size(SPAN_RING_BYTES, 0);
@@ -101,7 +111,8 @@ fn on_entry(ctx: &ProbeContext) {
     let Some(pid_tgid) = traced_thread() else {
         return;
     };
-    let Some(stack) = stack_of(pid_tgid as u32) else {
+    let tid = pid_tgid as u32;
+    let Some(stack) = stack_of(tid) else {
         count_loss(Loss::StackMapFull);
         return;
     };
@@ -113,30 +124,31 @@ fn on_entry(ctx: &ProbeContext) {
         count_loss(Loss::StackOverflow);
         return;
     }
-    // Copying four registers costs less than looking up whether the probe needs them.
-    let mut args = [0u64; CAPTURED_ARGS];
-    for (n, arg) in args.iter_mut().enumerate() {
-        *arg = ctx.arg(n).unwrap_or(0);
-    }
     let probe_id = probe_id(ctx);
     let spec = SPECS.get(probe_id);
+    let registers = registers(ctx);
+    let values = spec.map_or([0; CAPTURES], |spec| capture(&registers, spec));
     let (parent_span_id, sampled) = match depth.checked_sub(1) {
         Some(caller) if caller < MAX_DEPTH => {
             let caller = &stack.frames[caller];
             (caller.span_id, caller.sampled)
         }
-        _ => start_trace(stack, spec, &args),
+        _ => start_trace(stack, spec, &values),
     };
-    if let Some(spec) = spec
-        && spec.context == ContextRole::HandOff
-        && let Some(&key) = args.get(usize::from(spec.context_arg))
-    {
-        let context = TraceContext {
-            trace_id: stack.trace_id,
-            span_id: parent_span_id,
-            sampled: u64::from(sampled),
-        };
-        let _ = HANDOFFS.insert(&key, &context, 0);
+    if let Some(spec) = spec {
+        if spec.context == ContextRole::HandOff
+            && let Some(&key) = values.get(usize::from(spec.context_capture))
+        {
+            let context = TraceContext {
+                trace_id: stack.trace_id,
+                span_id: parent_span_id,
+                sampled: u64::from(sampled),
+            };
+            let _ = HANDOFFS.insert(&key, &context, 0);
+        }
+        if wants_text(spec, sampled) {
+            capture_text(&registers, &spec.text, text_key(tid, depth));
+        }
     }
     stack.frames[depth] = Frame {
         probe_id,
@@ -146,8 +158,89 @@ fn on_entry(ctx: &ProbeContext) {
         // only) skip drawing them.
         span_id: if sampled != 0 { random_id() } else { 0 },
         parent_span_id,
-        args,
+        values,
     };
+}
+
+/// Integer argument registers read: the six both conventions pass arguments in (x86-64: rdi,
+/// rsi, rdx, rcx, r8, r9; aarch64: x0..x5).
+const ARGUMENT_REGISTERS: usize = 6;
+
+/// The argument registers, each read at a constant offset: the verifier refuses a context read
+/// at an offset it cannot know, as an argument index from the spec would make it.
+#[inline(always)]
+fn registers(ctx: &ProbeContext) -> [u64; ARGUMENT_REGISTERS] {
+    core::array::from_fn(|n| ctx.arg::<u64>(n).unwrap_or(0))
+}
+
+/// Argument `arg` (bounded again here for the verifier), or 0.
+#[inline(always)]
+fn register(registers: &[u64; ARGUMENT_REGISTERS], arg: u8) -> u64 {
+    registers
+        .get(opaque(usize::from(arg)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The spec's integer captures: argument registers, or fields behind them.
+#[inline(always)]
+fn capture(registers: &[u64; ARGUMENT_REGISTERS], spec: &ProbeSpec) -> [u64; CAPTURES] {
+    let mut values = [0u64; CAPTURES];
+    for (value, capture) in values.iter_mut().zip(spec.captures.iter()) {
+        if capture.arg == NO_ARG {
+            continue;
+        }
+        let register = register(registers, capture.arg);
+        *value = if capture.deref != 0 {
+            read_user(
+                register.wrapping_add(u64::from(capture.offset)),
+                capture.width,
+            )
+        } else {
+            register
+        };
+    }
+    values
+}
+
+/// `width` bytes of the target's memory at `address`, zero-extended; 0 when unreadable. Never
+/// writes to the target.
+#[inline(always)]
+fn read_user(address: u64, width: u8) -> u64 {
+    // SAFETY: the helper reads user memory and fails safely on a bad address.
+    unsafe {
+        match width {
+            1 => bpf_probe_read_user(address as *const u8).map(u64::from),
+            2 => bpf_probe_read_user(address as *const u16).map(u64::from),
+            4 => bpf_probe_read_user(address as *const u32).map(u64::from),
+            _ => bpf_probe_read_user(address as *const u64),
+        }
+    }
+    .unwrap_or(0)
+}
+
+/// Whether this call's string is needed: as a label (every call), or on a sampled span.
+#[inline(always)]
+fn wants_text(spec: &ProbeSpec, sampled: u32) -> bool {
+    spec.text.arg != NO_ARG && (spec.text_label != 0 || (spec.text_in_span != 0 && sampled != 0))
+}
+
+/// Reads the C string the spec names, at entry (the call may change it), for its exit.
+#[inline(always)]
+fn capture_text(registers: &[u64; ARGUMENT_REGISTERS], text: &Capture, key: u64) {
+    let mut pointer = register(registers, text.arg);
+    if text.deref != 0 {
+        pointer = read_user(pointer.wrapping_add(u64::from(text.offset)), 8);
+    }
+    let Some(scratch) = TEXT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the helper reads at most TEXT_LEN bytes of user memory into the per-CPU scratch,
+    // faulting safely; on failure (a NULL pointer...) it zeroes the buffer: an empty string.
+    unsafe {
+        bpf_probe_read_user_str(scratch.cast(), TEXT_LEN as u32, pointer as *const c_void);
+        let _ = TEXTS.insert(&key, &*scratch, 0);
+    }
 }
 
 /// The outermost probed call on a thread: continues a context handed off to it, or starts a new
@@ -156,11 +249,11 @@ fn on_entry(ctx: &ProbeContext) {
 fn start_trace(
     stack: &mut ShadowStack,
     spec: Option<&ProbeSpec>,
-    args: &[u64; CAPTURED_ARGS],
+    values: &[u64; CAPTURES],
 ) -> (u64, u32) {
     if let Some(spec) = spec
         && spec.context == ContextRole::Adopt
-        && let Some(key) = args.get(usize::from(spec.context_arg))
+        && let Some(key) = values.get(usize::from(spec.context_capture))
         && let Some(context) = unsafe { HANDOFFS.get(key) }
     {
         let adopted = (context.span_id, context.sampled as u32);
@@ -192,7 +285,8 @@ fn on_exit(ctx: &RetProbeContext) {
     let Some(pid_tgid) = traced_thread() else {
         return;
     };
-    let Some(stack) = STACKS.get_ptr_mut(&(pid_tgid as u32)) else {
+    let tid = pid_tgid as u32;
+    let Some(stack) = STACKS.get_ptr_mut(&tid) else {
         count_loss(Loss::UnmatchedReturn);
         return;
     };
@@ -206,78 +300,125 @@ fn on_exit(ctx: &RetProbeContext) {
         return;
     };
     let ret = ctx.ret::<u64>();
-    let failed = spec.is_error(ret);
+    let value = spec.return_value(ret);
+    let failed = spec.error.holds(value);
     record(probe_id, now.saturating_sub(frame.start_ns), failed);
-    if spec.aggregate != Aggregate::None {
-        aggregate(spec, &frame, ret, failed);
+    let text = if wants_text(spec, frame.sampled) {
+        // pop_frame left the depth at the returning call's level: its entry's key.
+        unsafe { TEXTS.get(&text_key(tid, stack.depth as usize)) }
+    } else {
+        None
+    };
+    if spec.aggregate != 0 {
+        aggregate(spec, &frame, value, failed, text);
     }
     if frame.sampled != 0 {
-        emit_span(&frame, stack.trace_id, pid_tgid, now, failed);
+        let span = SpanEvent {
+            trace_id: stack.trace_id,
+            span_id: frame.span_id,
+            parent_span_id: frame.parent_span_id,
+            start_ns: frame.start_ns,
+            end_ns: now,
+            probe_id,
+            tgid: (pid_tgid >> 32) as u32,
+            tid,
+            failed: u32::from(failed),
+            values: frame.values,
+            ret,
+        };
+        if spec.text_in_span != 0 {
+            emit_text_span(&span, text);
+        } else {
+            emit_span(&span);
+        }
     }
 }
 
 #[inline(always)]
-fn emit_span(frame: &Frame, trace_id: [u64; 2], pid_tgid: u64, end_ns: u64, failed: bool) {
+fn emit_span(span: &SpanEvent) {
     let Some(mut entry) = SPANS.reserve::<SpanEvent>(0) else {
         count_loss(Loss::SpanRingFull);
         return;
     };
-    entry.write(SpanEvent {
-        trace_id,
-        span_id: frame.span_id,
-        parent_span_id: frame.parent_span_id,
-        start_ns: frame.start_ns,
-        end_ns,
-        probe_id: frame.probe_id,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        failed: u32::from(failed),
-    });
+    entry.write(*span);
     entry.submit(BPF_RB_NO_WAKEUP);
 }
 
-/// Adds the call to its (probe, outcome, label) aggregate, summing the spec's value arguments.
 #[inline(always)]
-fn aggregate(spec: &ProbeSpec, frame: &Frame, ret: u64, failed: bool) {
+fn emit_text_span(span: &SpanEvent, text: Option<&[u8; TEXT_LEN]>) {
+    let Some(mut entry) = SPANS.reserve::<TextSpanEvent>(0) else {
+        count_loss(Loss::SpanRingFull);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` is the reserved, writable ring-buffer record; the string is copied from
+    // a map value, at most TEXT_LEN bytes, NUL-terminated.
+    unsafe {
+        (*event).span = *span;
+        match text {
+            Some(text) => {
+                bpf_probe_read_kernel_str(
+                    (*event).text.as_mut_ptr().cast(),
+                    TEXT_LEN as u32,
+                    text.as_ptr().cast(),
+                );
+            }
+            None => (*event).text[0] = 0,
+        }
+    }
+    entry.submit(BPF_RB_NO_WAKEUP);
+}
+
+/// Adds the call to its (probe, outcome, label) aggregate, summing the spec's values.
+#[inline(always)]
+fn aggregate(
+    spec: &ProbeSpec,
+    frame: &Frame,
+    value: i64,
+    failed: bool,
+    text: Option<&[u8; TEXT_LEN]>,
+) {
     let mut key = AggregateKey {
         probe_id: frame.probe_id,
-        outcome: match spec.aggregate {
-            Aggregate::ByReturn => ret as i32,
-            _ => i32::from(failed),
-        },
+        outcome: spec.outcome(value, failed),
         label: [0; LABEL_LEN],
     };
-    if let Some(&pointer) = frame.args.get(usize::from(spec.label_arg)) {
-        // SAFETY: the helper reads at most LABEL_LEN bytes of user memory, faulting safely; a
-        // failed read leaves an empty label.
+    if spec.text_label != 0
+        && let Some(text) = text
+    {
+        // SAFETY: copies at most LABEL_LEN bytes of a map value, stopping at its NUL; the rest
+        // of the label stays zero, so equal strings make equal keys.
         unsafe {
-            bpf_probe_read_user_str(
+            bpf_probe_read_kernel_str(
                 key.label.as_mut_ptr().cast(),
                 LABEL_LEN as u32,
-                pointer as *const c_void,
+                text.as_ptr().cast(),
             )
         };
     }
-    let value = match AGGREGATES.get_ptr_mut(&key) {
-        Some(value) => value,
+    let aggregate = match AGGREGATES.get_ptr_mut(&key) {
+        Some(aggregate) => aggregate,
         None => {
             let _ = AGGREGATES.insert(&key, &AggregateValue::default(), BPF_NOEXIST);
-            let Some(value) = AGGREGATES.get_ptr_mut(&key) else {
+            let Some(aggregate) = AGGREGATES.get_ptr_mut(&key) else {
                 count_loss(Loss::AggregateMapFull);
                 return;
             };
-            value
+            aggregate
         }
     };
     // SAFETY: a live map value, updated atomically as in `record`.
     unsafe {
-        add(&raw mut (*value).calls, 1);
-        for (slot, &arg) in spec.value_args.iter().enumerate() {
-            if arg != NO_ARG
-                && let Some(&amount) = frame.args.get(usize::from(arg))
-            {
-                add(&raw mut (*value).sums[slot], amount);
-            }
+        add(&raw mut (*aggregate).calls, 1);
+        for (slot, &source) in spec.sums.iter().enumerate() {
+            let amount = if source == RETURN_VALUE {
+                value as u64
+            } else if let Some(&captured) = frame.values.get(usize::from(source)) {
+                captured
+            } else {
+                continue;
+            };
+            add(&raw mut (*aggregate).sums[slot], amount);
         }
     }
 }

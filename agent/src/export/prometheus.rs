@@ -18,7 +18,7 @@ use crate::{
     loader::Probes,
     metrics::{FunctionStats, Snapshot},
     plan::Plan,
-    workflow::{FAILURE, LabelCap, SUCCESS, WorkflowMetrics},
+    profile_metrics::{FAILURE, LabelCap, ProfileMetrics, SUCCESS, Series},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +94,9 @@ impl Exporter {
             (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
         };
         let mut labels = self.labels.lock().expect("labels lock");
-        let workflow = WorkflowMetrics::derive(&snapshot, &self.plan, &mut labels);
+        let declared = ProfileMetrics::derive(&snapshot, &self.plan, &mut labels);
         let mut families = self.function_families(&snapshot);
-        families.extend(self.workflow_families(&workflow));
+        families.extend(self.profile_families(&declared));
         families.extend(self.health_families(&snapshot, &labels, processes));
         families.push(family(
             "flowtap_kernel_map_entries",
@@ -155,84 +155,38 @@ impl Exporter {
         ]
     }
 
-    fn workflow_families(&self, w: &WorkflowMetrics) -> Vec<MetricFamily> {
-        let plain = |value: u64| vec![counter_metric(&self.labels(&[]), value as f64)];
-        let by = |name: &'static str, rows: Vec<(Vec<(&str, &str)>, f64)>| {
-            rows.into_iter()
-                .map(|(pairs, value)| counter_metric(&self.labels(&pairs), value))
-                .collect::<Vec<_>>()
-                .pipe(|metrics| (name, metrics))
-        };
-        let counters = [
-            by(
-                "workflow_executions_total",
-                w.executions
+    fn profile_families(&self, declared: &ProfileMetrics) -> Vec<MetricFamily> {
+        declared
+            .families
+            .iter()
+            .map(|(name, declared)| {
+                let metrics = declared
+                    .series
                     .iter()
-                    .map(|((workflow, status), n)| {
-                        (
-                            vec![("workflow", workflow.as_str()), ("status", *status)],
-                            *n as f64,
-                        )
+                    .map(|(labels, series)| {
+                        let pairs: Vec<(&str, &str)> = labels
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str()))
+                            .collect();
+                        match series {
+                            Series::Counter(value) => counter_metric(&self.labels(&pairs), *value),
+                            Series::Histogram(stats) => histogram(&self.labels(&pairs), stats),
+                        }
                     })
-                    .collect(),
-            ),
-            by(
-                "primitive_executions_total",
-                w.primitive_executions
-                    .iter()
-                    .map(|((primitive, status), n)| {
-                        (
-                            vec![("primitive", *primitive), ("status", *status)],
-                            *n as f64,
-                        )
-                    })
-                    .collect(),
-            ),
-            ("cache_hits_total", plain(w.cache_hits)),
-            ("cache_misses_total", plain(w.cache_misses)),
-            ("cache_evictions_total", plain(w.cache_evictions)),
-            by(
-                "router_route_selected_total",
-                w.routes
-                    .iter()
-                    .map(|(route, n)| (vec![("route", route.as_str())], *n as f64))
-                    .collect(),
-            ),
-            ("timeout_triggered_total", plain(w.timeouts)),
-            ("retry_attempts_total", plain(w.retry_attempts)),
-            by(
-                "llm_tokens_total",
-                w.llm_tokens
-                    .iter()
-                    .map(|((model, kind), n)| {
-                        (vec![("model", model.as_str()), ("kind", *kind)], *n as f64)
-                    })
-                    .collect(),
-            ),
-            by(
-                "llm_cost_total",
-                w.llm_cost
-                    .iter()
-                    .map(|(model, dollars)| (vec![("model", model.as_str())], *dollars))
-                    .collect(),
-            ),
-        ];
-        let mut families: Vec<MetricFamily> = counters
-            .into_iter()
-            .map(|(name, metrics)| family(name, workflow_help(name), MetricType::COUNTER, metrics))
-            .collect();
-        families.push(family(
-            "primitive_execution_duration_seconds",
-            workflow_help("primitive_execution_duration_seconds"),
-            MetricType::HISTOGRAM,
-            w.primitive_durations
-                .iter()
-                .map(|(primitive, stats)| {
-                    histogram(&self.labels(&[("primitive", primitive)]), stats)
-                })
-                .collect(),
-        ));
-        families
+                    .collect();
+                let help = if declared.help.is_empty() {
+                    "Declared by a flowtap profile."
+                } else {
+                    &declared.help
+                };
+                let kind = if declared.is_counter {
+                    MetricType::COUNTER
+                } else {
+                    MetricType::HISTOGRAM
+                };
+                family(name, help, kind, metrics)
+            })
+            .collect()
     }
 
     fn health_families(
@@ -333,31 +287,6 @@ async fn scrape(State(exporter): State<Arc<Exporter>>) -> (StatusCode, String) {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("flowtap: scrape failed: {error:#}\n"),
         ),
-    }
-}
-
-/// Lets a value flow into a closure, keeping builder chains readable.
-trait Pipe: Sized {
-    fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
-
-fn workflow_help(name: &str) -> &'static str {
-    match name {
-        "workflow_executions_total" => "Workflow runs, by workflow name and outcome.",
-        "primitive_executions_total" => "Workflow primitive calls, by primitive and outcome.",
-        "primitive_execution_duration_seconds" => "Duration of workflow primitive calls.",
-        "cache_hits_total" => "Cache lookups that hit.",
-        "cache_misses_total" => "Cache lookups that missed.",
-        "cache_evictions_total" => "Cache entries evicted.",
-        "router_route_selected_total" => "Routes chosen by the router, by route.",
-        "timeout_triggered_total" => "Timeout primitives that timed out.",
-        "retry_attempts_total" => "Attempts made by retry primitives.",
-        "llm_tokens_total" => "LLM tokens, by model and kind (prompt, completion).",
-        "llm_cost_total" => "LLM cost in dollars, by model.",
-        _ => "",
     }
 }
 
