@@ -141,7 +141,7 @@ impl Calls<'_> {
 
     fn render(&self, template: &Template, text: &str, failed: bool) -> String {
         template.render(|part| match part {
-            Part::Capture(_) => text.to_string(),
+            Part::Capture(n) => self.rule.captures[*n].kind.cut(text).to_string(),
             Part::Status => if failed { FAILURE } else { SUCCESS }.to_string(),
             Part::Function => self.probe.function.clone(),
             Part::Literal(_) => unreachable!("literals are rendered by the template"),

@@ -198,6 +198,16 @@ impl Running {
     }
 }
 
+/// A test that fails midway must not leave its agent running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|status| status.is_none()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts the demo held at `--wait-start`; it runs when its stdin is closed. Returns once the
 /// runtime library is mapped: `spawn` returns at `execve`, before ld.so has loaded it.
 pub fn spawn_held_demo(args: &[&str]) -> Child {

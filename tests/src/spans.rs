@@ -11,9 +11,17 @@ pub struct SpanRecord {
     pub name: String,
     pub start_ns: u64,
     pub end_ns: u64,
+    /// Attribute values as text (OTLP JSON carries integers as strings too).
+    pub attributes: BTreeMap<String, String>,
+    /// Status code 2.
+    pub failed: bool,
 }
 
 impl SpanRecord {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+
     fn is_root(&self) -> bool {
         self.parent_span_id.is_empty() || self.parent_span_id.chars().all(|c| c == '0')
     }
@@ -123,10 +131,27 @@ pub fn read_json_lines(text: &str) -> Vec<SpanRecord> {
                         name: text("name"),
                         start_ns: nanos("startTimeUnixNano"),
                         end_ns: nanos("endTimeUnixNano"),
+                        attributes: attributes(&span["attributes"]),
+                        failed: span["status"]["code"] == 2,
                     });
                 }
             }
         }
     }
     spans
+}
+
+fn attributes(list: &serde_json::Value) -> BTreeMap<String, String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|attribute| {
+            let value = attribute["value"].as_object()?.values().next()?;
+            let text = match value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            Some((attribute["key"].as_str()?.to_string(), text))
+        })
+        .collect()
 }

@@ -87,6 +87,8 @@ async fn grpc_collector_gets_one_trace_per_run_with_exact_parents() {
             name: s.name.clone(),
             start_ns: s.start_time_unix_nano,
             end_ns: s.end_time_unix_nano,
+            attributes: Default::default(),
+            failed: false,
         })
         .collect();
     assert_eq!(
@@ -164,6 +166,8 @@ fn http_protobuf_receiver_gets_spans_with_process_resources() {
             name: r.span.name.clone(),
             start_ns: r.span.start_time_unix_nano,
             end_ns: r.span.end_time_unix_nano,
+            attributes: Default::default(),
+            failed: false,
         })
         .collect();
     assert_eq!(assert_complete_traces(&spans), 4);

@@ -155,14 +155,19 @@ impl ValueType {
 
     /// A captured string, cut to the declared length.
     pub fn text(self, text: &str) -> opentelemetry::Value {
+        opentelemetry::Value::from(self.cut(text).to_string())
+    }
+
+    /// `text` without the bytes past the declared length (and no split character).
+    pub fn cut(self, text: &str) -> &str {
         let ValueType::Text { max_len } = self else {
-            return opentelemetry::Value::from(text.to_string());
+            return text;
         };
         let mut end = text.len().min(max_len);
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        opentelemetry::Value::from(text[..end].to_string())
+        &text[..end]
     }
 }
 
