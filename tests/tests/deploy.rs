@@ -8,7 +8,7 @@ use std::{
 };
 
 use flowtap_tests::{promql::metric_names, *};
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::YamlLoader;
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
