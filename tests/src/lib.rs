@@ -2,6 +2,7 @@
 //! `cargo xtask test`), running them, and reading the counts each side reports.
 
 pub mod otlp;
+pub mod promql;
 pub mod spans;
 
 use std::{

@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | demo | test`.
+//! Project tasks: `cargo xtask setup | demo | test | deploy-check | fixture`.
 
 mod bench;
+mod deploy;
 mod fixture;
 mod setup;
 
@@ -42,6 +43,11 @@ enum Task {
     /// Measure what flowtap costs per call against the kernel floor and bpftrace, its
     /// throughput, memory and attach time; writes target/bench/results.{json,md}.
     Bench,
+    /// Validate `deploy/`: Kubernetes manifests, the compose file, the Dockerfile, Prometheus
+    /// rules and their unit tests, Grafana dashboards.
+    DeployCheck,
+    /// Build the fixture workflow app into target/fixture (wfdemo and libwfrt.so).
+    Fixture,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +68,15 @@ fn main() -> anyhow::Result<()> {
         Task::Bench => {
             setup::install_all()?;
             bench::run()
+        }
+        Task::DeployCheck => {
+            setup::install_all()?;
+            deploy::check()
+        }
+        Task::Fixture => {
+            let out = fixture::build()?;
+            println!("{}", out.display());
+            Ok(())
         }
     }
 }
@@ -186,6 +201,7 @@ fn lint() -> anyhow::Result<()> {
 
 fn test(filter: Option<String>) -> anyhow::Result<()> {
     lint()?;
+    deploy::check()?;
     let agent = build_agent()?;
     let fixture = fixture::build()?;
     fixture::mount_tracefs()?;

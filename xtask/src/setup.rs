@@ -6,13 +6,13 @@ use anyhow::{Context, bail};
 
 use crate::run;
 
-const RUST_TOOLCHAIN: &str = "1.98.0";
+pub const RUST_TOOLCHAIN: &str = "1.98.0";
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
-const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Build inputs of bpf-linker, the C compiler of the fixture, and the reference tools the tests
 /// compare with (bpftrace; Prometheus and promtool), and Go for the Go-binary refusal test.
-const APT_PACKAGES: &[&str] = &[
+pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
