@@ -55,6 +55,7 @@ pub enum Command {
     ///   flowtap run --pid 4242
     ///   flowtap run --exe /usr/bin/app --duration 60 --report json --output out.json
     ///   flowtap run --symbols 'libwfrt.so:wf_*' -- ./app --workers 4
+    ///   flowtap run --profile sqlite --profile ./mylib.toml --exe /usr/bin/app
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
     /// List the functions that can be traced, per ELF object.

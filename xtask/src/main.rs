@@ -156,7 +156,7 @@ fn demo(runs: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: [&str; 2] = ["elf_symbols", "symbol_selector"];
+const FUZZ_TARGETS: [&str; 3] = ["elf_symbols", "symbol_selector", "profile"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     setup::install_cargo_fuzz()?;
@@ -166,6 +166,13 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(&corpus)?;
     for file in ["wfdemo", "libwfrt.so"] {
         std::fs::copy(fixture.join(file), corpus.join(file))?;
+    }
+    // And the profile fuzzer from the built-in profiles.
+    let profiles = workspace_root().join("fuzz/corpus/profile");
+    std::fs::create_dir_all(&profiles)?;
+    for entry in std::fs::read_dir(workspace_root().join("agent/src/profile/builtin"))? {
+        let path = entry?.path();
+        std::fs::copy(&path, profiles.join(path.file_name().unwrap_or_default()))?;
     }
     for target in FUZZ_TARGETS {
         run(nightly_cargo()

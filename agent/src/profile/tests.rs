@@ -86,6 +86,19 @@ fn the_workflow_profile_says_what_the_kernel_needs() {
 }
 
 #[test]
+fn the_readme_example_is_a_valid_profile() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```toml\n[profile]")
+        .expect("the README's example")
+        + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let profile = Profile::parse(&readme[start..end], "README.md").unwrap();
+    assert_eq!(profile.functions.len(), 3);
+    assert_eq!(profile.functions[0].metrics.len(), 3);
+}
+
+#[test]
 fn captures_behind_pointers_and_return_sums_compile() {
     let profile = compile(
         r#"
