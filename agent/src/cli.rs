@@ -141,6 +141,9 @@ pub struct RunArgs {
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+    // --- Kubernetes (issue 5): pod metadata on spans, a pod selector as the target. ---
+    #[command(flatten)]
+    pub kubernetes: Box<crate::kubernetes::KubernetesArgs>,
 }
 
 #[derive(Args, Debug)]
@@ -227,7 +230,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let spec = args.target_spec()?;
+    // --- Kubernetes (issue 5) ---
+    let mut kubernetes = args.kubernetes.connect()?;
+    let spec = match (&kubernetes, args.kubernetes.pod_selector()) {
+        (Some(cluster), Some(selector)) => TargetSpec::Pid(cluster.select_pid(&selector)?),
+        _ => args.target_spec()?,
+    };
+    // --- end Kubernetes ---
     let selectors = args
         .symbols
         .iter()
@@ -287,7 +296,12 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let queue = otlp.is_some().then(|| SpanQueue::new(counts.clone()));
     let mut pump = spans_wanted
         .then(|| -> anyhow::Result<SpanPump> {
-            let factory = SpanFactory::new(args.service_name.clone(), target.executable());
+            let mut factory = SpanFactory::new(args.service_name.clone(), target.executable());
+            if let Some(mut cluster) = kubernetes.take() {
+                factory = factory.with_resource_attributes(Box::new(move |pid| {
+                    cluster.resource_attributes(pid)
+                }));
+            }
             let stream = SpanStream::take(&mut probes)?;
             Ok(SpanPump::new(
                 stream,

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod events;
 pub mod export;
 pub mod host;
+pub mod kubernetes;
 pub mod loader;
 pub mod metrics;
 pub mod plan;

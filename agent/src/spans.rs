@@ -66,7 +66,12 @@ pub struct SpanFactory {
     /// The target's program, for processes that exited before their spans were read.
     executable: Option<PathBuf>,
     resources: HashMap<u32, Resource>,
+    /// Extra resource attributes per process (Kubernetes pod metadata), when set.
+    resource_attributes: Option<ResourceAttributes>,
 }
+
+/// Gives extra resource attributes for a process id.
+pub type ResourceAttributes = Box<dyn FnMut(u32) -> Vec<KeyValue> + Send>;
 
 impl SpanFactory {
     /// `service_name` overrides `unknown_service:<executable name>` for every process.
@@ -79,7 +84,14 @@ impl SpanFactory {
             service_name,
             executable,
             resources: HashMap::new(),
+            resource_attributes: None,
         }
+    }
+
+    /// Adds `attributes(pid)` to the resource of each process.
+    pub fn with_resource_attributes(mut self, attributes: ResourceAttributes) -> Self {
+        self.resource_attributes = Some(attributes);
+        self
     }
 
     pub fn span(&self, event: &SpanEvent, plan: &Plan) -> Option<SpanData> {
@@ -119,16 +131,30 @@ impl SpanFactory {
     /// The resource of process `pid`: semantic-convention process attributes, the service name,
     /// the host, and `OTEL_RESOURCE_ATTRIBUTES`.
     pub fn resource(&mut self, pid: u32) -> Resource {
-        let service_name = self.service_name.clone();
-        let fallback = self.executable.clone();
-        self.resources
-            .entry(pid)
-            .or_insert_with(|| process_resource(pid, service_name, fallback))
-            .clone()
+        if let Some(resource) = self.resources.get(&pid) {
+            return resource.clone();
+        }
+        let extra = self
+            .resource_attributes
+            .as_mut()
+            .map_or_else(Vec::new, |attributes| attributes(pid));
+        let resource = process_resource(
+            pid,
+            self.service_name.clone(),
+            self.executable.clone(),
+            extra,
+        );
+        self.resources.insert(pid, resource.clone());
+        resource
     }
 }
 
-fn process_resource(pid: u32, service_name: Option<String>, fallback: Option<PathBuf>) -> Resource {
+fn process_resource(
+    pid: u32,
+    service_name: Option<String>,
+    fallback: Option<PathBuf>,
+    extra: Vec<KeyValue>,
+) -> Resource {
     let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .or(fallback);
@@ -150,6 +176,7 @@ fn process_resource(pid: u32, service_name: Option<String>, fallback: Option<Pat
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         attributes.push(KeyValue::new("host.name", host.trim().to_string()));
     }
+    attributes.extend(extra);
     Resource::builder_empty()
         .with_detector(Box::new(EnvResourceDetector::new()))
         .with_attributes(attributes)
