@@ -141,7 +141,10 @@ pub struct RunArgs {
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
-    // --- Kubernetes (issue 5): pod metadata on spans, a pod selector as the target. ---
+    // --- Config file and Kubernetes (issue 5) ---
+    #[command(flatten)]
+    pub config: Box<crate::config::ConfigArgs>,
+    /// Pod metadata on spans, a pod selector as the target.
     #[command(flatten)]
     pub kubernetes: Box<crate::kubernetes::KubernetesArgs>,
 }

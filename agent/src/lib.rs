@@ -2,6 +2,7 @@
 //! data flow: target → symbols → plan → loader → (kernel) → metrics → report.
 
 pub mod cli;
+pub mod config;
 pub mod events;
 pub mod export;
 pub mod host;
