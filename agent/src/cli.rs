@@ -300,10 +300,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut pump = spans_wanted
         .then(|| -> anyhow::Result<SpanPump> {
             let mut factory = SpanFactory::new(args.service_name.clone(), target.executable());
-            if let Some(mut cluster) = kubernetes.take() {
-                factory = factory.with_resource_attributes(Box::new(move |pid| {
-                    cluster.resource_attributes(pid)
-                }));
+            if let Some(cluster) = kubernetes.take() {
+                factory = factory.with_resource_attributes(cluster.into_resource_attributes());
             }
             let stream = SpanStream::take(&mut probes)?;
             Ok(SpanPump::new(

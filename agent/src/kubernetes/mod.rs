@@ -316,6 +316,11 @@ impl Kubernetes {
             .unwrap_or_default()
     }
 
+    /// The hook that adds these attributes to each process's span resource.
+    pub fn into_resource_attributes(mut self) -> crate::spans::ResourceAttributes {
+        Box::new(move |pid| self.resource_attributes(pid))
+    }
+
     /// A new pod list, at most once per [`MIN_REFRESH_INTERVAL`]; a failure is reported once and
     /// keeps the old list, so spans keep flowing without the metadata.
     fn refresh(&mut self) {

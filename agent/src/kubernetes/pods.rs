@@ -139,6 +139,7 @@ impl ApiServer {
         })
     }
 
+    /// Node names are DNS subdomains (lowercase letters, digits, `-`, `.`): nothing to escape.
     fn pods_url(&self, node: Option<&str>) -> String {
         match node {
             Some(node) => format!(
@@ -171,8 +172,8 @@ impl ApiServer {
     }
 
     fn client(&self) -> Result<reqwest::Client, KubeError> {
-        // reqwest is built without a default crypto provider; the process-wide one may already
-        // be installed by an earlier call, which is fine.
+        // reqwest is built without a default crypto provider; main installs it, and this covers
+        // library users (the tests). A second install is refused harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)

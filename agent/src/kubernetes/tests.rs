@@ -332,3 +332,26 @@ fn a_selector_picks_the_first_process_of_the_one_matching_container() {
         "{many}"
     );
 }
+
+#[test]
+fn span_resources_carry_the_pod_of_their_process() {
+    let api = stub(200, testdata("podlist.json"));
+    let proc_root = fake_proc(
+        "resource",
+        &[(4_000_001, &testdata("crio-systemd-v1-besteffort.cgroup"))],
+    );
+    let kubernetes = connect(&api, &proc_root).unwrap();
+    let mut factory = crate::spans::SpanFactory::new(Some("svc".into()), None)
+        .with_resource_attributes(kubernetes.into_resource_attributes());
+    let resource = factory.resource(4_000_001);
+    let get = |key: &'static str| {
+        resource
+            .get(&opentelemetry::Key::from_static_str(key))
+            .map(|value| value.to_string())
+    };
+    assert_eq!(get("k8s.pod.name").as_deref(), Some("router-0"));
+    assert_eq!(get("k8s.container.name").as_deref(), Some("router"));
+    assert_eq!(get("k8s.namespace.name").as_deref(), Some("flows"));
+    assert_eq!(get("process.pid").as_deref(), Some("4000001"));
+    assert_eq!(get("service.name").as_deref(), Some("svc"));
+}
