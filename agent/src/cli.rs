@@ -301,7 +301,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         .then(|| -> anyhow::Result<SpanPump> {
             let mut factory = SpanFactory::new(args.service_name.clone(), target.executable());
             if let Some(cluster) = kubernetes.take() {
-                factory = factory.with_resource_attributes(cluster.into_resource_attributes());
+                let attributes = cluster.into_resource_attributes(target.pid());
+                factory = factory.with_resource_attributes(attributes);
             }
             let stream = SpanStream::take(&mut probes)?;
             Ok(SpanPump::new(

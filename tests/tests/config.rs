@@ -115,3 +115,28 @@ fn a_bad_file_is_one_line_with_its_place() {
         "{stderr}"
     );
 }
+
+#[test]
+fn flowtap_toml_in_the_working_directory_is_read_by_default() {
+    let dir = scratch_dir("config-default");
+    write_config(
+        &dir,
+        &format!(
+            "report = \"json\"\noutput = \"report.json\"\ncommand = [{}, \"--runs\", \"3\"]\n",
+            quoted(&demo_path()),
+        ),
+    );
+    let output = flowtap()
+        .args(["run", "--symbols", "wf_workflow_run"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("flowtap: reading settings from ./flowtap.toml\n"),
+        "{stderr}"
+    );
+    let report = read_report(&dir.join("report.json"));
+    assert_eq!(report_function(&report, "wf_workflow_run")["calls"], 3);
+}

@@ -6,6 +6,8 @@ pub mod cgroup;
 pub mod pods;
 
 use std::{
+    collections::HashMap,
+    num::NonZeroU32,
     path::PathBuf,
     str::FromStr,
     time::{Duration, Instant},
@@ -249,6 +251,8 @@ pub struct Kubernetes {
     refreshed: Option<Instant>,
     proc_root: PathBuf,
     warned: bool,
+    /// Looked up ahead of their spans: a process may be gone by the time they are read.
+    early: HashMap<u32, Option<PodMetadata>>,
 }
 
 impl KubernetesArgs {
@@ -291,6 +295,7 @@ impl Kubernetes {
             refreshed: None,
             proc_root,
             warned: false,
+            early: HashMap::new(),
         })
     }
 
@@ -311,13 +316,23 @@ impl Kubernetes {
 
     /// The `k8s.*` resource attributes of process `pid` (none when it is in no known pod).
     pub fn resource_attributes(&mut self, pid: u32) -> Vec<KeyValue> {
-        self.pod_of(pid)
-            .map(|pod| pod.resource_attributes())
-            .unwrap_or_default()
+        let pod = match self.early.remove(&pid) {
+            Some(pod) => pod,
+            None => self.pod_of(pid),
+        };
+        pod.map(|pod| pod.resource_attributes()).unwrap_or_default()
     }
 
-    /// The hook that adds these attributes to each process's span resource.
-    pub fn into_resource_attributes(mut self) -> crate::spans::ResourceAttributes {
+    /// The hook that adds these attributes to each process's span resource. The `target`
+    /// process is looked up now: it may have exited before its spans are read.
+    pub fn into_resource_attributes(
+        mut self,
+        target: Option<NonZeroU32>,
+    ) -> crate::spans::ResourceAttributes {
+        if let Some(pid) = target.map(NonZeroU32::get) {
+            let pod = self.pod_of(pid);
+            self.early.insert(pid, pod);
+        }
         Box::new(move |pid| self.resource_attributes(pid))
     }
 

@@ -342,7 +342,7 @@ fn span_resources_carry_the_pod_of_their_process() {
     );
     let kubernetes = connect(&api, &proc_root).unwrap();
     let mut factory = crate::spans::SpanFactory::new(Some("svc".into()), None)
-        .with_resource_attributes(kubernetes.into_resource_attributes());
+        .with_resource_attributes(kubernetes.into_resource_attributes(None));
     let resource = factory.resource(4_000_001);
     let get = |key: &'static str| {
         resource
@@ -354,4 +354,22 @@ fn span_resources_carry_the_pod_of_their_process() {
     assert_eq!(get("k8s.namespace.name").as_deref(), Some("flows"));
     assert_eq!(get("process.pid").as_deref(), Some("4000001"));
     assert_eq!(get("service.name").as_deref(), Some("svc"));
+}
+
+#[test]
+fn the_target_is_looked_up_before_it_can_exit() {
+    let api = stub(200, testdata("podlist.json"));
+    let proc_root = fake_proc(
+        "early",
+        &[(4_000_002, &testdata("crio-systemd-v1-besteffort.cgroup"))],
+    );
+    let kubernetes = connect(&api, &proc_root).unwrap();
+    let mut attributes = kubernetes.into_resource_attributes(std::num::NonZeroU32::new(4_000_002));
+    // The process exits before its first span is read.
+    std::fs::remove_dir_all(proc_root.join("4000002")).unwrap();
+    let pod_name = attributes(4_000_002)
+        .into_iter()
+        .find(|kv| kv.key.as_str() == "k8s.pod.name")
+        .map(|kv| kv.value.to_string());
+    assert_eq!(pod_name.as_deref(), Some("router-0"));
 }
