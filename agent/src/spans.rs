@@ -131,21 +131,18 @@ impl SpanFactory {
     /// The resource of process `pid`: semantic-convention process attributes, the service name,
     /// the host, and `OTEL_RESOURCE_ATTRIBUTES`.
     pub fn resource(&mut self, pid: u32) -> Resource {
-        if let Some(resource) = self.resources.get(&pid) {
-            return resource.clone();
-        }
-        let extra = self
-            .resource_attributes
-            .as_mut()
-            .map_or_else(Vec::new, |attributes| attributes(pid));
-        let resource = process_resource(
-            pid,
-            self.service_name.clone(),
-            self.executable.clone(),
-            extra,
-        );
-        self.resources.insert(pid, resource.clone());
-        resource
+        let service_name = self.service_name.clone();
+        let fallback = self.executable.clone();
+        let attributes = &mut self.resource_attributes;
+        self.resources
+            .entry(pid)
+            .or_insert_with(|| {
+                let extra = attributes
+                    .as_mut()
+                    .map_or_else(Vec::new, |extra| extra(pid));
+                process_resource(pid, service_name, fallback, extra)
+            })
+            .clone()
     }
 }
 
