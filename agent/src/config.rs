@@ -257,7 +257,7 @@ fn as_flags(arg: &Arg, values: Vec<String>) -> impl Iterator<Item = OsString> + 
 
 /// `file:line:column` (1-based, in characters) of byte `offset` of `text`.
 fn location(file: &str, text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
+    let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before
         .rsplit('\n')
