@@ -167,6 +167,12 @@ pub struct RunArgs {
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+    // --- Config file and Kubernetes (issue 5) ---
+    #[command(flatten)]
+    pub config: Box<crate::config::ConfigArgs>,
+    /// Pod metadata on spans, a pod selector as the target.
+    #[command(flatten)]
+    pub kubernetes: Box<crate::kubernetes::KubernetesArgs>,
 }
 
 #[derive(Args, Debug)]
@@ -254,7 +260,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let spec = args.target_spec()?;
+    // --- Kubernetes (issue 5) ---
+    let mut kubernetes = args.kubernetes.connect()?;
+    let spec = match (&kubernetes, args.kubernetes.pod_selector()) {
+        (Some(cluster), Some(selector)) => TargetSpec::Pid(cluster.select_pid(&selector)?),
+        _ => args.target_spec()?,
+    };
+    // --- end Kubernetes ---
     let selection = selection(&args)?;
     host::check_privileges()?;
     // Fail now, not after a long run, if the report cannot be written.
@@ -308,7 +320,11 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let queue = otlp.is_some().then(|| SpanQueue::new(counts.clone()));
     let mut pump = spans_wanted
         .then(|| -> anyhow::Result<SpanPump> {
-            let factory = SpanFactory::new(args.service_name.clone(), target.executable());
+            let mut factory = SpanFactory::new(args.service_name.clone(), target.executable());
+            if let Some(cluster) = kubernetes.take() {
+                let attributes = cluster.into_resource_attributes(target.pid());
+                factory = factory.with_resource_attributes(attributes);
+            }
             let stream = SpanStream::take(&mut probes)?;
             Ok(SpanPump::new(
                 stream,

@@ -3,9 +3,11 @@
 //! metrics → profile_metrics → export and report.
 
 pub mod cli;
+pub mod config;
 pub mod events;
 pub mod export;
 pub mod host;
+pub mod kubernetes;
 pub mod loader;
 pub mod metrics;
 pub mod plan;

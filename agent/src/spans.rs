@@ -118,7 +118,12 @@ pub struct SpanFactory {
     /// The target's program, for processes that exited before their spans were read.
     executable: Option<PathBuf>,
     resources: HashMap<u32, Resource>,
+    /// Extra resource attributes per process (Kubernetes pod metadata), when set.
+    resource_attributes: Option<ResourceAttributes>,
 }
+
+/// Gives extra resource attributes for a process id.
+pub type ResourceAttributes = Box<dyn FnMut(u32) -> Vec<KeyValue> + Send>;
 
 impl SpanFactory {
     /// `service_name` overrides `unknown_service:<executable name>` for every process.
@@ -131,7 +136,14 @@ impl SpanFactory {
             service_name,
             executable,
             resources: HashMap::new(),
+            resource_attributes: None,
         }
+    }
+
+    /// Adds `attributes(pid)` to the resource of each process.
+    pub fn with_resource_attributes(mut self, attributes: ResourceAttributes) -> Self {
+        self.resource_attributes = Some(attributes);
+        self
     }
 
     pub fn span(&self, record: &SpanRecord, plan: &Plan) -> Option<SpanData> {
@@ -179,14 +191,25 @@ impl SpanFactory {
     pub fn resource(&mut self, pid: u32) -> Resource {
         let service_name = self.service_name.clone();
         let fallback = self.executable.clone();
+        let attributes = &mut self.resource_attributes;
         self.resources
             .entry(pid)
-            .or_insert_with(|| process_resource(pid, service_name, fallback))
+            .or_insert_with(|| {
+                let extra = attributes
+                    .as_mut()
+                    .map_or_else(Vec::new, |extra| extra(pid));
+                process_resource(pid, service_name, fallback, extra)
+            })
             .clone()
     }
 }
 
-fn process_resource(pid: u32, service_name: Option<String>, fallback: Option<PathBuf>) -> Resource {
+fn process_resource(
+    pid: u32,
+    service_name: Option<String>,
+    fallback: Option<PathBuf>,
+    extra: Vec<KeyValue>,
+) -> Resource {
     let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .or(fallback);
@@ -208,6 +231,7 @@ fn process_resource(pid: u32, service_name: Option<String>, fallback: Option<Pat
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         attributes.push(KeyValue::new("host.name", host.trim().to_string()));
     }
+    attributes.extend(extra);
     Resource::builder_empty()
         .with_detector(Box::new(EnvResourceDetector::new()))
         .with_attributes(attributes)

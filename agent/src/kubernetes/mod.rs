@@ -1,0 +1,415 @@
+//! Kubernetes metadata: which pod and container a traced process runs in (from its cgroup and
+//! the API server's pod list), as OpenTelemetry `k8s.*` resource attributes, and a pod selector
+//! (namespace and labels) that picks the process to trace.
+
+pub mod cgroup;
+pub mod pods;
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    path::PathBuf,
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use opentelemetry::KeyValue;
+
+use pods::{ApiServer, Pod, PodIndex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error(
+        "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod): give the API server with --k8s-api URL, e.g. from `kubectl proxy`"
+    )]
+    NotInCluster,
+    #[error("cannot read the service account's {path}: {reason}")]
+    ServiceAccount { path: PathBuf, reason: String },
+    #[error("the service account's ca.crt is not a PEM certificate bundle: {0}")]
+    BadCa(String),
+    #[error("cannot set up the HTTP client for the API server: {0}")]
+    Client(String),
+    #[error("cannot reach the Kubernetes API server at {url}: {reason}")]
+    Request { url: String, reason: String },
+    #[error(
+        "the Kubernetes API server answered {status} to GET {url}: {message} (flowtap's service account needs `list` on `pods`)"
+    )]
+    Status {
+        url: String,
+        status: String,
+        message: String,
+    },
+    #[error("the Kubernetes API server's answer to GET {url} is not a pod list: {source}")]
+    BadPodList {
+        url: String,
+        source: serde_json::Error,
+    },
+    #[error(
+        "no running container on this node is in a pod matching {selector}: check with `kubectl get pods {selector_args}`"
+    )]
+    NoMatch {
+        selector: String,
+        selector_args: String,
+    },
+    #[error(
+        "{count} containers match {selector} ({examples}): narrow --k8s-selector, or trace by --exe"
+    )]
+    ManyMatches {
+        count: usize,
+        selector: String,
+        examples: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// The `flowtap run` flags for Kubernetes.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Kubernetes")]
+pub struct KubernetesArgs {
+    /// Trace the container, on this node, of the pod in this namespace that --k8s-selector picks
+    /// (instead of --pid/--exe/CMD). Needs the node's processes (hostPID).
+    #[arg(
+        long = "k8s-namespace",
+        value_name = "NAMESPACE",
+        conflicts_with_all = ["pid", "exe", "command"]
+    )]
+    pub namespace: Option<String>,
+    /// Pick the pod to trace by labels: key=value,key2!=value2 (all must hold). The one
+    /// container on this node whose pod matches is traced.
+    #[arg(
+        long = "k8s-selector",
+        value_name = "LABELS",
+        value_parser = parse_labels,
+        conflicts_with_all = ["pid", "exe", "command"]
+    )]
+    pub selector: Option<LabelSelector>,
+    /// This node's name, to list only its pods; set it from the downward API (spec.nodeName)
+    /// in a DaemonSet. Turns on k8s.* span resource attributes.
+    #[arg(long = "k8s-node", value_name = "NODE", env = "FLOWTAP_NODE_NAME")]
+    pub node: Option<String>,
+    /// The API server (e.g. http://127.0.0.1:8001 from `kubectl proxy`); default: the in-cluster
+    /// address, with the pod's service account token and CA.
+    #[arg(long = "k8s-api", value_name = "URL")]
+    pub api: Option<String>,
+}
+
+/// Equality-based label requirements, as `kubectl -l` takes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(pub Vec<LabelRequirement>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelRequirement {
+    pub key: String,
+    pub value: String,
+    pub equal: bool,
+}
+
+fn parse_labels(text: &str) -> Result<LabelSelector, String> {
+    text.parse()
+}
+
+impl FromStr for LabelSelector {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .map(|term| {
+                let term = term.trim();
+                let (key, value, equal) = if let Some((k, v)) = term.split_once("!=") {
+                    (k, v, false)
+                } else if let Some((k, v)) = term.split_once("==") {
+                    (k, v, true)
+                } else if let Some((k, v)) = term.split_once('=') {
+                    (k, v, true)
+                } else {
+                    return Err(format!(
+                        "`{term}` is not a label requirement: use key=value or key!=value, comma-separated"
+                    ));
+                };
+                let (key, value) = (key.trim(), value.trim());
+                if key.is_empty() || value.contains(['=', '!']) {
+                    return Err(format!(
+                        "`{term}` is not a label requirement: use key=value or key!=value, comma-separated"
+                    ));
+                }
+                Ok(LabelRequirement {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                    equal,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(LabelSelector)
+    }
+}
+
+/// Which pods to trace: a namespace, labels, or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSelector {
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+}
+
+impl PodSelector {
+    pub fn matches(&self, pod: &Pod) -> bool {
+        let namespace = self
+            .namespace
+            .as_ref()
+            .is_none_or(|ns| *ns == pod.metadata.namespace);
+        namespace
+            && self.labels.0.iter().all(|requirement| {
+                // As in Kubernetes, `key!=value` also holds for pods without the label.
+                let value = pod.metadata.labels.get(&requirement.key);
+                (value == Some(&requirement.value)) == requirement.equal
+            })
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(ns) = &self.namespace {
+            parts.push(format!("namespace {ns}"));
+        }
+        if !self.labels.0.is_empty() {
+            parts.push(format!("labels {}", self.labels_text()));
+        }
+        parts.join(" and ")
+    }
+
+    fn labels_text(&self) -> String {
+        let terms: Vec<String> = self
+            .labels
+            .0
+            .iter()
+            .map(|r| format!("{}{}{}", r.key, if r.equal { "=" } else { "!=" }, r.value))
+            .collect();
+        terms.join(",")
+    }
+
+    fn kubectl_args(&self) -> String {
+        let namespace = self
+            .namespace
+            .as_ref()
+            .map_or_else(|| "--all-namespaces".to_string(), |ns| format!("-n {ns}"));
+        if self.labels.0.is_empty() {
+            namespace
+        } else {
+            format!("{namespace} -l {}", self.labels_text())
+        }
+    }
+}
+
+/// Where a process runs in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMetadata {
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    /// Unknown when the pod was found by UID but its status does not list the container yet.
+    pub container_name: Option<String>,
+    pub node_name: Option<String>,
+}
+
+impl PodMetadata {
+    fn new(pod: &Pod, container_name: Option<&str>, node: Option<&str>) -> Self {
+        Self {
+            namespace: pod.metadata.namespace.clone(),
+            pod_name: pod.metadata.name.clone(),
+            pod_uid: pod.metadata.uid.clone(),
+            container_name: container_name.map(str::to_string),
+            node_name: pod.spec.node_name.as_deref().or(node).map(str::to_string),
+        }
+    }
+
+    /// The OpenTelemetry semantic-convention `k8s.*` resource attributes.
+    pub fn resource_attributes(&self) -> Vec<KeyValue> {
+        let mut attributes = vec![
+            KeyValue::new("k8s.namespace.name", self.namespace.clone()),
+            KeyValue::new("k8s.pod.name", self.pod_name.clone()),
+            KeyValue::new("k8s.pod.uid", self.pod_uid.clone()),
+        ];
+        if let Some(container) = &self.container_name {
+            attributes.push(KeyValue::new("k8s.container.name", container.clone()));
+        }
+        if let Some(node) = &self.node_name {
+            attributes.push(KeyValue::new("k8s.node.name", node.clone()));
+        }
+        attributes
+    }
+}
+
+/// At most one pod list refresh per this long, however many unknown containers show up.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The pods of this node, refreshed when a process's container is not in the cached list.
+pub struct Kubernetes {
+    api: ApiServer,
+    node: Option<String>,
+    index: PodIndex,
+    /// None until the first refresh: a container started just after flowtap is looked up at once.
+    refreshed: Option<Instant>,
+    proc_root: PathBuf,
+    warned: bool,
+    /// Looked up ahead of their spans: a process may be gone by the time they are read.
+    early: HashMap<u32, Option<PodMetadata>>,
+}
+
+impl KubernetesArgs {
+    /// Whether any Kubernetes flag (or FLOWTAP_NODE_NAME) asks for Kubernetes metadata.
+    fn wanted(&self) -> bool {
+        self.namespace.is_some()
+            || self.selector.is_some()
+            || self.node.is_some()
+            || self.api.is_some()
+    }
+
+    pub fn pod_selector(&self) -> Option<PodSelector> {
+        (self.namespace.is_some() || self.selector.is_some()).then(|| PodSelector {
+            namespace: self.namespace.clone(),
+            labels: self.selector.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Lists the node's pods once, so that a wrong address or missing permission fails now.
+    pub fn connect(&self) -> Result<Option<Kubernetes>, KubeError> {
+        if !self.wanted() {
+            return Ok(None);
+        }
+        let api = ApiServer::locate(self.api.as_deref())?;
+        Kubernetes::new(api, self.node.clone(), PathBuf::from("/proc")).map(Some)
+    }
+}
+
+impl Kubernetes {
+    pub fn new(
+        api: ApiServer,
+        node: Option<String>,
+        proc_root: PathBuf,
+    ) -> Result<Self, KubeError> {
+        let index = PodIndex::new(api.list_pods(node.as_deref())?);
+        Ok(Self {
+            api,
+            node,
+            index,
+            refreshed: None,
+            proc_root,
+            warned: false,
+            early: HashMap::new(),
+        })
+    }
+
+    /// The pod and container of process `pid`; None outside a container or a known pod.
+    pub fn pod_of(&mut self, pid: u32) -> Option<PodMetadata> {
+        let text = std::fs::read_to_string(self.proc_root.join(format!("{pid}/cgroup"))).ok()?;
+        let container = cgroup::parse(&text)?;
+        if self.index.by_container(&container.container_id).is_none() {
+            self.refresh();
+        }
+        let node = self.node.as_deref();
+        if let Some((pod, name)) = self.index.by_container(&container.container_id) {
+            return Some(PodMetadata::new(pod, Some(name), node));
+        }
+        let pod = self.index.by_uid(container.pod_uid.as_deref()?)?;
+        Some(PodMetadata::new(pod, None, node))
+    }
+
+    /// The `k8s.*` resource attributes of process `pid` (none when it is in no known pod).
+    pub fn resource_attributes(&mut self, pid: u32) -> Vec<KeyValue> {
+        let pod = match self.early.remove(&pid) {
+            Some(pod) => pod,
+            None => self.pod_of(pid),
+        };
+        pod.map(|pod| pod.resource_attributes()).unwrap_or_default()
+    }
+
+    /// The hook that adds these attributes to each process's span resource. The `target`
+    /// process is looked up now: it may have exited before its spans are read.
+    pub fn into_resource_attributes(
+        mut self,
+        target: Option<NonZeroU32>,
+    ) -> crate::spans::ResourceAttributes {
+        if let Some(pid) = target.map(NonZeroU32::get) {
+            let pod = self.pod_of(pid);
+            self.early.insert(pid, pod);
+        }
+        Box::new(move |pid| self.resource_attributes(pid))
+    }
+
+    /// A new pod list, at most once per [`MIN_REFRESH_INTERVAL`]; a failure is reported once and
+    /// keeps the old list, so spans keep flowing without the metadata.
+    fn refresh(&mut self) {
+        if self
+            .refreshed
+            .is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL)
+        {
+            return;
+        }
+        self.refreshed = Some(Instant::now());
+        match self.api.list_pods(self.node.as_deref()) {
+            Ok(pods) => self.index = PodIndex::new(pods),
+            Err(error) if !self.warned => {
+                self.warned = true;
+                eprintln!("flowtap: warning: keeping the previous pod list: {error}");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The PID to trace for `selector`: the first process (lowest PID) of the one running
+    /// container whose pod matches.
+    pub fn select_pid(&self, selector: &PodSelector) -> Result<u32, KubeError> {
+        let mut matches: Vec<(&Pod, &str, u32)> = Vec::new();
+        for (pid, container) in self.containers_on_node() {
+            let Some((pod, name)) = self.index.by_container(&container) else {
+                continue;
+            };
+            if !selector.matches(pod) {
+                continue;
+            }
+            let same =
+                |m: &&mut (&Pod, &str, u32)| m.0.metadata.uid == pod.metadata.uid && m.1 == name;
+            match matches.iter_mut().find(same) {
+                Some(found) => found.2 = found.2.min(pid),
+                None => matches.push((pod, name, pid)),
+            }
+        }
+        match matches.as_slice() {
+            [(_, _, pid)] => Ok(*pid),
+            [] => Err(KubeError::NoMatch {
+                selector: selector.describe(),
+                selector_args: selector.kubectl_args(),
+            }),
+            many => Err(KubeError::ManyMatches {
+                count: many.len(),
+                selector: selector.describe(),
+                examples: many
+                    .iter()
+                    .take(3)
+                    .map(|(pod, name, _)| {
+                        format!("{}/{}/{name}", pod.metadata.namespace, pod.metadata.name)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// (pid, container id) of every process in a container, from `/proc`.
+    fn containers_on_node(&self) -> Vec<(u32, String)> {
+        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let text =
+                    std::fs::read_to_string(self.proc_root.join(format!("{pid}/cgroup"))).ok()?;
+                Some((pid, cgroup::parse(&text)?.container_id))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
