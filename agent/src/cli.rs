@@ -22,6 +22,7 @@ use crate::{
         spans_file::SpansFile,
     },
     host,
+    kubernetes::resource_attributes_hook,
     loader::Probes,
     metrics::Snapshot,
     plan::{Plan, Selection, SymbolSelector},
@@ -261,7 +262,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
     // --- Kubernetes (issue 5) ---
-    let mut kubernetes = args.kubernetes.connect()?;
+    let kubernetes = args.kubernetes.connect()?;
     let spec = match (&kubernetes, args.kubernetes.pod_selector()) {
         (Some(cluster), Some(selector)) => TargetSpec::Pid(cluster.select_pid(&selector)?),
         _ => args.target_spec()?,
@@ -315,14 +316,22 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         .transpose()?;
     let spans_wanted = otlp.is_some() || spans_file.is_some();
     let sample_rate = if spans_wanted { args.sample_rate } else { 0.0 };
-    let mut probes = Probes::load(&plan, &target, sample_rate, args.empty_programs)?;
+    // Per-pod metrics: the kernel keeps stats per cgroup, which the resolver maps to pods.
+    let kubernetes = kubernetes.map(|cluster| Arc::new(Mutex::new(cluster)));
+    let mut probes = Probes::load(
+        &plan,
+        &target,
+        sample_rate,
+        kubernetes.is_some(),
+        args.empty_programs,
+    )?;
     let counts = Arc::new(SpanCounts::default());
     let queue = otlp.is_some().then(|| SpanQueue::new(counts.clone()));
     let mut pump = spans_wanted
         .then(|| -> anyhow::Result<SpanPump> {
             let mut factory = SpanFactory::new(args.service_name.clone(), target.executable());
-            if let Some(cluster) = kubernetes.take() {
-                let attributes = cluster.into_resource_attributes(target.pid());
+            if let Some(cluster) = &kubernetes {
+                let attributes = resource_attributes_hook(cluster.clone(), target.pid());
                 factory = factory.with_resource_attributes(attributes);
             }
             let stream = SpanStream::take(&mut probes)?;
@@ -346,6 +355,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             .unwrap_or_else(|| target.default_service_name()),
         (!target.filters_by_process()).then_some(1),
         spans_wanted.then(|| counts.clone()),
+        kubernetes,
     ));
     let exit_code = runtime.block_on(async {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -375,8 +385,15 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         anyhow::Ok(exit_code)
     })?;
     let probes = probes.lock().expect("probes lock");
-    let snapshot = Snapshot::read(&probes, &plan).context("reading the kernel's counters")?;
-    let declared = ProfileMetrics::derive(&snapshot, &plan, &mut labels.lock().expect("labels"));
+    let snapshot = Snapshot::read(&probes, &plan)
+        .context("reading the kernel's counters")?
+        .per_function();
+    let declared = ProfileMetrics::derive(
+        &snapshot,
+        &plan,
+        &mut labels.lock().expect("labels"),
+        &mut |_| Vec::new(),
+    );
     let spans = pump.map(|pump| SpanSummary::new(&counts, pump.slowest.slowest));
     let report = Report {
         snapshot: &snapshot,

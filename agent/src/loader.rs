@@ -65,6 +65,10 @@ fn first_line(error: &dyn std::error::Error) -> String {
 /// as `stats_map_full` losses.
 const STATS_MEMORY_BUDGET: usize = 256 << 20;
 
+/// Containers whose calls of one function are kept apart, when stats are per cgroup; past the
+/// memory budget, further ones are counted as `stats_map_full` losses.
+const CGROUPS_PER_PROBE: u32 = 64;
+
 /// How many probes' statistics fit the budget on this machine.
 fn stats_capacity() -> u32 {
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.get() as usize);
@@ -86,17 +90,24 @@ impl Probes {
         plan: &Plan,
         target: &Target,
         sample_rate: f64,
+        by_cgroup: bool,
         empty_programs: bool,
     ) -> Result<Self, LoadError> {
         let config = Config {
             filter_by_tgid: u8::from(target.filters_by_process()),
-            _pad: [0; 3],
+            by_cgroup: u8::from(by_cgroup),
+            _pad: [0; 2],
             sample_threshold: Config::sample_threshold(sample_rate),
         };
         let map_size = (plan.probes.len() as u32).clamp(1, MAX_PROBES);
+        let stats_entries = if by_cgroup {
+            map_size.saturating_mul(CGROUPS_PER_PROBE)
+        } else {
+            map_size
+        };
         let ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
-            .map_max_entries("STATS", map_size.min(stats_capacity()))
+            .map_max_entries("STATS", stats_entries.min(stats_capacity()))
             .map_max_entries("SPECS", map_size)
             .load(KERNEL_PROGRAMS)?;
         let mut probes = Self { ebpf, attached: 0 };

@@ -2,13 +2,19 @@
 //! per-function statistics with percentiles.
 
 use aya::maps::{HashMap, MapError, PerCpuArray, PerCpuHashMap};
-use flowtap_common::{AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, histogram};
+use std::collections::BTreeMap;
+
+use flowtap_common::{
+    AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, StatsKey, histogram,
+};
 
 use crate::{loader::Probes, plan::Plan};
 
 #[derive(Debug, Clone)]
 pub struct FunctionStats {
     pub probe_id: u32,
+    /// The cgroup the calls were made in, when the kernel keeps stats per cgroup; else 0.
+    pub cgroup: u64,
     pub function: String,
     pub object: String,
     pub calls: u64,
@@ -29,6 +35,7 @@ impl FunctionStats {
         }
         FunctionStats {
             probe_id: 0,
+            cgroup: 0,
             function: "f".into(),
             object: "o".into(),
             calls: durations.len() as u64,
@@ -79,6 +86,7 @@ impl FunctionStats {
 #[derive(Debug, Clone)]
 pub struct AggregateRow {
     pub probe_id: u32,
+    pub cgroup: u64,
     pub outcome: i32,
     pub label: String,
     pub calls: u64,
@@ -96,16 +104,17 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn read(probes: &Probes, plan: &Plan) -> Result<Self, MapError> {
-        let stats: PerCpuHashMap<_, u32, ProbeStats> =
+        let stats: PerCpuHashMap<_, StatsKey, ProbeStats> =
             PerCpuHashMap::try_from(probes.kernel_map("STATS"))?;
         let mut functions = Vec::new();
         for entry in stats.iter() {
-            let (probe_id, per_cpu) = entry?;
-            let Some(probe) = plan.probes.get(probe_id as usize) else {
+            let (key, per_cpu) = entry?;
+            let Some(probe) = plan.probes.get(key.probe_id as usize) else {
                 continue;
             };
             let mut function = FunctionStats {
-                probe_id,
+                probe_id: key.probe_id,
+                cgroup: key.cgroup,
                 function: probe.function.clone(),
                 object: plan.objects[probe.object].name.clone(),
                 calls: 0,
@@ -125,11 +134,7 @@ impl Snapshot {
             }
             functions.push(function);
         }
-        functions.sort_by(|a, b| {
-            b.total_ns
-                .cmp(&a.total_ns)
-                .then(a.function.cmp(&b.function))
-        });
+        sort_by_time(&mut functions);
 
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(probes.kernel_map("LOSSES"))?;
         let losses = Loss::ALL
@@ -143,13 +148,46 @@ impl Snapshot {
         })
     }
 
-    pub fn function(&self, probe_id: u32) -> Option<&FunctionStats> {
-        self.functions.iter().find(|f| f.probe_id == probe_id)
+    /// The stats of one probe, one entry per cgroup it was called in.
+    pub fn function(&self, probe_id: u32) -> impl Iterator<Item = &FunctionStats> {
+        self.functions
+            .iter()
+            .filter(move |f| f.probe_id == probe_id)
+    }
+
+    /// One entry per function, over all cgroups: what the report shows.
+    pub fn per_function(&self) -> Snapshot {
+        let mut merged: BTreeMap<u32, FunctionStats> = BTreeMap::new();
+        for stats in &self.functions {
+            merged
+                .entry(stats.probe_id)
+                .and_modify(|total| total.merge(stats))
+                .or_insert_with(|| FunctionStats {
+                    cgroup: 0,
+                    ..stats.clone()
+                });
+        }
+        let mut functions: Vec<FunctionStats> = merged.into_values().collect();
+        sort_by_time(&mut functions);
+        Snapshot {
+            functions,
+            aggregates: self.aggregates.clone(),
+            losses: self.losses.clone(),
+        }
     }
 
     pub fn lost_events(&self) -> u64 {
         self.losses.iter().map(|(_, count)| count).sum()
     }
+}
+
+/// Most total time first.
+fn sort_by_time(functions: &mut [FunctionStats]) {
+    functions.sort_by(|a, b| {
+        b.total_ns
+            .cmp(&a.total_ns)
+            .then(a.function.cmp(&b.function))
+    });
 }
 
 fn read_aggregates(probes: &Probes) -> Result<Vec<AggregateRow>, MapError> {
@@ -165,6 +203,7 @@ fn read_aggregates(probes: &Probes) -> Result<Vec<AggregateRow>, MapError> {
                 .unwrap_or(key.label.len());
             Ok(AggregateRow {
                 probe_id: key.probe_id,
+                cgroup: key.cgroup,
                 outcome: key.outcome,
                 label: String::from_utf8_lossy(&key.label[..end]).into_owned(),
                 calls: value.calls,

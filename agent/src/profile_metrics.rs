@@ -70,32 +70,53 @@ pub struct ProfileMetrics {
     pub families: BTreeMap<String, Family>,
 }
 
+/// The labels of the workload a cgroup holds (the pod's, in Kubernetes); none for cgroup 0.
+pub type Workloads<'a> = dyn FnMut(u64) -> Labels + 'a;
+
 impl ProfileMetrics {
-    pub fn derive(snapshot: &Snapshot, plan: &Plan, labels: &mut LabelCap) -> Self {
+    pub fn derive(
+        snapshot: &Snapshot,
+        plan: &Plan,
+        labels: &mut LabelCap,
+        workloads: &mut Workloads,
+    ) -> Self {
         let mut metrics = Self::default();
-        let mut rows: BTreeMap<u32, Vec<&AggregateRow>> = BTreeMap::new();
+        let mut rows: BTreeMap<(u32, u64), Vec<&AggregateRow>> = BTreeMap::new();
         for row in &snapshot.aggregates {
-            rows.entry(row.probe_id).or_default().push(row);
+            rows.entry((row.probe_id, row.cgroup))
+                .or_default()
+                .push(row);
         }
         for probe in &plan.probes {
             let Some(rule) = &probe.rule else {
                 continue;
             };
-            let stats = snapshot.function(probe.id);
-            let rows = rows.get(&probe.id).map_or(&[][..], Vec::as_slice);
-            for metric in &rule.metrics {
-                let family = metrics.family(metric);
-                let calls = Calls {
-                    probe,
-                    rule,
-                    metric,
-                };
-                match &metric.kind {
-                    MetricKind::Histogram => calls.histogram(family, stats),
-                    MetricKind::Counter { .. } if metric.needs_aggregates(&rule.captures) => {
-                        calls.count_aggregates(family, rows, labels)
+            // Per cgroup the probe was called in; a probe not called yet shows its zeros once.
+            let mut cgroups: BTreeMap<u64, Option<&FunctionStats>> = snapshot
+                .function(probe.id)
+                .map(|stats| (stats.cgroup, Some(stats)))
+                .collect();
+            if cgroups.is_empty() {
+                cgroups.insert(0, None);
+            }
+            for (cgroup, stats) in cgroups {
+                let workload = workloads(cgroup);
+                let rows = rows.get(&(probe.id, cgroup)).map_or(&[][..], Vec::as_slice);
+                for metric in &rule.metrics {
+                    let family = metrics.family(metric);
+                    let calls = Calls {
+                        probe,
+                        rule,
+                        metric,
+                        workload: &workload,
+                    };
+                    match &metric.kind {
+                        MetricKind::Histogram => calls.histogram(family, stats),
+                        MetricKind::Counter { .. } if metric.needs_aggregates(&rule.captures) => {
+                            calls.count_aggregates(family, rows, labels)
+                        }
+                        MetricKind::Counter { .. } => calls.count_stats(family, stats),
                     }
-                    MetricKind::Counter { .. } => calls.count_stats(family, stats),
                 }
             }
         }
@@ -122,11 +143,12 @@ impl ProfileMetrics {
     }
 }
 
-/// One metric of one probe.
+/// One metric of one probe, in one workload.
 struct Calls<'a> {
     probe: &'a PlannedProbe,
     rule: &'a FunctionRule,
     metric: &'a MetricDef,
+    workload: &'a Labels,
 }
 
 impl Calls<'_> {
@@ -136,6 +158,7 @@ impl Calls<'_> {
             .labels
             .iter()
             .map(|(name, template)| (name.clone(), self.render(template, text, failed)))
+            .chain(self.workload.iter().cloned())
             .collect()
     }
 

@@ -122,6 +122,17 @@ pub fn text_key(tid: u32, depth: usize) -> u64 {
     (u64::from(tid) << 8) | depth as u64
 }
 
+/// Key of the per-probe stats: one entry per probe, or per probe and cgroup when
+/// [`Config::by_cgroup`] is set (per-pod metrics).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StatsKey {
+    pub probe_id: u32,
+    pub _pad: u32,
+    /// The calling thread's cgroup v2 id, or 0.
+    pub cgroup: u64,
+}
+
 /// Per-probe totals, kept per CPU in the kernel and summed by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -320,6 +331,8 @@ pub struct AggregateKey {
     pub probe_id: u32,
     /// See [`ProbeSpec::outcome`].
     pub outcome: i32,
+    /// As in [`StatsKey::cgroup`].
+    pub cgroup: u64,
     /// NUL-padded.
     pub label: [u8; LABEL_LEN],
 }
@@ -380,7 +393,10 @@ pub struct Config {
     /// Count only thread groups listed in `TRACED` (binary-path mode, where the shared libraries'
     /// probes also fire in unrelated processes). Otherwise the attach scope already filters.
     pub filter_by_tgid: u8,
-    pub _pad: [u8; 3],
+    /// Key stats and aggregates by the calling thread's cgroup too, so that metrics can carry
+    /// the pod they come from.
+    pub by_cgroup: u8,
+    pub _pad: [u8; 2],
     /// A new trace is sampled when a random u32 is below this: 0 emits no spans at all,
     /// `u32::MAX` all of them (see [`Config::sample_threshold`]).
     pub sample_threshold: u32,
@@ -399,6 +415,7 @@ mod pod {
     // pattern the kernel writes is a valid value (the enums are only written by the agent).
     unsafe impl aya::Pod for super::ShadowStack {}
     unsafe impl aya::Pod for super::ProbeStats {}
+    unsafe impl aya::Pod for super::StatsKey {}
     unsafe impl aya::Pod for super::ProbeSpec {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::AggregateKey {}

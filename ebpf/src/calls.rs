@@ -9,8 +9,8 @@ use core::{
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_user,
+        bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, uprobe, uretprobe},
@@ -21,14 +21,15 @@ use flowtap_common::{
     AggregateKey, AggregateValue, CAPTURES, Capture, Config, ContextRole, Frame, LABEL_LEN, Loss,
     MAX_AGGREGATES, MAX_DEPTH, MAX_HANDOFFS, MAX_PROBES, MAX_TEXTS, MAX_TRACED_PROCESSES,
     MAX_TRACKED_THREADS, NO_ARG, ProbeSpec, ProbeStats, RETURN_VALUE, SPAN_RING_BYTES, ShadowStack,
-    SpanEvent, TEXT_LEN, TextSpanEvent, TraceContext, histogram, text_key,
+    SpanEvent, StatsKey, TEXT_LEN, TextSpanEvent, TraceContext, histogram, text_key,
 };
 
 /// Written by the agent before load (read-only data section).
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config {
     filter_by_tgid: 0,
-    _pad: [0; 3],
+    by_cgroup: 0,
+    _pad: [0; 2],
     sample_threshold: 0,
 };
 
@@ -39,7 +40,7 @@ pub static STACKS: LruHashMap<u32, ShadowStack> =
 /// An entry per probe that was called. Preallocated: inserting into a non-preallocated map can
 /// fail for want of memory in probe context. The agent sizes it to a memory budget.
 #[map]
-static STATS: PerCpuHashMap<u32, ProbeStats> = PerCpuHashMap::with_max_entries(MAX_PROBES, 0);
+static STATS: PerCpuHashMap<StatsKey, ProbeStats> = PerCpuHashMap::with_max_entries(MAX_PROBES, 0);
 
 #[map]
 static SPECS: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 0);
@@ -302,7 +303,12 @@ fn on_exit(ctx: &RetProbeContext) {
     let ret = ctx.ret::<u64>();
     let value = spec.return_value(ret);
     let failed = spec.error.holds(value);
-    record(probe_id, now.saturating_sub(frame.start_ns), failed);
+    let key = StatsKey {
+        probe_id,
+        _pad: 0,
+        cgroup: current_cgroup(),
+    };
+    record(&key, now.saturating_sub(frame.start_ns), failed);
     let text = if wants_text(spec, frame.sampled) {
         // pop_frame left the depth at the returning call's level: its entry's key.
         unsafe { TEXTS.get(&text_key(tid, stack.depth as usize)) }
@@ -310,7 +316,7 @@ fn on_exit(ctx: &RetProbeContext) {
         None
     };
     if spec.aggregate != 0 {
-        aggregate(spec, &frame, value, failed, text);
+        aggregate(spec, &frame, &key, value, failed, text);
     }
     if frame.sampled != 0 {
         let span = SpanEvent {
@@ -374,13 +380,15 @@ fn emit_text_span(span: &SpanEvent, text: Option<&[u8; TEXT_LEN]>) {
 fn aggregate(
     spec: &ProbeSpec,
     frame: &Frame,
+    stats: &StatsKey,
     value: i64,
     failed: bool,
     text: Option<&[u8; TEXT_LEN]>,
 ) {
     let mut key = AggregateKey {
-        probe_id: frame.probe_id,
+        probe_id: stats.probe_id,
         outcome: spec.outcome(value, failed),
+        cgroup: stats.cgroup,
         label: [0; LABEL_LEN],
     };
     if spec.text_label != 0
@@ -484,9 +492,20 @@ fn pop_frame(stack: &mut ShadowStack, probe_id: u32) -> Option<Frame> {
     None
 }
 
+/// The calling thread's cgroup, when stats are kept per cgroup; else 0.
 #[inline(always)]
-fn record(probe_id: u32, duration_ns: u64, failed: bool) {
-    let Some(stats) = stats_of(probe_id) else {
+fn current_cgroup() -> u64 {
+    // SAFETY: as in traced_thread; the helper has no preconditions.
+    if unsafe { core::ptr::read_volatile(&CONFIG.by_cgroup) } != 0 {
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn record(key: &StatsKey, duration_ns: u64, failed: bool) {
+    let Some(stats) = stats_of(key) else {
         count_loss(Loss::StatsMapFull);
         return;
     };
@@ -511,14 +530,14 @@ fn record(probe_id: u32, duration_ns: u64, failed: bool) {
 }
 
 #[inline(always)]
-fn stats_of(probe_id: u32) -> Option<*mut ProbeStats> {
-    if let Some(stats) = STATS.get_ptr_mut(&probe_id) {
+fn stats_of(key: &StatsKey) -> Option<*mut ProbeStats> {
+    if let Some(stats) = STATS.get_ptr_mut(key) {
         return Some(stats);
     }
     let empty = EMPTY_STATS.get(0)?;
     // EEXIST from a racing first call on another thread is fine: the lookup below finds it.
-    let _ = STATS.insert(&probe_id, empty, BPF_NOEXIST);
-    STATS.get_ptr_mut(&probe_id)
+    let _ = STATS.insert(key, empty, BPF_NOEXIST);
+    STATS.get_ptr_mut(key)
 }
 
 /// Hides a value's known range from the compiler, so that a bounds check it would prove

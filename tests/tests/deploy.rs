@@ -144,3 +144,24 @@ fn dashboards_and_rules_use_only_exported_metrics() {
         queries.len()
     );
 }
+
+#[test]
+fn the_configmap_is_a_config_flowtap_accepts() {
+    let text =
+        std::fs::read_to_string(deploy_dir().join("kubernetes/base/configmap.yaml")).unwrap();
+    let configmap = &YamlLoader::load_from_str(&text).unwrap()[0];
+    let toml = configmap["data"]["flowtap.toml"]
+        .as_str()
+        .expect("the ConfigMap carries flowtap.toml");
+    let dir = scratch_dir("configmap");
+    let path = dir.join("flowtap.toml");
+    std::fs::write(&path, toml).unwrap();
+    // Outside a pod the agent stops at locating the API server: every key and value before
+    // that was accepted.
+    let (code, _, stderr) = run_flowtap(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set"),
+        "{stderr}"
+    );
+}

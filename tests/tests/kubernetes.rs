@@ -80,13 +80,9 @@ struct PodCgroup {
 
 impl PodCgroup {
     fn enter(pid: u32, test: u32) -> Self {
-        // The v1 `name=systemd` hierarchy has no controllers, so moving a process there changes
-        // nothing but its path; a v2-only host has the unified hierarchy at the root.
-        let base = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|base| base.join("cgroup.procs").exists())
-            .expect("a cgroup hierarchy to put the demo in");
+        // The cgroup v2 hierarchy: its ids are what the kernel keys per-pod stats by. A new
+        // cgroup there enables no controller, so moving a process changes nothing but its path.
+        let base = cgroup_v2_mount();
         let uid = format!("{:08x}-1111-4222-8333-{:012x}", std::process::id(), test);
         let container_id = format!(
             "{:064x}",
@@ -106,6 +102,21 @@ impl PodCgroup {
             container_id,
         }
     }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+fn cgroup_v2_mount() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            let point = mount.split_whitespace().nth(4)?;
+            filesystem
+                .starts_with("cgroup2 ")
+                .then(|| PathBuf::from(point))
+        })
+        .expect("cgroup v2 is mounted (flowtap's per-pod metrics need it)")
 }
 
 impl Drop for PodCgroup {
@@ -174,6 +185,89 @@ fn spans_of_a_process_in_a_pod_carry_its_kubernetes_metadata() {
     assert_eq!(
         requests.as_slice(),
         ["GET /api/v1/pods?fieldSelector=spec.nodeName%3Dnode-t HTTP/1.1"]
+    );
+}
+
+/// A copy of the demo held before its first run, with the runtime mapped.
+fn held_demo(path: &std::path::Path, runs: &str) -> std::process::Child {
+    let demo = std::process::Command::new(path)
+        .args(["--runs", runs, "--wait-start"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let maps = format!("/proc/{}/maps", demo.id());
+    while !std::fs::read_to_string(&maps).is_ok_and(|m| m.contains("libwfrt.so")) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    demo
+}
+
+#[test]
+fn metrics_carry_the_pod_their_calls_were_made_in() {
+    let dir = scratch_dir("k8s-metrics");
+    let (demo_path, _) = isolated_fixture(&dir);
+    // Two processes of one binary: one in a pod, one on the host.
+    let in_pod = held_demo(&demo_path, "5");
+    let on_host = held_demo(&demo_path, "3");
+    let cgroup = PodCgroup::enter(in_pod.id(), 3);
+    let (url, _) = api_server(200, pod_list(&cgroup.uid, &cgroup.container_id));
+    let flowtap = Running::start(flowtap().args([
+        "run",
+        "--exe",
+        demo_path.to_str().unwrap(),
+        "--k8s-api",
+        &url,
+        "--k8s-node",
+        "node-t",
+    ]));
+    // Both are enrolled from /proc within half a second of the start.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let pod_counts = demo_counts(&release_demo(in_pod));
+    let host_counts = demo_counts(&release_demo(on_host));
+    let exposition = flowtap.scrape();
+    flowtap.interrupt();
+    let (code, stderr) = flowtap.finish();
+    assert_eq!(code, 0, "{stderr}");
+
+    let pod = format!(r#"k8s_pod_uid="{}""#, cgroup.uid);
+    let total = |name: &str, with: &[&str], in_pod: bool| -> u64 {
+        samples(&exposition)
+            .into_iter()
+            .filter(|(n, labels, _)| {
+                n == name
+                    && with.iter().all(|w| labels.contains(w))
+                    && labels.contains(&pod) == in_pod
+            })
+            .map(|(_, _, value)| value as u64)
+            .sum()
+    };
+    for (function, calls) in &pod_counts {
+        let label = format!(r#"function="{function}""#);
+        assert_eq!(
+            total("flowtap_function_calls_total", &[&label], true),
+            *calls,
+            "{function} in the pod"
+        );
+        assert_eq!(
+            total("flowtap_function_calls_total", &[&label], false),
+            host_counts[function],
+            "{function} on the host"
+        );
+    }
+    let pod_labels = [
+        r#"k8s_namespace_name="flows""#,
+        r#"k8s_pod_name="worker-0""#,
+        r#"k8s_container_name="worker""#,
+        r#"k8s_node_name="node-t""#,
+    ];
+    assert_eq!(
+        total("workflow_executions_total", &pod_labels, true),
+        pod_counts["wf_workflow_run"]
+    );
+    assert_eq!(
+        total("workflow_executions_total", &[], false),
+        host_counts["wf_workflow_run"]
     );
 }
 

@@ -15,10 +15,11 @@ use prometheus::{
 
 use crate::{
     export::otlp::SpanCounts,
+    kubernetes::SharedKubernetes,
     loader::Probes,
     metrics::{FunctionStats, Snapshot},
     plan::Plan,
-    profile_metrics::{FAILURE, LabelCap, ProfileMetrics, SUCCESS, Series},
+    profile_metrics::{FAILURE, LabelCap, Labels, ProfileMetrics, SUCCESS, Series},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,8 @@ pub struct Exporter {
     pub fixed_processes: Option<u64>,
     /// The span stream's counts, when spans are exported.
     pub span_counts: Option<Arc<SpanCounts>>,
+    /// Labels series with the pod of the cgroup the kernel counted them in.
+    pub kubernetes: Option<SharedKubernetes>,
     last_scrape_seconds: Mutex<f64>,
 }
 
@@ -59,6 +62,7 @@ impl Exporter {
         service: String,
         fixed_processes: Option<u64>,
         span_counts: Option<Arc<SpanCounts>>,
+        kubernetes: Option<SharedKubernetes>,
     ) -> Self {
         Self {
             probes,
@@ -67,6 +71,7 @@ impl Exporter {
             service,
             fixed_processes,
             span_counts,
+            kubernetes,
             last_scrape_seconds: Mutex::new(0.0),
         }
     }
@@ -94,7 +99,8 @@ impl Exporter {
             (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
         };
         let mut labels = self.labels.lock().expect("labels lock");
-        let declared = ProfileMetrics::derive(&snapshot, &self.plan, &mut labels);
+        let mut workloads = |cgroup| self.workload_labels(cgroup);
+        let declared = ProfileMetrics::derive(&snapshot, &self.plan, &mut labels, &mut workloads);
         let mut families = self.function_families(&snapshot);
         families.extend(self.profile_families(&declared));
         families.extend(self.health_families(&snapshot, &labels, processes));
@@ -122,21 +128,43 @@ impl Exporter {
         labels
     }
 
+    /// The `k8s_*` labels of the pod in cgroup `cgroup`; none outside Kubernetes.
+    fn workload_labels(&self, cgroup: u64) -> Labels {
+        self.kubernetes
+            .as_ref()
+            .and_then(|cluster| {
+                cluster
+                    .lock()
+                    .expect("kubernetes lock")
+                    .pod_of_cgroup(cgroup)
+            })
+            .map(|pod| pod.metric_labels())
+            .unwrap_or_default()
+    }
+
     fn function_families(&self, snapshot: &Snapshot) -> Vec<MetricFamily> {
         let mut calls = Vec::new();
         let mut durations = Vec::new();
         for f in &snapshot.functions {
-            let base = [
+            let workload = self.workload_labels(f.cgroup);
+            let mut base = vec![
                 ("function", f.function.as_str()),
                 ("object", f.object.as_str()),
             ];
-            let ok = [base[0], base[1], ("status", SUCCESS)];
-            let failed = [base[0], base[1], ("status", FAILURE)];
+            base.extend(workload.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let with_status = |status| {
+                let mut pairs = base.clone();
+                pairs.push(("status", status));
+                pairs
+            };
             calls.push(counter_metric(
-                &self.labels(&ok),
+                &self.labels(&with_status(SUCCESS)),
                 (f.calls - f.errors) as f64,
             ));
-            calls.push(counter_metric(&self.labels(&failed), f.errors as f64));
+            calls.push(counter_metric(
+                &self.labels(&with_status(FAILURE)),
+                f.errors as f64,
+            ));
             durations.push(histogram(&self.labels(&base), f));
         }
         vec![

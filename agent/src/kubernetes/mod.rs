@@ -8,8 +8,10 @@ pub mod pods;
 use std::{
     collections::HashMap,
     num::NonZeroU32,
-    path::PathBuf,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
     str::FromStr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -237,6 +239,14 @@ impl PodMetadata {
         }
         attributes
     }
+
+    /// The same as Prometheus labels (`k8s_namespace_name`, ...: no dots in label names).
+    pub fn metric_labels(&self) -> Vec<(String, String)> {
+        self.resource_attributes()
+            .into_iter()
+            .map(|kv| (kv.key.as_str().replace('.', "_"), kv.value.to_string()))
+            .collect()
+    }
 }
 
 /// At most one pod list refresh per this long, however many unknown containers show up.
@@ -253,7 +263,15 @@ pub struct Kubernetes {
     warned: bool,
     /// Looked up ahead of their spans: a process may be gone by the time they are read.
     early: HashMap<u32, Option<PodMetadata>>,
+    /// cgroup v2 ids (the kernel's per-cgroup stats keys) → the container their path names.
+    cgroups: HashMap<u64, Option<cgroup::ContainerCgroup>>,
+    /// The cgroup v2 hierarchy, whose directories' inode numbers are the cgroup ids.
+    cgroup_root: Option<PathBuf>,
+    cgroups_scanned: Option<Instant>,
 }
+
+/// One resolver for spans and metrics.
+pub type SharedKubernetes = Arc<Mutex<Kubernetes>>;
 
 impl KubernetesArgs {
     /// Whether any Kubernetes flag (or FLOWTAP_NODE_NAME) asks for Kubernetes metadata.
@@ -296,6 +314,9 @@ impl Kubernetes {
             proc_root,
             warned: false,
             early: HashMap::new(),
+            cgroups: HashMap::new(),
+            cgroup_root: cgroup_v2_mount(Path::new("/proc/self/mountinfo")),
+            cgroups_scanned: None,
         })
     }
 
@@ -303,6 +324,54 @@ impl Kubernetes {
     pub fn pod_of(&mut self, pid: u32) -> Option<PodMetadata> {
         let text = std::fs::read_to_string(self.proc_root.join(format!("{pid}/cgroup"))).ok()?;
         let container = cgroup::parse(&text)?;
+        self.pod_of_container(&container)
+    }
+
+    /// The pod and container whose calls the kernel counted under cgroup `id`.
+    pub fn pod_of_cgroup(&mut self, id: u64) -> Option<PodMetadata> {
+        if id == 0 {
+            return None;
+        }
+        if !self.cgroups.contains_key(&id) {
+            self.scan_cgroups();
+        }
+        let container = self.cgroups.get(&id)?.clone()?;
+        self.pod_of_container(&container)
+    }
+
+    /// Maps every cgroup directory's id to the container its path names: a cgroup the kernel
+    /// reports exists already. A local walk, but bounded to once per [`MIN_CGROUP_SCAN`].
+    fn scan_cgroups(&mut self) {
+        if self
+            .cgroups_scanned
+            .is_some_and(|at| at.elapsed() < MIN_CGROUP_SCAN)
+        {
+            return;
+        }
+        self.cgroups_scanned = Some(Instant::now());
+        let Some(root) = self.cgroup_root.clone() else {
+            return;
+        };
+        let mut pending = vec![(root.clone(), 0)];
+        while let Some((dir, depth)) = pending.pop() {
+            let Ok(metadata) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let path = dir.strip_prefix(&root).unwrap_or(&dir).to_string_lossy();
+            let container = cgroup::parse(&format!("0::/{path}"));
+            self.cgroups.insert(metadata.ino(), container);
+            if depth >= MAX_CGROUP_DEPTH {
+                continue;
+            }
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push((entry.path(), depth + 1));
+                }
+            }
+        }
+    }
+
+    fn pod_of_container(&mut self, container: &cgroup::ContainerCgroup) -> Option<PodMetadata> {
         if self.index.by_container(&container.container_id).is_none() {
             self.refresh();
         }
@@ -326,14 +395,10 @@ impl Kubernetes {
     /// The hook that adds these attributes to each process's span resource. The `target`
     /// process is looked up now: it may have exited before its spans are read.
     pub fn into_resource_attributes(
-        mut self,
+        self,
         target: Option<NonZeroU32>,
     ) -> crate::spans::ResourceAttributes {
-        if let Some(pid) = target.map(NonZeroU32::get) {
-            let pod = self.pod_of(pid);
-            self.early.insert(pid, pod);
-        }
-        Box::new(move |pid| self.resource_attributes(pid))
+        resource_attributes_hook(Arc::new(Mutex::new(self)), target)
     }
 
     /// A new pod list, at most once per [`MIN_REFRESH_INTERVAL`]; a failure is reported once and
@@ -409,6 +474,45 @@ impl Kubernetes {
             })
             .collect()
     }
+}
+
+/// At most one walk of the cgroup hierarchy per this long.
+const MIN_CGROUP_SCAN: Duration = Duration::from_secs(1);
+
+/// Cgroup directories deeper than this are not looked at (kubelet's are 4 to 6 deep).
+const MAX_CGROUP_DEPTH: usize = 8;
+
+/// [`Kubernetes::into_resource_attributes`] for a resolver the metrics share.
+pub fn resource_attributes_hook(
+    cluster: SharedKubernetes,
+    target: Option<NonZeroU32>,
+) -> crate::spans::ResourceAttributes {
+    if let Some(pid) = target.map(NonZeroU32::get) {
+        let mut locked = cluster.lock().expect("kubernetes lock");
+        let pod = locked.pod_of(pid);
+        locked.early.insert(pid, pod);
+    }
+    Box::new(move |pid| {
+        cluster
+            .lock()
+            .expect("kubernetes lock")
+            .resource_attributes(pid)
+    })
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts), from a mountinfo file.
+fn cgroup_v2_mount(mountinfo: &Path) -> Option<PathBuf> {
+    std::fs::read_to_string(mountinfo)
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            let point = mount.split_whitespace().nth(4)?;
+            filesystem
+                .starts_with("cgroup2 ")
+                .then(|| PathBuf::from(point))
+        })
 }
 
 #[cfg(test)]
