@@ -167,7 +167,7 @@ impl Calls<'_> {
             Part::Capture(n) => self.rule.captures[*n].kind.cut(text).to_string(),
             Part::Status => if failed { FAILURE } else { SUCCESS }.to_string(),
             Part::Function => self.probe.function.clone(),
-            Part::Literal(_) => unreachable!("literals are rendered by the template"),
+            Part::Literal(text) => text.clone(),
         })
     }
 

@@ -212,7 +212,12 @@ impl Drop for Running {
 /// Starts the demo held at `--wait-start`; it runs when its stdin is closed. Returns once the
 /// runtime library is mapped: `spawn` returns at `execve`, before ld.so has loaded it.
 pub fn spawn_held_demo(args: &[&str]) -> Child {
-    let demo = Command::new(demo_path())
+    spawn_held(&demo_path(), args)
+}
+
+/// [`spawn_held_demo`] of a copy of the demo (see [`isolated_fixture`]).
+pub fn spawn_held(demo: &std::path::Path, args: &[&str]) -> Child {
+    let demo = Command::new(demo)
         .args(args)
         .arg("--wait-start")
         .stdin(Stdio::piped())

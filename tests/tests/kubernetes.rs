@@ -188,28 +188,13 @@ fn spans_of_a_process_in_a_pod_carry_its_kubernetes_metadata() {
     );
 }
 
-/// A copy of the demo held before its first run, with the runtime mapped.
-fn held_demo(path: &std::path::Path, runs: &str) -> std::process::Child {
-    let demo = std::process::Command::new(path)
-        .args(["--runs", runs, "--wait-start"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let maps = format!("/proc/{}/maps", demo.id());
-    while !std::fs::read_to_string(&maps).is_ok_and(|m| m.contains("libwfrt.so")) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    demo
-}
-
 #[test]
 fn metrics_carry_the_pod_their_calls_were_made_in() {
     let dir = scratch_dir("k8s-metrics");
     let (demo_path, _) = isolated_fixture(&dir);
     // Two processes of one binary: one in a pod, one on the host.
-    let in_pod = held_demo(&demo_path, "5");
-    let on_host = held_demo(&demo_path, "3");
+    let in_pod = spawn_held(&demo_path, &["--runs", "5"]);
+    let on_host = spawn_held(&demo_path, &["--runs", "3"]);
     let cgroup = PodCgroup::enter(in_pod.id(), 3);
     let (url, _) = api_server(200, pod_list(&cgroup.uid, &cgroup.container_id));
     let flowtap = Running::start(flowtap().args([
