@@ -22,7 +22,7 @@ use crate::{
         spans_file::SpansFile,
     },
     host,
-    kubernetes::resource_attributes_hook,
+    kubernetes::{Workload, resource_attributes_hook, span_filter},
     loader::Probes,
     metrics::Snapshot,
     plan::{Plan, Selection, SymbolSelector},
@@ -262,9 +262,15 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
     // --- Kubernetes (issue 5) ---
-    let kubernetes = args.kubernetes.connect()?;
-    let spec = match (&kubernetes, args.kubernetes.pod_selector()) {
-        (Some(cluster), Some(selector)) => TargetSpec::Pid(cluster.select_pid(&selector)?),
+    let mut kubernetes = args.kubernetes.connect()?;
+    let spec = match (&mut kubernetes, args.kubernetes.pod_selector(), &args.exe) {
+        // Every process of an executable, in the pods the selector matches.
+        (Some(cluster), Some(selector), Some(exe)) => {
+            let binary = cluster.select_executable(&selector, exe)?;
+            cluster.restrict_to(selector);
+            TargetSpec::Binary(binary)
+        }
+        (Some(cluster), Some(selector), None) => TargetSpec::Pid(cluster.select_pid(&selector)?),
         _ => args.target_spec()?,
     };
     // --- end Kubernetes ---
@@ -332,7 +338,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             let mut factory = SpanFactory::new(args.service_name.clone(), target.executable());
             if let Some(cluster) = &kubernetes {
                 let attributes = resource_attributes_hook(cluster.clone(), target.pid());
-                factory = factory.with_resource_attributes(attributes);
+                factory = factory
+                    .with_resource_attributes(attributes)
+                    .with_process_filter(span_filter(cluster.clone()));
             }
             let stream = SpanStream::take(&mut probes)?;
             Ok(SpanPump::new(
@@ -355,7 +363,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             .unwrap_or_else(|| target.default_service_name()),
         (!target.filters_by_process()).then_some(1),
         spans_wanted.then(|| counts.clone()),
-        kubernetes,
+        kubernetes.clone(),
     ));
     let exit_code = runtime.block_on(async {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -385,14 +393,17 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         anyhow::Ok(exit_code)
     })?;
     let probes = probes.lock().expect("probes lock");
-    let snapshot = Snapshot::read(&probes, &plan)
-        .context("reading the kernel's counters")?
-        .per_function();
+    let mut snapshot = Snapshot::read(&probes, &plan).context("reading the kernel's counters")?;
+    if let Some(cluster) = &kubernetes {
+        let mut cluster = cluster.lock().expect("kubernetes lock");
+        snapshot.retain_cgroups(|cgroup| cluster.workload_of_cgroup(cgroup) != Workload::Excluded);
+    }
+    let snapshot = snapshot.per_function();
     let declared = ProfileMetrics::derive(
         &snapshot,
         &plan,
         &mut labels.lock().expect("labels"),
-        &mut |_| Vec::new(),
+        &mut |_| Some(Vec::new()),
     );
     let spans = pump.map(|pump| SpanSummary::new(&counts, pump.slowest.slowest));
     let report = Report {

@@ -155,6 +155,12 @@ impl Snapshot {
             .filter(move |f| f.probe_id == probe_id)
     }
 
+    /// Keeps the calls made in the cgroups `keep` accepts.
+    pub fn retain_cgroups(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        self.functions.retain(|stats| keep(stats.cgroup));
+        self.aggregates.retain(|row| keep(row.cgroup));
+    }
+
     /// One entry per function, over all cgroups: what the report shows.
     pub fn per_function(&self) -> Snapshot {
         let mut merged: BTreeMap<u32, FunctionStats> = BTreeMap::new();

@@ -126,15 +126,15 @@ impl Plan {
         for object in objects {
             plan.add_object(object, selection)?;
         }
-        if plan.probes.is_empty() && selection.defaulted {
-            return Err(PlanError::NoKnownRuntime {
-                target: target.to_string(),
-            });
-        }
         if plan.probes.is_empty() && !plan.unprobeable.is_empty() {
             return Err(PlanError::NoneProbeable {
                 target: target.to_string(),
                 functions: plan.unprobeable.join(", "),
+            });
+        }
+        if plan.probes.is_empty() && selection.defaulted {
+            return Err(PlanError::NoKnownRuntime {
+                target: target.to_string(),
             });
         }
         if plan.probes.is_empty()

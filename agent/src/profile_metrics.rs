@@ -70,8 +70,9 @@ pub struct ProfileMetrics {
     pub families: BTreeMap<String, Family>,
 }
 
-/// The labels of the workload a cgroup holds (the pod's, in Kubernetes); none for cgroup 0.
-pub type Workloads<'a> = dyn FnMut(u64) -> Labels + 'a;
+/// The labels of the workload a cgroup holds (the pod's, in Kubernetes; none for cgroup 0), or
+/// None when its calls are not reported.
+pub type Workloads<'a> = dyn FnMut(u64) -> Option<Labels> + 'a;
 
 impl ProfileMetrics {
     pub fn derive(
@@ -100,7 +101,9 @@ impl ProfileMetrics {
                 cgroups.insert(0, None);
             }
             for (cgroup, stats) in cgroups {
-                let workload = workloads(cgroup);
+                let Some(workload) = workloads(cgroup) else {
+                    continue;
+                };
                 let rows = rows.get(&(probe.id, cgroup)).map_or(&[][..], Vec::as_slice);
                 for metric in &rule.metrics {
                     let family = metrics.family(metric);

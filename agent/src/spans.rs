@@ -120,10 +120,17 @@ pub struct SpanFactory {
     resources: HashMap<u32, Resource>,
     /// Extra resource attributes per process (Kubernetes pod metadata), when set.
     resource_attributes: Option<ResourceAttributes>,
+    /// Which cgroups' spans are reported (a pod selector), when set; decided once per cgroup.
+    process_filter: Option<ProcessFilter>,
+    reported: HashMap<u64, bool>,
 }
 
 /// Gives extra resource attributes for a process id.
-pub type ResourceAttributes = Box<dyn FnMut(u32) -> Vec<KeyValue> + Send>;
+/// Gets the process id and the cgroup id its spans came from (0 when not known).
+pub type ResourceAttributes = Box<dyn FnMut(u32, u64) -> Vec<KeyValue> + Send>;
+
+/// Whether the spans of a cgroup are reported.
+pub type ProcessFilter = Box<dyn FnMut(u64) -> bool + Send>;
 
 impl SpanFactory {
     /// `service_name` overrides `unknown_service:<executable name>` for every process.
@@ -137,7 +144,25 @@ impl SpanFactory {
             executable,
             resources: HashMap::new(),
             resource_attributes: None,
+            process_filter: None,
+            reported: HashMap::new(),
         }
+    }
+
+    /// Reports only the spans of the cgroups `filter` keeps.
+    pub fn with_process_filter(mut self, filter: ProcessFilter) -> Self {
+        self.process_filter = Some(filter);
+        self
+    }
+
+    fn reports(&mut self, cgroup: u64) -> bool {
+        let Some(filter) = &mut self.process_filter else {
+            return true;
+        };
+        *self
+            .reported
+            .entry(cgroup)
+            .or_insert_with(|| filter(cgroup))
     }
 
     /// Adds `attributes(pid)` to the resource of each process.
@@ -188,7 +213,7 @@ impl SpanFactory {
 
     /// The resource of process `pid`: semantic-convention process attributes, the service name,
     /// the host, and `OTEL_RESOURCE_ATTRIBUTES`.
-    pub fn resource(&mut self, pid: u32) -> Resource {
+    pub fn resource(&mut self, pid: u32, cgroup: u64) -> Resource {
         let service_name = self.service_name.clone();
         let fallback = self.executable.clone();
         let attributes = &mut self.resource_attributes;
@@ -197,7 +222,7 @@ impl SpanFactory {
             .or_insert_with(|| {
                 let extra = attributes
                     .as_mut()
-                    .map_or_else(Vec::new, |extra| extra(pid));
+                    .map_or_else(Vec::new, |extra| extra(pid, cgroup));
                 process_resource(pid, service_name, fallback, extra)
             })
             .clone()
@@ -351,15 +376,22 @@ impl SpanPump {
             self.events.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        let mut by_process: HashMap<u32, Vec<SpanData>> = HashMap::new();
+        let mut by_process: HashMap<(u32, u64), Vec<SpanData>> = HashMap::new();
         for record in &self.events {
             self.slowest.add(record, plan);
             if let Some(span) = self.factory.span(record, plan) {
-                by_process.entry(record.event.tgid).or_default().push(span);
+                let event = &record.event;
+                by_process
+                    .entry((event.tgid, event.cgroup))
+                    .or_default()
+                    .push(span);
             }
         }
-        for (pid, spans) in by_process {
-            let resource = self.factory.resource(pid);
+        for ((pid, cgroup), spans) in by_process {
+            if !self.factory.reports(cgroup) {
+                continue;
+            }
+            let resource = self.factory.resource(pid, cgroup);
             if let Some(file) = &mut self.file {
                 file.write(&resource, spans.clone())?;
             }

@@ -47,7 +47,7 @@ pub const MAX_HANDOFFS: u32 = 65_536;
 /// Strings captured at entry and not yet used at exit (calls in flight across all threads).
 pub const MAX_TEXTS: u32 = 16_384;
 
-/// Bytes of the span ring buffer (a power of two; 112-byte events, 368 with a string).
+/// Bytes of the span ring buffer (a power of two; 120-byte events, 376 with a string).
 pub const SPAN_RING_BYTES: u32 = 16 << 20;
 
 /// One probed call in progress on a thread.
@@ -104,6 +104,9 @@ pub struct SpanEvent {
     pub values: [u64; CAPTURES],
     /// The return register, as is.
     pub ret: u64,
+    /// The calling thread's cgroup when stats are kept per cgroup, else 0: which pod the span
+    /// belongs to, even after its process is gone.
+    pub cgroup: u64,
 }
 
 /// A [`SpanEvent`] of a probe whose captured string goes on its span.

@@ -331,6 +331,7 @@ fn on_exit(ctx: &RetProbeContext) {
             failed: u32::from(failed),
             values: frame.values,
             ret,
+            cgroup: key.cgroup,
         };
         if spec.text_in_span != 0 {
             emit_text_span(&span, text);

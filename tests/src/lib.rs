@@ -57,7 +57,22 @@ pub fn isolated_fixture(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let library = dir.join("libwfrt.so");
     std::fs::copy(demo_path(), &demo).unwrap();
     std::fs::copy(library_path(), &library).unwrap();
+    wait_until_executable(&demo);
     (demo, library)
+}
+
+/// A file just written can be "busy" for a moment: a child that another test thread forked
+/// meanwhile holds the writing descriptor until it execs. Once one exec succeeds, all will.
+fn wait_until_executable(program: &std::path::Path) {
+    for _ in 0..500 {
+        match Command::new(program).arg("--help").output() {
+            Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return,
+        }
+    }
+    panic!("{} stayed busy", program.display());
 }
 
 /// A fresh directory for one test's files.

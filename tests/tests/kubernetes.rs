@@ -45,30 +45,39 @@ fn api_server(status: u16, body: String) -> (String, Arc<Mutex<Vec<String>>>) {
 
 /// A pod with one container, as `GET /api/v1/pods` lists it.
 fn pod_list(uid: &str, container_id: &str) -> String {
+    pods(&[pod("worker-0", uid, container_id, "worker")])
+}
+
+fn pods(items: &[serde_json::Value]) -> String {
     serde_json::json!({
         "kind": "PodList",
         "apiVersion": "v1",
         "metadata": {"resourceVersion": "42"},
-        "items": [{
-            "metadata": {
-                "name": "worker-0",
-                "namespace": "flows",
-                "uid": uid,
-                "labels": {"app": "worker"}
-            },
-            "spec": {"nodeName": "node-t", "containers": [{"name": "worker", "image": "wfdemo"}]},
-            "status": {
-                "phase": "Running",
-                "containerStatuses": [{
-                    "name": "worker",
-                    "ready": true,
-                    "restartCount": 0,
-                    "containerID": format!("containerd://{container_id}")
-                }]
-            }
-        }]
+        "items": items
     })
     .to_string()
+}
+
+/// Pod `name` in namespace `flows` labelled `app`, whose container `worker` has `container_id`.
+fn pod(name: &str, uid: &str, container_id: &str, app: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "name": name,
+            "namespace": "flows",
+            "uid": uid,
+            "labels": {"app": app}
+        },
+        "spec": {"nodeName": "node-t", "containers": [{"name": "worker", "image": "wfdemo"}]},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{
+                "name": "worker",
+                "ready": true,
+                "restartCount": 0,
+                "containerID": format!("containerd://{container_id}")
+            }]
+        }
+    })
 }
 
 /// A process moved into a kubelet-style cgroup (cgroupfs driver), removed again on drop.
@@ -253,6 +262,91 @@ fn metrics_carry_the_pod_their_calls_were_made_in() {
     assert_eq!(
         total("workflow_executions_total", &[], false),
         host_counts["wf_workflow_run"]
+    );
+}
+
+#[test]
+fn an_executable_in_selected_pods_is_traced_and_other_pods_left_out() {
+    let dir = scratch_dir("k8s-exe");
+    let (demo_path, _) = isolated_fixture(&dir);
+    let selected = spawn_held(&demo_path, &["--runs", "4"]);
+    let other = spawn_held(&demo_path, &["--runs", "2"]);
+    let on_host = spawn_held(&demo_path, &["--runs", "3"]);
+    let selected_cgroup = PodCgroup::enter(selected.id(), 4);
+    let other_cgroup = PodCgroup::enter(other.id(), 5);
+    let (url, _) = api_server(
+        200,
+        pods(&[
+            pod(
+                "worker-0",
+                &selected_cgroup.uid,
+                &selected_cgroup.container_id,
+                "worker",
+            ),
+            pod(
+                "batch-0",
+                &other_cgroup.uid,
+                &other_cgroup.container_id,
+                "batch",
+            ),
+        ]),
+    );
+    let spans_path = dir.join("spans.jsonl");
+    let report = dir.join("report.json");
+    // By file name, as the container sees it; the selector narrows to the worker pod.
+    let flowtap = Running::start(flowtap().args([
+        "run",
+        "--exe",
+        "wfdemo",
+        "--k8s-selector",
+        "app=worker",
+        "--k8s-api",
+        &url,
+        "--k8s-node",
+        "node-t",
+        "--spans-out",
+        spans_path.to_str().unwrap(),
+        "--report",
+        "json",
+        "--output",
+        report.to_str().unwrap(),
+    ]));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let counts = demo_counts(&release_demo(selected));
+    release_demo(other);
+    release_demo(on_host);
+    let exposition = flowtap.scrape();
+    flowtap.interrupt();
+    let (code, stderr) = flowtap.finish();
+    assert_eq!(code, 0, "{stderr}");
+
+    let runs: Vec<(String, f64)> = samples(&exposition)
+        .into_iter()
+        .filter(|(name, labels, _)| {
+            name == "flowtap_function_calls_total"
+                && labels.contains(r#"function="wf_workflow_run""#)
+        })
+        .map(|(_, labels, value)| (labels, value))
+        .collect();
+    assert!(
+        runs.iter()
+            .all(|(labels, _)| labels.contains(r#"k8s_pod_name="worker-0""#)),
+        "only the selected pod is reported: {runs:?}"
+    );
+    let total: f64 = runs.iter().map(|(_, value)| value).sum();
+    assert_eq!(total as u64, counts["wf_workflow_run"]);
+    assert_same_counts(
+        &counts,
+        &report_counts(&read_report(&report)),
+        "the report counts the selected pod only",
+    );
+    let resources = resources(&spans_path);
+    assert!(!resources.is_empty(), "{stderr}");
+    assert!(
+        resources
+            .iter()
+            .all(|r| r.get("k8s.pod.name").map(String::as_str) == Some("worker-0")),
+        "spans of other pods and of the host are left out"
     );
 }
 

@@ -682,3 +682,37 @@ fn malformed_profiles_get_located_one_line_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn symbols_beside_a_profile_add_plain_timing() {
+    let dir = scratch_dir("profile-and-symbols");
+    let profile = test_profile("every-field.toml");
+    let run = launch_with_report(
+        &dir,
+        &[
+            "--profile",
+            profile.to_str().unwrap(),
+            "--symbols",
+            "wf_step_run",
+        ],
+        &demo_path(),
+        &["--runs", "20"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let demo = demo_counts(&run.stdout);
+    let report = read_report(&run.report);
+    let counts = report_counts(&report);
+    // The profile's functions and the plain selection, each counted exactly.
+    for function in [
+        "wf_step_run",
+        "wf_workflow_run",
+        "wf_cache_get",
+        "wf_llm_call",
+    ] {
+        assert_eq!(counts.get(function), demo.get(function), "{function}");
+    }
+    // A function neither names is not probed.
+    assert!(!counts.contains_key("wf_router_route"), "{counts:?}");
+    let metrics = report["metrics"].as_array().unwrap();
+    assert!(metrics.iter().any(|m| m["name"] == "fx_runs_total"));
+}

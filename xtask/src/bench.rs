@@ -23,15 +23,18 @@ enum Config {
     NoProbes,
     KernelFloor,
     MetricsOnly,
+    /// Metrics with a profile: a capture, an error rule, a condition and a sum per call.
+    Profiled,
     Spans100,
     Spans1,
     Bpftrace,
 }
 
-const CONFIGS: [Config; 6] = [
+const CONFIGS: [Config; 7] = [
     Config::NoProbes,
     Config::KernelFloor,
     Config::MetricsOnly,
+    Config::Profiled,
     Config::Spans100,
     Config::Spans1,
     Config::Bpftrace,
@@ -43,6 +46,7 @@ impl Config {
             Config::NoProbes => "no probes",
             Config::KernelFloor => "kernel floor (empty programs)",
             Config::MetricsOnly => "flowtap, metrics only",
+            Config::Profiled => "flowtap, metrics with a profile",
             Config::Spans100 => "flowtap, spans 100%",
             Config::Spans1 => "flowtap, spans 1%",
             Config::Bpftrace => "bpftrace funclatency script",
@@ -55,7 +59,7 @@ impl Config {
             Config::MetricsOnly => Some(&[]),
             Config::Spans100 => Some(&["--spans-out", "/dev/null", "--sample-rate", "1"]),
             Config::Spans1 => Some(&["--spans-out", "/dev/null", "--sample-rate", "0.01"]),
-            Config::NoProbes | Config::Bpftrace => None,
+            Config::Profiled | Config::NoProbes | Config::Bpftrace => None,
         }
     }
 }
@@ -160,6 +164,7 @@ fn summarize(
         "configs": configs,
         "metrics_only_over_floor": added(Config::MetricsOnly) / added(Config::KernelFloor),
         "flowtap_over_bpftrace": added(Config::MetricsOnly) / added(Config::Bpftrace),
+        "profile_over_metrics_only": added(Config::Profiled) / added(Config::MetricsOnly),
         "program_flowtap_over_bpftrace": program_ns(Config::MetricsOnly)
             .zip(program_ns(Config::Bpftrace))
             .map(|(f, b)| f / b),
@@ -195,6 +200,7 @@ fn render(r: &Value) -> String {
          | added cost, metrics only / kernel floor | {:.2}x | ≤ 1.15x |\n\
          | added cost, flowtap metrics only / bpftrace | {:.2}x | ≤ 1.0x |\n\
          | eBPF program time per call, flowtap / bpftrace | {:.2}x | ≤ 1.0x |\n\
+         | added cost, metrics with a profile / metrics only | {:.2}x | |\n\
          | calls/s taken with spans at 100% (a thread per core) | {:.0} with {} lost events | 100,000 with 0 lost |\n\
          | events lost over all interleaved flowtap runs | {} | 0 |\n\
          | agent CPU per 100k events/s | {:.1}% of a core | |\n\
@@ -204,6 +210,7 @@ fn render(r: &Value) -> String {
         f("metrics_only_over_floor"),
         f("flowtap_over_bpftrace"),
         f("program_flowtap_over_bpftrace"),
+        f("profile_over_metrics_only"),
         f("spans_100_calls_per_second"),
         r["spans_100_lost_events"],
         r["interleaved_runs_lost_events"],
@@ -239,6 +246,16 @@ fn measure(config: Config, agent: &Path, bench: &Path) -> anyhow::Result<Sample>
     let mut tracer = match (config, config.flowtap_flags()) {
         (Config::NoProbes, _) => None,
         (Config::Bpftrace, _) => Some(Tracer::bpftrace(bench)?),
+        (Config::Profiled, _) => {
+            let profile = workspace_root().join("tests/fixture/bench-profile.toml");
+            let profile = profile.to_str().context("a UTF-8 workspace path")?;
+            Some(Tracer::flowtap(
+                agent,
+                bench,
+                "bench_tiny",
+                &["--profile", profile],
+            )?)
+        }
         (_, Some(flags)) => Some(Tracer::flowtap(agent, bench, "bench_tiny", flags)?),
         (_, None) => unreachable!("every flowtap configuration has flags"),
     };

@@ -15,7 +15,7 @@ use prometheus::{
 
 use crate::{
     export::otlp::SpanCounts,
-    kubernetes::SharedKubernetes,
+    kubernetes::{SharedKubernetes, Workload},
     loader::Probes,
     metrics::{FunctionStats, Snapshot},
     plan::Plan,
@@ -128,25 +128,30 @@ impl Exporter {
         labels
     }
 
-    /// The `k8s_*` labels of the pod in cgroup `cgroup`; none outside Kubernetes.
-    fn workload_labels(&self, cgroup: u64) -> Labels {
-        self.kubernetes
-            .as_ref()
-            .and_then(|cluster| {
-                cluster
-                    .lock()
-                    .expect("kubernetes lock")
-                    .pod_of_cgroup(cgroup)
-            })
-            .map(|pod| pod.metric_labels())
-            .unwrap_or_default()
+    /// The `k8s_*` labels of the pod in cgroup `cgroup` (none outside Kubernetes), or None for
+    /// a pod the selector leaves out.
+    fn workload_labels(&self, cgroup: u64) -> Option<Labels> {
+        let Some(cluster) = &self.kubernetes else {
+            return Some(Vec::new());
+        };
+        match cluster
+            .lock()
+            .expect("kubernetes lock")
+            .workload_of_cgroup(cgroup)
+        {
+            Workload::Unlabelled => Some(Vec::new()),
+            Workload::Pod(pod) => Some(pod.metric_labels()),
+            Workload::Excluded => None,
+        }
     }
 
     fn function_families(&self, snapshot: &Snapshot) -> Vec<MetricFamily> {
         let mut calls = Vec::new();
         let mut durations = Vec::new();
         for f in &snapshot.functions {
-            let workload = self.workload_labels(f.cgroup);
+            let Some(workload) = self.workload_labels(f.cgroup) else {
+                continue;
+            };
             let mut base = vec![
                 ("function", f.function.as_str()),
                 ("object", f.object.as_str()),

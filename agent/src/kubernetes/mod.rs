@@ -55,6 +55,10 @@ pub enum KubeError {
         selector_args: String,
     },
     #[error(
+        "no process of `{exe}` runs in a pod matching {selector} on this node: give the executable's path inside the container, or its file name"
+    )]
+    NoExecutable { exe: String, selector: String },
+    #[error(
         "{count} containers match {selector} ({examples}): narrow --k8s-selector, or trace by --exe"
     )]
     ManyMatches {
@@ -70,21 +74,23 @@ pub enum KubeError {
 #[derive(Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Kubernetes")]
 pub struct KubernetesArgs {
-    /// Trace the container, on this node, of the pod in this namespace that --k8s-selector picks
-    /// (instead of --pid/--exe/CMD). Needs the node's processes (hostPID).
+    /// Trace pods of this namespace on this node (with --k8s-selector, those it matches too):
+    /// alone, the one matching container; with --exe PATH|NAME, every process of that
+    /// executable in the matching pods, other pods left out. Needs the node's processes
+    /// (hostPID).
     #[arg(
         long = "k8s-namespace",
         value_name = "NAMESPACE",
-        conflicts_with_all = ["pid", "exe", "command"]
+        conflicts_with_all = ["pid", "command"]
     )]
     pub namespace: Option<String>,
-    /// Pick the pod to trace by labels: key=value,key2!=value2 (all must hold). The one
-    /// container on this node whose pod matches is traced.
+    /// Pick the pods to trace by labels: key=value,key2!=value2 (all must hold); see
+    /// --k8s-namespace for what is traced.
     #[arg(
         long = "k8s-selector",
         value_name = "LABELS",
         value_parser = parse_labels,
-        conflicts_with_all = ["pid", "exe", "command"]
+        conflicts_with_all = ["pid", "command"]
     )]
     pub selector: Option<LabelSelector>,
     /// This node's name, to list only its pods; set it from the downward API (spec.nodeName)
@@ -268,6 +274,18 @@ pub struct Kubernetes {
     /// The cgroup v2 hierarchy, whose directories' inode numbers are the cgroup ids.
     cgroup_root: Option<PathBuf>,
     cgroups_scanned: Option<Instant>,
+    /// When set, only pods it matches are reported (spans and metrics of others are left out).
+    selector: Option<PodSelector>,
+}
+
+/// Where a process or cgroup runs, as far as reporting goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// Not in a known pod (and no pod selector): reported without pod metadata.
+    Unlabelled,
+    Pod(PodMetadata),
+    /// Outside the pods the selector picks: not reported.
+    Excluded,
 }
 
 /// One resolver for spans and metrics.
@@ -317,25 +335,84 @@ impl Kubernetes {
             cgroups: HashMap::new(),
             cgroup_root: cgroup_v2_mount(Path::new("/proc/self/mountinfo")),
             cgroups_scanned: None,
+            selector: None,
         })
+    }
+
+    /// Reports only pods `selector` matches from now on.
+    pub fn restrict_to(&mut self, selector: PodSelector) {
+        self.selector = Some(selector);
+    }
+
+    /// How to report the calls counted under cgroup `id`.
+    pub fn workload_of_cgroup(&mut self, id: u64) -> Workload {
+        let container = if id == 0 {
+            None
+        } else {
+            if !self.cgroups.contains_key(&id) {
+                self.scan_cgroups();
+            }
+            self.cgroups.get(&id).cloned().flatten()
+        };
+        self.workload_of(container.as_ref())
+    }
+
+    fn workload_of(&mut self, container: Option<&cgroup::ContainerCgroup>) -> Workload {
+        let pod = container.and_then(|c| self.pod_of_container(c));
+        let Some(selector) = &self.selector else {
+            return pod.map_or(Workload::Unlabelled, Workload::Pod);
+        };
+        let selected = container
+            .and_then(|c| self.index.by_container(&c.container_id))
+            .is_some_and(|(pod, _)| selector.matches(pod));
+        match pod {
+            Some(pod) if selected => Workload::Pod(pod),
+            _ => Workload::Excluded,
+        }
+    }
+
+    /// `/proc/PID/root/...` of the executable `exe` (a path inside the container, or a file
+    /// name) of the first process running it in a pod `selector` matches: binary mode on it
+    /// traces every process of that file.
+    pub fn select_executable(
+        &self,
+        selector: &PodSelector,
+        exe: &Path,
+    ) -> Result<PathBuf, KubeError> {
+        let mut candidates: Vec<(u32, PathBuf)> = self
+            .containers_on_node()
+            .into_iter()
+            .filter(|(_, container)| {
+                self.index
+                    .by_container(container)
+                    .is_some_and(|(pod, _)| selector.matches(pod))
+            })
+            .filter_map(|(pid, _)| {
+                let path = std::fs::read_link(self.proc_root.join(format!("{pid}/exe"))).ok()?;
+                let named = if exe.components().count() > 1 {
+                    path == exe
+                } else {
+                    path.file_name() == Some(exe.as_os_str())
+                };
+                named.then_some((pid, path))
+            })
+            .collect();
+        candidates.sort();
+        let (pid, path) = candidates
+            .into_iter()
+            .next()
+            .ok_or_else(|| KubeError::NoExecutable {
+                exe: exe.display().to_string(),
+                selector: selector.describe(),
+            })?;
+        let inside = path.strip_prefix("/").unwrap_or(&path);
+        Ok(self.proc_root.join(format!("{pid}/root")).join(inside))
     }
 
     /// The pod and container of process `pid`; None outside a container or a known pod.
     pub fn pod_of(&mut self, pid: u32) -> Option<PodMetadata> {
         let text = std::fs::read_to_string(self.proc_root.join(format!("{pid}/cgroup"))).ok()?;
         let container = cgroup::parse(&text)?;
-        self.pod_of_container(&container)
-    }
-
-    /// The pod and container whose calls the kernel counted under cgroup `id`.
-    pub fn pod_of_cgroup(&mut self, id: u64) -> Option<PodMetadata> {
-        if id == 0 {
-            return None;
-        }
-        if !self.cgroups.contains_key(&id) {
-            self.scan_cgroups();
-        }
-        let container = self.cgroups.get(&id)?.clone()?;
         self.pod_of_container(&container)
     }
 
@@ -383,11 +460,17 @@ impl Kubernetes {
         Some(PodMetadata::new(pod, None, node))
     }
 
-    /// The `k8s.*` resource attributes of process `pid` (none when it is in no known pod).
-    pub fn resource_attributes(&mut self, pid: u32) -> Vec<KeyValue> {
+    /// The `k8s.*` resource attributes of process `pid` (none when it is in no known pod),
+    /// found through its cgroup `cgroup` (0: unknown) when the process is gone.
+    pub fn resource_attributes(&mut self, pid: u32, cgroup: u64) -> Vec<KeyValue> {
         let pod = match self.early.remove(&pid) {
             Some(pod) => pod,
-            None => self.pod_of(pid),
+            None => self
+                .pod_of(pid)
+                .or_else(|| match self.workload_of_cgroup(cgroup) {
+                    Workload::Pod(pod) => Some(pod),
+                    Workload::Unlabelled | Workload::Excluded => None,
+                }),
         };
         pod.map(|pod| pod.resource_attributes()).unwrap_or_default()
     }
@@ -492,11 +575,22 @@ pub fn resource_attributes_hook(
         let pod = locked.pod_of(pid);
         locked.early.insert(pid, pod);
     }
-    Box::new(move |pid| {
+    Box::new(move |pid, cgroup| {
         cluster
             .lock()
             .expect("kubernetes lock")
-            .resource_attributes(pid)
+            .resource_attributes(pid, cgroup)
+    })
+}
+
+/// Whether the spans of a cgroup are reported: not when a pod selector leaves it out.
+pub fn span_filter(cluster: SharedKubernetes) -> crate::spans::ProcessFilter {
+    Box::new(move |cgroup| {
+        cluster
+            .lock()
+            .expect("kubernetes lock")
+            .workload_of_cgroup(cgroup)
+            != Workload::Excluded
     })
 }
 

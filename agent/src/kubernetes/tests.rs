@@ -159,7 +159,7 @@ fn an_unknown_container_refreshes_the_list_once_then_is_in_no_pod() {
     assert_eq!(api.count(), 2);
     // A host process is in no container: nothing to ask.
     assert_eq!(kubernetes.pod_of(9), None);
-    assert!(kubernetes.resource_attributes(9).is_empty());
+    assert!(kubernetes.resource_attributes(9, 0).is_empty());
     assert_eq!(kubernetes.pod_of(4_000_000), None);
     assert_eq!(api.count(), 2);
 }
@@ -343,7 +343,7 @@ fn span_resources_carry_the_pod_of_their_process() {
     let kubernetes = connect(&api, &proc_root).unwrap();
     let mut factory = crate::spans::SpanFactory::new(Some("svc".into()), None)
         .with_resource_attributes(kubernetes.into_resource_attributes(None));
-    let resource = factory.resource(4_000_001);
+    let resource = factory.resource(4_000_001, 0);
     let get = |key: &'static str| {
         resource
             .get(&opentelemetry::Key::from_static_str(key))
@@ -367,7 +367,7 @@ fn the_target_is_looked_up_before_it_can_exit() {
     let mut attributes = kubernetes.into_resource_attributes(std::num::NonZeroU32::new(4_000_002));
     // The process exits before its first span is read.
     std::fs::remove_dir_all(proc_root.join("4000002")).unwrap();
-    let pod_name = attributes(4_000_002)
+    let pod_name = attributes(4_000_002, 0)
         .into_iter()
         .find(|kv| kv.key.as_str() == "k8s.pod.name")
         .map(|kv| kv.value.to_string());
