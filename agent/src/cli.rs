@@ -104,7 +104,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "PID", conflicts_with_all = ["exe", "command"])]
     pub pid: Option<u32>,
     /// Trace every process running this binary, now and started later, with the libraries it
-    /// loads. A shared library traces every process mapping it.
+    /// loads. A shared library traces every process mapping it. With --k8s-namespace or
+    /// --k8s-selector: the executable's path inside the container, or its file name, in the
+    /// pods they pick.
     #[arg(long, value_name = "PATH", conflicts_with = "command")]
     pub exe: Option<PathBuf>,
     /// What the target's functions mean: a built-in profile (`flowtap profile list`) or a
