@@ -148,13 +148,6 @@ impl Snapshot {
         })
     }
 
-    /// The stats of one probe, one entry per cgroup it was called in.
-    pub fn function(&self, probe_id: u32) -> impl Iterator<Item = &FunctionStats> {
-        self.functions
-            .iter()
-            .filter(move |f| f.probe_id == probe_id)
-    }
-
     /// Keeps the calls made in the cgroups `keep` accepts.
     pub fn retain_cgroups(&mut self, mut keep: impl FnMut(u64) -> bool) {
         self.functions.retain(|stats| keep(stats.cgroup));

@@ -82,6 +82,14 @@ impl ProfileMetrics {
         workloads: &mut Workloads,
     ) -> Self {
         let mut metrics = Self::default();
+        // Grouped once: the loop below visits every planned probe.
+        let mut stats_of: BTreeMap<u32, BTreeMap<u64, Option<&FunctionStats>>> = BTreeMap::new();
+        for stats in &snapshot.functions {
+            stats_of
+                .entry(stats.probe_id)
+                .or_default()
+                .insert(stats.cgroup, Some(stats));
+        }
         let mut rows: BTreeMap<(u32, u64), Vec<&AggregateRow>> = BTreeMap::new();
         for row in &snapshot.aggregates {
             rows.entry((row.probe_id, row.cgroup))
@@ -93,13 +101,9 @@ impl ProfileMetrics {
                 continue;
             };
             // Per cgroup the probe was called in; a probe not called yet shows its zeros once.
-            let mut cgroups: BTreeMap<u64, Option<&FunctionStats>> = snapshot
-                .function(probe.id)
-                .map(|stats| (stats.cgroup, Some(stats)))
-                .collect();
-            if cgroups.is_empty() {
-                cgroups.insert(0, None);
-            }
+            let cgroups = stats_of
+                .remove(&probe.id)
+                .unwrap_or_else(|| BTreeMap::from([(0, None)]));
             for (cgroup, stats) in cgroups {
                 let Some(workload) = workloads(cgroup) else {
                     continue;

@@ -300,16 +300,7 @@ impl ProbeSpec {
     /// The return register as the function's declared return type.
     #[inline(always)]
     pub fn return_value(&self, raw: u64) -> i64 {
-        let bits = u32::from(self.ret_bytes) * 8;
-        if bits >= 64 || bits == 0 {
-            return raw as i64;
-        }
-        let shift = 64 - bits;
-        if self.ret_signed != 0 {
-            ((raw << shift) as i64) >> shift
-        } else {
-            ((raw << shift) >> shift) as i64
-        }
+        widen(raw, self.ret_bytes, self.ret_signed != 0) as i64
     }
 
     /// The aggregate outcome of a call: bit 0 failed, bit 1 + n condition n held.
@@ -346,6 +337,22 @@ pub struct AggregateValue {
     pub calls: u64,
     /// Sums of the spec's `sums`, in order.
     pub sums: [u64; MAX_SUMS],
+}
+
+/// The low `bytes` of a register or field, sign- or zero-extended to 64 bits: the upper bytes of
+/// a narrower value are garbage.
+#[inline(always)]
+pub fn widen(raw: u64, bytes: u8, signed: bool) -> u64 {
+    let bits = u32::from(bytes) * 8;
+    if bits == 0 || bits >= 64 {
+        return raw;
+    }
+    let shift = 64 - bits;
+    if signed {
+        (((raw << shift) as i64) >> shift) as u64
+    } else {
+        (raw << shift) >> shift
+    }
 }
 
 /// Why the kernel could not record something; each is a slot of the per-CPU `LOSSES` array.

@@ -135,11 +135,10 @@ impl ValueType {
     pub fn value(self, raw: u64) -> opentelemetry::Value {
         match self {
             ValueType::Int { signed, bytes } => {
-                let shift = 64 - u32::from(bytes) * 8;
+                let value = flowtap_common::widen(raw, bytes, signed);
                 if signed {
-                    opentelemetry::Value::I64(((raw << shift) as i64) >> shift)
+                    opentelemetry::Value::I64(value as i64)
                 } else {
-                    let value = (raw << shift) >> shift;
                     // OTLP integers are signed 64-bit: larger values keep their digits as text.
                     i64::try_from(value).map_or_else(
                         |_| opentelemetry::Value::from(value.to_string()),
