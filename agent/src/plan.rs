@@ -52,6 +52,15 @@ impl SymbolSelector {
     }
 }
 
+/// How a probe's returns are observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitPoints {
+    /// A uretprobe on the entry: it hijacks the return address, so only where nothing unwinds through it.
+    ReturnProbe,
+    /// Uprobes at these file offsets, each a return instruction of the function.
+    Instructions(Vec<u64>),
+}
+
 #[derive(Debug, Clone)]
 pub struct PlannedProbe {
     pub id: u32,
@@ -61,6 +70,7 @@ pub struct PlannedProbe {
     /// Index into [`Plan::objects`].
     pub object: usize,
     pub file_offset: u64,
+    pub exit: ExitPoints,
     pub spec: ProbeSpec,
     /// What a profile says the function means; `None` for plain timing (`--symbols`).
     pub rule: Option<Arc<FunctionRule>>,
@@ -202,6 +212,7 @@ impl Plan {
                 raw_name,
                 object: index,
                 file_offset: function.file_offset,
+                exit: ExitPoints::ReturnProbe,
                 spec: rule.as_ref().map(|rule| rule.spec).unwrap_or_default(),
                 rule,
             });
