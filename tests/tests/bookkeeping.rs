@@ -188,12 +188,25 @@ fn span_trees_after_longjmp_recursion_and_thread_exit_have_every_parent() {
 /// Starts `bkdemo busy N` (a thread calling probed functions flat out) and waits until it has
 /// mapped `library`.
 fn spawn_busy(demo: &Path, library: &str, calls: &str) -> Child {
-    let child = Command::new(demo)
-        .args(["busy", calls])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting bkdemo");
+    let spawn = || {
+        Command::new(demo)
+            .args(["busy", calls])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+    };
+    // A copy just written can be "busy" while a child another test forked holds its descriptor.
+    let mut child = spawn();
+    for _ in 0..500 {
+        match &child {
+            Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(10));
+                child = spawn();
+            }
+            _ => break,
+        }
+    }
+    let child = child.expect("starting bkdemo");
     let maps = format!("/proc/{}/maps", child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&maps).is_ok_and(|m| m.contains(library)) {
@@ -207,7 +220,7 @@ fn spawn_busy(demo: &Path, library: &str, calls: &str) -> Child {
 
 /// Attaches while the fixture spins, then has it make its counted calls.
 fn busy_attach(test: &str, target: &[&str], demo: &Path, mut child: Child) {
-    let report_path = scratch_dir(test).join("report.json");
+    let report_path = scratch_dir(&format!("{test}-report")).join("report.json");
     let mut args = vec!["run", "--symbols", "bk_*", "--report", "json", "--output"];
     args.push(report_path.to_str().unwrap());
     args.extend(target);
