@@ -8,6 +8,8 @@ pub mod events;
 pub mod export;
 pub mod host;
 mod kernel_log;
+#[cfg(test)]
+mod kernel_tests;
 pub mod kubernetes;
 pub mod loader;
 pub mod metrics;
