@@ -6,7 +6,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, uprobe},
     programs::{BtfTracePointContext, ProbeContext},
 };
-use flowtap_common::abi::{programs, same};
+use flowtap_common::{
+    STACK_TRACED,
+    abi::{programs, same},
+};
 
 use crate::{
     maps::TRACED,
@@ -31,7 +34,7 @@ pub fn enrol_process(_ctx: ProbeContext) -> u32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if close_all(pid_tgid) {
+    if close_all() {
         stack::count_live_stacks(u64::MAX);
     }
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
@@ -46,18 +49,20 @@ pub fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn process_exec(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    close_all(pid_tgid);
+    close_all();
     let _ = TRACED.remove(&((pid_tgid >> 32) as u32));
     0
 }
 
-/// Closes every call of the thread; whether it had a stack.
+/// Closes every call of the thread, which is traced again only if found in `TRACED` anew;
+/// whether it had a stack.
 #[inline(always)]
-fn close_all(pid_tgid: u64) -> bool {
+fn close_all() -> bool {
     let Some(stack) = stack::current(false) else {
         return false;
     };
-    close_while(stack, pid_tgid, |_| true);
+    close_while(stack, |_| true);
     stack.untracked_sp = 0;
+    stack.state &= !STACK_TRACED;
     true
 }
