@@ -16,7 +16,7 @@ use flowtap_common::{
     AggregateKey, AggregateValue, Config, MAX_PROBES, ProbeSpec, ShadowStack, TraceContext,
 };
 
-use crate::{plan::Plan, target::Target};
+use crate::{plan::Plan, targets::Target};
 
 static KERNEL_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtap"));
 
@@ -219,7 +219,7 @@ impl Probes {
             traced.insert(&pid, &1, 0).map_err(map_error)?;
             // A process that exited after /proc was read had its exit cleanup run before this
             // insert: take it out again, or it would stay forever.
-            if crate::target::process::check_traceable(pid).is_err() {
+            if crate::targets::process::check_traceable(pid).is_err() {
                 let _ = traced.remove(&pid);
             }
         }

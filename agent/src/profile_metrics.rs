@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    metrics::{AggregateRow, FunctionStats, Snapshot},
+    kernel_counters::{AggregateRow, FunctionStats, Snapshot},
     plan::{Plan, PlannedProbe},
     profile::{FunctionRule, MetricDef, MetricKind, Part, Template, When},
+    workloads::{Labels, Workloads},
 };
 
 /// Distinct values a string label may take per metric before further ones become `other`.
@@ -49,8 +50,6 @@ impl LabelCap {
     }
 }
 
-pub type Labels = Vec<(String, String)>;
-
 #[derive(Debug, Clone)]
 pub enum Series {
     Counter(f64),
@@ -70,16 +69,13 @@ pub struct ProfileMetrics {
     pub families: BTreeMap<String, Family>,
 }
 
-/// The labels of the workload a cgroup holds (the pod's, in Kubernetes; none for cgroup 0), or
-/// None when its calls are not reported.
-pub type Workloads<'a> = dyn FnMut(u64) -> Option<Labels> + 'a;
-
 impl ProfileMetrics {
+    /// Series are labelled with their cgroup's workload, and left out where it is not reported.
     pub fn derive(
         snapshot: &Snapshot,
         plan: &Plan,
         labels: &mut LabelCap,
-        workloads: &mut Workloads,
+        workloads: &dyn Workloads,
     ) -> Self {
         let mut metrics = Self::default();
         // Grouped once: the loop below visits every planned probe.
@@ -105,7 +101,7 @@ impl ProfileMetrics {
                 .remove(&probe.id)
                 .unwrap_or_else(|| BTreeMap::from([(0, None)]));
             for (cgroup, stats) in cgroups {
-                let Some(workload) = workloads(cgroup) else {
+                let Some(workload) = workloads.metric_labels(cgroup) else {
                     continue;
                 };
                 let rows = rows.get(&(probe.id, cgroup)).map_or(&[][..], Vec::as_slice);

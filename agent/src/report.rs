@@ -6,13 +6,14 @@ use serde::Serialize;
 
 use crate::{
     export::otlp::SpanCounts,
-    metrics::{FunctionStats, Snapshot},
+    kernel_counters::{FunctionStats, Snapshot},
     profile_metrics::{ProfileMetrics, Series},
     spans::TreeSpan,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReportFormat {
+    #[default]
     Table,
     Json,
 }

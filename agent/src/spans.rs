@@ -6,6 +6,7 @@ use std::{
     borrow::Cow,
     collections::HashMap,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -21,9 +22,10 @@ use opentelemetry_sdk::{
 };
 
 use crate::{
-    events::SpanRecord,
     plan::{Plan, PlannedProbe},
     profile::{Part, Slot},
+    span_ring::SpanRecord,
+    workloads::Workloads,
 };
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time, with an offset measured
@@ -118,23 +120,19 @@ pub struct SpanFactory {
     /// The target's program, for processes that exited before their spans were read.
     executable: Option<PathBuf>,
     resources: HashMap<u32, Resource>,
-    /// Extra resource attributes per process (Kubernetes pod metadata), when set.
-    resource_attributes: Option<ResourceAttributes>,
-    /// Which cgroups' spans are reported (a pod selector), when set; decided once per cgroup.
-    process_filter: Option<ProcessFilter>,
+    /// Extra resource attributes per process (pod metadata), and which cgroups are reported.
+    workloads: Arc<dyn Workloads>,
+    /// Whether each cgroup's spans are reported, decided once per cgroup.
     reported: HashMap<u64, bool>,
 }
 
-/// Gives extra resource attributes for a process id.
-/// Gets the process id and the cgroup id its spans came from (0 when not known).
-pub type ResourceAttributes = Box<dyn FnMut(u32, u64) -> Vec<KeyValue> + Send>;
-
-/// Whether the spans of a cgroup are reported.
-pub type ProcessFilter = Box<dyn FnMut(u64) -> bool + Send>;
-
 impl SpanFactory {
     /// `service_name` overrides `unknown_service:<executable name>` for every process.
-    pub fn new(service_name: Option<String>, executable: Option<PathBuf>) -> Self {
+    pub fn new(
+        service_name: Option<String>,
+        executable: Option<PathBuf>,
+        workloads: Arc<dyn Workloads>,
+    ) -> Self {
         Self {
             clock: WallClock::measure(),
             scope: InstrumentationScope::builder("flowtap")
@@ -143,32 +141,17 @@ impl SpanFactory {
             service_name,
             executable,
             resources: HashMap::new(),
-            resource_attributes: None,
-            process_filter: None,
+            workloads,
             reported: HashMap::new(),
         }
     }
 
-    /// Reports only the spans of the cgroups `filter` keeps.
-    pub fn with_process_filter(mut self, filter: ProcessFilter) -> Self {
-        self.process_filter = Some(filter);
-        self
-    }
-
     fn reports(&mut self, cgroup: u64) -> bool {
-        let Some(filter) = &mut self.process_filter else {
-            return true;
-        };
+        let workloads = &self.workloads;
         *self
             .reported
             .entry(cgroup)
-            .or_insert_with(|| filter(cgroup))
-    }
-
-    /// Adds `attributes(pid)` to the resource of each process.
-    pub fn with_resource_attributes(mut self, attributes: ResourceAttributes) -> Self {
-        self.resource_attributes = Some(attributes);
-        self
+            .or_insert_with(|| workloads.reports(cgroup))
     }
 
     pub fn span(&self, record: &SpanRecord, plan: &Plan) -> Option<SpanData> {
@@ -216,13 +199,11 @@ impl SpanFactory {
     pub fn resource(&mut self, pid: u32, cgroup: u64) -> Resource {
         let service_name = self.service_name.clone();
         let fallback = self.executable.clone();
-        let attributes = &mut self.resource_attributes;
+        let workloads = &self.workloads;
         self.resources
             .entry(pid)
             .or_insert_with(|| {
-                let extra = attributes
-                    .as_mut()
-                    .map_or_else(Vec::new, |extra| extra(pid, cgroup));
+                let extra = workloads.resource_attributes(pid, cgroup);
                 process_resource(pid, service_name, fallback, extra)
             })
             .clone()
@@ -325,7 +306,7 @@ impl SlowestTrace {
 /// Moves spans from the kernel to their sinks every few milliseconds: the OTLP queue, the
 /// `--spans-out` file, and the report's slowest trace.
 pub struct SpanPump {
-    pub stream: crate::events::SpanStream,
+    pub stream: crate::span_ring::SpanStream,
     pub factory: SpanFactory,
     pub queue: Option<std::sync::Arc<crate::export::otlp::SpanQueue>>,
     pub file: Option<crate::export::spans_file::SpansFile>,
@@ -339,7 +320,7 @@ const PUMP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl SpanPump {
     pub fn new(
-        stream: crate::events::SpanStream,
+        stream: crate::span_ring::SpanStream,
         factory: SpanFactory,
         queue: Option<std::sync::Arc<crate::export::otlp::SpanQueue>>,
         file: Option<crate::export::spans_file::SpansFile>,

@@ -19,16 +19,27 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 const BATCH_SIZE: usize = 512;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OtlpProtocol {
+    #[default]
     Grpc,
-    #[value(name = "http/protobuf")]
     HttpProtobuf,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up OTLP export: {0}")]
-pub struct OtlpError(String);
+pub struct OtlpError(#[source] opentelemetry_otlp::ExporterBuildError);
+
+/// Whether spans go to a collector: `endpoint`, or one the environment names.
+pub fn endpoint_configured(endpoint: Option<&str>) -> bool {
+    endpoint.is_some()
+        || [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+}
 
 /// Counts of the span stream, shown on /metrics and in the report.
 #[derive(Debug, Default)]
@@ -49,7 +60,7 @@ impl SpanCounts {
 /// Builds the exporter: `endpoint` (else `OTEL_EXPORTER_OTLP_*`), headers from
 /// `OTEL_EXPORTER_OTLP_HEADERS`.
 pub fn exporter(endpoint: Option<&str>, protocol: OtlpProtocol) -> Result<SpanExporter, OtlpError> {
-    let error = |e: opentelemetry_otlp::ExporterBuildError| OtlpError(e.to_string());
+    let error = OtlpError;
     match protocol {
         OtlpProtocol::Grpc => {
             let mut builder = SpanExporter::builder().with_tonic();

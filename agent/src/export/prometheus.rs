@@ -15,17 +15,18 @@ use prometheus::{
 
 use crate::{
     export::otlp::SpanCounts,
-    kubernetes::{SharedKubernetes, Workload},
+    kernel_counters::{FunctionStats, Snapshot},
     loader::Probes,
-    metrics::{FunctionStats, Snapshot},
     plan::Plan,
-    profile_metrics::{FAILURE, LabelCap, Labels, ProfileMetrics, SUCCESS, Series},
+    profile_metrics::{FAILURE, LabelCap, ProfileMetrics, SUCCESS, Series},
+    workloads::Workloads,
 };
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve metrics on {addr}: {error}; choose another address with --metrics-addr")]
 pub struct BindError {
     addr: SocketAddr,
+    #[source]
     error: std::io::Error,
 }
 
@@ -49,8 +50,8 @@ pub struct Exporter {
     pub fixed_processes: Option<u64>,
     /// The span stream's counts, when spans are exported.
     pub span_counts: Option<Arc<SpanCounts>>,
-    /// Labels series with the pod of the cgroup the kernel counted them in.
-    pub kubernetes: Option<SharedKubernetes>,
+    /// Labels series with the workload (pod) of the cgroup the kernel counted them in.
+    pub workloads: Arc<dyn Workloads>,
     last_scrape_seconds: Mutex<f64>,
 }
 
@@ -62,7 +63,7 @@ impl Exporter {
         service: String,
         fixed_processes: Option<u64>,
         span_counts: Option<Arc<SpanCounts>>,
-        kubernetes: Option<SharedKubernetes>,
+        workloads: Arc<dyn Workloads>,
     ) -> Self {
         Self {
             probes,
@@ -71,7 +72,7 @@ impl Exporter {
             service,
             fixed_processes,
             span_counts,
-            kubernetes,
+            workloads,
             last_scrape_seconds: Mutex::new(0.0),
         }
     }
@@ -99,8 +100,8 @@ impl Exporter {
             (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
         };
         let mut labels = self.labels.lock().expect("labels lock");
-        let mut workloads = |cgroup| self.workload_labels(cgroup);
-        let declared = ProfileMetrics::derive(&snapshot, &self.plan, &mut labels, &mut workloads);
+        let declared =
+            ProfileMetrics::derive(&snapshot, &self.plan, &mut labels, self.workloads.as_ref());
         let mut families = self.function_families(&snapshot);
         families.extend(self.profile_families(&declared));
         families.extend(self.health_families(&snapshot, &labels, processes));
@@ -128,28 +129,11 @@ impl Exporter {
         labels
     }
 
-    /// The `k8s_*` labels of the pod in cgroup `cgroup` (none outside Kubernetes), or None for
-    /// a pod the selector leaves out.
-    fn workload_labels(&self, cgroup: u64) -> Option<Labels> {
-        let Some(cluster) = &self.kubernetes else {
-            return Some(Vec::new());
-        };
-        match cluster
-            .lock()
-            .expect("kubernetes lock")
-            .workload_of_cgroup(cgroup)
-        {
-            Workload::Unlabelled => Some(Vec::new()),
-            Workload::Pod(pod) => Some(pod.metric_labels()),
-            Workload::Excluded => None,
-        }
-    }
-
     fn function_families(&self, snapshot: &Snapshot) -> Vec<MetricFamily> {
         let mut calls = Vec::new();
         let mut durations = Vec::new();
         for f in &snapshot.functions {
-            let Some(workload) = self.workload_labels(f.cgroup) else {
+            let Some(workload) = self.workloads.metric_labels(f.cgroup) else {
                 continue;
             };
             let mut base = vec![

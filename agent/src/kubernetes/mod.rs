@@ -11,13 +11,13 @@ use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use clap::Args;
 use opentelemetry::KeyValue;
 
+use crate::workloads::{Labels, Workloads};
 use pods::{ApiServer, Pod, PodIndex};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +26,20 @@ pub enum KubeError {
         "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod): give the API server with --k8s-api URL, e.g. from `kubectl proxy`"
     )]
     NotInCluster,
-    #[error("cannot read the service account's {path}: {reason}")]
-    ServiceAccount { path: PathBuf, reason: String },
+    #[error("cannot read the service account's {path}: {source}")]
+    ServiceAccount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the service account's ca.crt is not a PEM certificate bundle: {0}")]
-    BadCa(String),
+    BadCa(#[source] reqwest::Error),
     #[error("cannot set up the HTTP client for the API server: {0}")]
-    Client(String),
-    #[error("cannot reach the Kubernetes API server at {url}: {reason}")]
-    Request { url: String, reason: String },
+    Client(#[source] reqwest::Error),
+    #[error(
+        "cannot reach the Kubernetes API server at {url}: {}",
+        pods::with_causes(.source)
+    )]
+    Request { url: String, source: reqwest::Error },
     #[error(
         "the Kubernetes API server answered {status} to GET {url}: {message} (flowtap's service account needs `list` on `pods`)"
     )]
@@ -70,36 +76,16 @@ pub enum KubeError {
     Internal(&'static str),
 }
 
-/// The `flowtap run` flags for Kubernetes.
-#[derive(Args, Debug, Clone, Default)]
-#[command(next_help_heading = "Kubernetes")]
-pub struct KubernetesArgs {
-    /// Trace pods of this namespace on this node (with --k8s-selector, those it matches too):
-    /// alone, the one matching container; with --exe PATH|NAME, every process of that
-    /// executable in the matching pods, other pods left out. Needs the node's processes
-    /// (hostPID).
-    #[arg(
-        long = "k8s-namespace",
-        value_name = "NAMESPACE",
-        conflicts_with_all = ["pid", "command"]
-    )]
+/// What `flowtap run` asks of Kubernetes: none of it, by default.
+#[derive(Debug, Clone, Default)]
+pub struct KubernetesConfig {
+    /// Trace pods of this namespace on this node.
     pub namespace: Option<String>,
-    /// Pick the pods to trace by labels: key=value,key2!=value2 (all must hold); see
-    /// --k8s-namespace for what is traced.
-    #[arg(
-        long = "k8s-selector",
-        value_name = "LABELS",
-        value_parser = parse_labels,
-        conflicts_with_all = ["pid", "command"]
-    )]
+    /// Trace pods these labels pick.
     pub selector: Option<LabelSelector>,
-    /// This node's name, to list only its pods; set it from the downward API (spec.nodeName)
-    /// in a DaemonSet. Turns on k8s.* span resource attributes.
-    #[arg(long = "k8s-node", value_name = "NODE", env = "FLOWTAP_NODE_NAME")]
+    /// This node's name, to list only its pods.
     pub node: Option<String>,
-    /// The API server (e.g. http://127.0.0.1:8001 from `kubectl proxy`); default: the in-cluster
-    /// address, with the pod's service account token and CA.
-    #[arg(long = "k8s-api", value_name = "URL")]
+    /// The API server; default: the in-cluster address.
     pub api: Option<String>,
 }
 
@@ -112,10 +98,6 @@ pub struct LabelRequirement {
     pub key: String,
     pub value: String,
     pub equal: bool,
-}
-
-fn parse_labels(text: &str) -> Result<LabelSelector, String> {
-    text.parse()
 }
 
 impl FromStr for LabelSelector {
@@ -288,10 +270,7 @@ pub enum Workload {
     Excluded,
 }
 
-/// One resolver for spans and metrics.
-pub type SharedKubernetes = Arc<Mutex<Kubernetes>>;
-
-impl KubernetesArgs {
+impl KubernetesConfig {
     /// Whether any Kubernetes flag (or FLOWTAP_NODE_NAME) asks for Kubernetes metadata.
     fn wanted(&self) -> bool {
         self.namespace.is_some()
@@ -475,15 +454,6 @@ impl Kubernetes {
         pod.map(|pod| pod.resource_attributes()).unwrap_or_default()
     }
 
-    /// The hook that adds these attributes to each process's span resource. The `target`
-    /// process is looked up now: it may have exited before its spans are read.
-    pub fn into_resource_attributes(
-        self,
-        target: Option<NonZeroU32>,
-    ) -> crate::spans::ResourceAttributes {
-        resource_attributes_hook(Arc::new(Mutex::new(self)), target)
-    }
-
     /// A new pod list, at most once per [`MIN_REFRESH_INTERVAL`]; a failure is reported once and
     /// keeps the old list, so spans keep flowing without the metadata.
     fn refresh(&mut self) {
@@ -565,33 +535,55 @@ const MIN_CGROUP_SCAN: Duration = Duration::from_secs(1);
 /// Cgroup directories deeper than this are not looked at (kubelet's are 4 to 6 deep).
 const MAX_CGROUP_DEPTH: usize = 8;
 
-/// [`Kubernetes::into_resource_attributes`] for a resolver the metrics share.
-pub fn resource_attributes_hook(
-    cluster: SharedKubernetes,
-    target: Option<NonZeroU32>,
-) -> crate::spans::ResourceAttributes {
-    if let Some(pid) = target.map(NonZeroU32::get) {
-        let mut locked = cluster.lock().expect("kubernetes lock");
-        let pod = locked.pod_of(pid);
-        locked.early.insert(pid, pod);
-    }
-    Box::new(move |pid, cgroup| {
-        cluster
-            .lock()
-            .expect("kubernetes lock")
-            .resource_attributes(pid, cgroup)
-    })
+/// The pods of this node as the [`Workloads`] of spans, metrics and the report.
+pub struct PodWorkloads {
+    cluster: Mutex<Kubernetes>,
 }
 
-/// Whether the spans of a cgroup are reported: not when a pod selector leaves it out.
-pub fn span_filter(cluster: SharedKubernetes) -> crate::spans::ProcessFilter {
-    Box::new(move |cgroup| {
-        cluster
+impl PodWorkloads {
+    /// The `target` process is looked up now: it may have exited before its spans are read.
+    pub fn new(mut cluster: Kubernetes, target: Option<NonZeroU32>) -> Self {
+        if let Some(pid) = target.map(NonZeroU32::get) {
+            let pod = cluster.pod_of(pid);
+            cluster.early.insert(pid, pod);
+        }
+        Self {
+            cluster: Mutex::new(cluster),
+        }
+    }
+
+    fn workload_of_cgroup(&self, cgroup: u64) -> Workload {
+        self.cluster
             .lock()
             .expect("kubernetes lock")
             .workload_of_cgroup(cgroup)
-            != Workload::Excluded
-    })
+    }
+}
+
+impl Workloads for PodWorkloads {
+    fn resource_attributes(&self, pid: u32, cgroup: u64) -> Vec<KeyValue> {
+        self.cluster
+            .lock()
+            .expect("kubernetes lock")
+            .resource_attributes(pid, cgroup)
+    }
+
+    fn metric_labels(&self, cgroup: u64) -> Option<Labels> {
+        match self.workload_of_cgroup(cgroup) {
+            Workload::Unlabelled => Some(Vec::new()),
+            Workload::Pod(pod) => Some(pod.metric_labels()),
+            Workload::Excluded => None,
+        }
+    }
+
+    fn reports(&self, cgroup: u64) -> bool {
+        self.workload_of_cgroup(cgroup) != Workload::Excluded
+    }
+
+    /// Per-pod metrics: the kernel keeps stats per cgroup, which this maps to pods.
+    fn per_cgroup(&self) -> bool {
+        true
+    }
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on

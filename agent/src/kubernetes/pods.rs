@@ -180,13 +180,11 @@ impl ApiServer {
             // Each request runs on a short-lived event loop: pooled connections would outlive it.
             .pool_max_idle_per_host(0);
         if let Some(ca) = &self.ca {
-            let certificates = reqwest::Certificate::from_pem_bundle(ca)
-                .map_err(|e| KubeError::BadCa(e.to_string()))?;
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(ca).map_err(KubeError::BadCa)?;
             builder = builder.tls_certs_only(certificates);
         }
-        builder
-            .build()
-            .map_err(|e| KubeError::Client(e.to_string()))
+        builder.build().map_err(KubeError::Client)
     }
 }
 
@@ -202,7 +200,7 @@ fn get(client: &reqwest::Client, url: &str, token: Option<&str>) -> Result<Vec<u
         }
         let request_error = |source: reqwest::Error| KubeError::Request {
             url: url.to_string(),
-            reason: with_causes(&source),
+            source,
         };
         let response = request.send().await.map_err(request_error)?;
         let status = response.status();
@@ -219,7 +217,7 @@ fn get(client: &reqwest::Client, url: &str, token: Option<&str>) -> Result<Vec<u
 }
 
 /// reqwest's own message names only the step ("error sending request"); the causes say why.
-fn with_causes(error: &dyn std::error::Error) -> String {
+pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {
@@ -262,9 +260,9 @@ fn read_optional(path: &Path) -> Result<Option<String>, KubeError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(KubeError::ServiceAccount {
+        Err(source) => Err(KubeError::ServiceAccount {
             path: path.to_path_buf(),
-            reason: error.to_string(),
+            source,
         }),
     }
 }

@@ -49,6 +49,8 @@ impl HeldChild {
         // prepared before the fork.
         match unsafe { libc::fork() } {
             -1 => Err(TargetError::Launch(io::Error::last_os_error())),
+            // SAFETY: in the child, only async-signal-safe calls on descriptors it owns and on
+            // memory prepared before the fork.
             0 => unsafe {
                 libc::close(release_end.as_raw_fd());
                 let mut byte = 0u8;

@@ -34,7 +34,7 @@ pub enum TargetError {
     #[error("cannot launch the command: {reason}")]
     BadCommand { reason: String },
     #[error("cannot launch the command: {0}")]
-    Launch(std::io::Error),
+    Launch(#[source] std::io::Error),
     #[error(transparent)]
     Symbols(#[from] SymbolError),
 }

@@ -8,7 +8,7 @@ use flowtap_common::{
     AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, StatsKey, histogram,
 };
 
-use crate::{loader::Probes, plan::Plan};
+use crate::{loader::Probes, plan::Plan, workloads::Workloads};
 
 #[derive(Debug, Clone)]
 pub struct FunctionStats {
@@ -148,16 +148,14 @@ impl Snapshot {
         })
     }
 
-    /// Keeps the calls made in the cgroups `keep` accepts.
-    pub fn retain_cgroups(&mut self, mut keep: impl FnMut(u64) -> bool) {
-        self.functions.retain(|stats| keep(stats.cgroup));
-        self.aggregates.retain(|row| keep(row.cgroup));
-    }
-
-    /// One entry per function, over all cgroups: what the report shows.
-    pub fn per_function(&self) -> Snapshot {
+    /// One entry per function, over the cgroups `workloads` reports: what the report shows.
+    pub fn per_function(&self, workloads: &dyn Workloads) -> Snapshot {
         let mut merged: BTreeMap<u32, FunctionStats> = BTreeMap::new();
-        for stats in &self.functions {
+        let reported = self
+            .functions
+            .iter()
+            .filter(|s| workloads.reports(s.cgroup));
+        for stats in reported {
             merged
                 .entry(stats.probe_id)
                 .and_modify(|total| total.merge(stats))
@@ -168,9 +166,19 @@ impl Snapshot {
         }
         let mut functions: Vec<FunctionStats> = merged.into_values().collect();
         sort_by_time(&mut functions);
+        let aggregates = self
+            .aggregates
+            .iter()
+            .filter(|row| workloads.reports(row.cgroup))
+            // Per function: rows of every cgroup add up, as the stats do.
+            .map(|row| AggregateRow {
+                cgroup: 0,
+                ..row.clone()
+            })
+            .collect();
         Snapshot {
             functions,
-            aggregates: self.aggregates.clone(),
+            aggregates,
             losses: self.losses.clone(),
         }
     }
