@@ -15,7 +15,7 @@ pub fn main() -> i32 {
     let argv = match config::apply(std::env::args_os().collect(), &Cli::command()) {
         Ok(argv) => argv,
         Err(error) => {
-            eprintln!("flowtap: error: {error}");
+            eprintln!("flowtap: error: {}", one_line(&error));
             return 2;
         }
     };
@@ -23,10 +23,26 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(error) => {
             // One line: what went wrong and, from the error itself, what to do.
-            eprintln!("flowtap: error: {error:#}");
+            eprintln!("flowtap: error: {}", one_line(error.as_ref()));
             2
         }
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text the message
+/// already shows (many messages place it before their advice).
+fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let more = error.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = error.source();
+    }
+    text
 }
 
 fn execute(cli: Cli) -> anyhow::Result<i32> {
@@ -35,5 +51,24 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Symbols(args) => commands::symbols(args),
         Command::Profile(command) => commands::profile(command),
         Command::Check => Ok(commands::check()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_the_message_shows_is_not_repeated() {
+        let cause = std::io::Error::other("address in use");
+        let error = anyhow::Error::new(crate::export::prometheus::BindError::new(
+            "127.0.0.1:1".parse().unwrap(),
+            cause,
+        ))
+        .context("starting");
+        assert_eq!(
+            one_line(error.as_ref()),
+            "starting: cannot serve metrics on 127.0.0.1:1: address in use; choose another address with --metrics-addr"
+        );
     }
 }

@@ -30,6 +30,13 @@ pub struct BindError {
     error: std::io::Error,
 }
 
+impl BindError {
+    #[cfg(test)]
+    pub(crate) fn new(addr: SocketAddr, error: std::io::Error) -> Self {
+        Self { addr, error }
+    }
+}
+
 /// Binds early, before probes are attached, so a busy port fails fast.
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     let listener = std::net::TcpListener::bind(addr).map_err(|error| BindError { addr, error })?;
