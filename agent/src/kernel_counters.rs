@@ -11,7 +11,7 @@ use flowtap_common::{
 use crate::{loader::Probes, plan::Plan, workloads::Workloads};
 
 #[derive(Debug, Clone)]
-pub struct FunctionStats {
+pub(crate) struct FunctionStats {
     pub probe_id: u32,
     /// The cgroup the calls were made in, when the kernel keeps stats per cgroup; else 0.
     pub cgroup: u64,
@@ -28,7 +28,7 @@ pub struct FunctionStats {
 impl FunctionStats {
     /// Stats of these durations, as the kernel would have counted them.
     #[cfg(test)]
-    pub fn from_durations(durations: &[u64]) -> Self {
+    pub(crate) fn from_durations(durations: &[u64]) -> Self {
         let mut buckets = vec![0; histogram::BUCKETS];
         for &d in durations {
             buckets[histogram::bucket_index(d)] += 1;
@@ -47,7 +47,7 @@ impl FunctionStats {
     }
 
     /// Adds another function's calls, as one histogram of both.
-    pub fn merge(&mut self, other: &FunctionStats) {
+    pub(crate) fn merge(&mut self, other: &FunctionStats) {
         self.calls += other.calls;
         self.errors += other.errors;
         self.total_ns += other.total_ns;
@@ -57,12 +57,12 @@ impl FunctionStats {
         }
     }
 
-    pub fn mean_ns(&self) -> u64 {
+    pub(crate) fn mean_ns(&self) -> u64 {
         self.total_ns.checked_div(self.calls).unwrap_or(0)
     }
 
     /// The `q` quantile (0..=1), interpolated inside its bucket and capped by the true maximum.
-    pub fn quantile_ns(&self, q: f64) -> u64 {
+    pub(crate) fn quantile_ns(&self, q: f64) -> u64 {
         let total: u64 = self.buckets.iter().sum();
         if total == 0 {
             return 0;
@@ -84,7 +84,7 @@ impl FunctionStats {
 
 /// Calls of one probe with one outcome and label (see [`flowtap_common::ProbeSpec::outcome`]).
 #[derive(Debug, Clone)]
-pub struct AggregateRow {
+pub(crate) struct AggregateRow {
     pub probe_id: u32,
     pub cgroup: u64,
     pub outcome: i32,
@@ -95,7 +95,7 @@ pub struct AggregateRow {
 
 /// Everything the kernel counted so far.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Functions that were called at least once, most total time first.
     pub functions: Vec<FunctionStats>,
     pub aggregates: Vec<AggregateRow>,
@@ -103,7 +103,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn read(probes: &Probes, plan: &Plan) -> Result<Self, MapError> {
+    pub(crate) fn read(probes: &Probes, plan: &Plan) -> Result<Self, MapError> {
         let stats: PerCpuHashMap<_, StatsKey, ProbeStats> =
             PerCpuHashMap::try_from(probes.kernel_map("STATS"))?;
         let mut functions = Vec::new();
@@ -149,7 +149,7 @@ impl Snapshot {
     }
 
     /// One entry per function, over the cgroups `workloads` reports: what the report shows.
-    pub fn per_function(&self, workloads: &dyn Workloads) -> Snapshot {
+    pub(crate) fn per_function(&self, workloads: &dyn Workloads) -> Snapshot {
         let mut merged: BTreeMap<u32, FunctionStats> = BTreeMap::new();
         let reported = self
             .functions
@@ -183,7 +183,7 @@ impl Snapshot {
         }
     }
 
-    pub fn lost_events(&self) -> u64 {
+    pub(crate) fn lost_events(&self) -> u64 {
         self.losses.iter().map(|(_, count)| count).sum()
     }
 }

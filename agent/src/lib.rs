@@ -9,13 +9,18 @@ mod host;
 mod kernel_counters;
 mod kubernetes;
 mod loader;
-pub mod plan;
-pub mod profile;
+mod plan;
+mod profile;
 mod profile_metrics;
 mod report;
 mod run;
 mod span_ring;
 mod spans;
-pub mod symbols;
+mod symbols;
 mod targets;
 mod workloads;
+
+// What the fuzz targets (fuzz/, a crate of their own) drive.
+pub use plan::SymbolSelector;
+pub use profile::Profile;
+pub use symbols::ElfObject;

@@ -11,16 +11,16 @@ use crate::{
 };
 
 /// Distinct values a string label may take per metric before further ones become `other`.
-pub const LABEL_VALUES_CAP: usize = 256;
-pub const OTHER: &str = "other";
+pub(crate) const LABEL_VALUES_CAP: usize = 256;
+pub(crate) const OTHER: &str = "other";
 
-pub const SUCCESS: &str = "success";
-pub const FAILURE: &str = "failure";
+pub(crate) const SUCCESS: &str = "success";
+pub(crate) const FAILURE: &str = "failure";
 
 /// Label values admitted so far, per metric. Kept across scrapes so that the values admitted
 /// (first come, first served) stay the same series.
 #[derive(Debug, Default)]
-pub struct LabelCap {
+pub(crate) struct LabelCap {
     admitted: BTreeMap<String, BTreeSet<String>>,
     refused: BTreeMap<String, BTreeSet<String>>,
 }
@@ -43,7 +43,7 @@ impl LabelCap {
     }
 
     /// Distinct values folded into `other`, per metric.
-    pub fn refused(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+    pub(crate) fn refused(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         self.refused
             .iter()
             .map(|(metric, values)| (metric.as_str(), values.len() as u64))
@@ -51,13 +51,13 @@ impl LabelCap {
 }
 
 #[derive(Debug, Clone)]
-pub enum Series {
+pub(crate) enum Series {
     Counter(f64),
     Histogram(FunctionStats),
 }
 
 #[derive(Debug, Clone)]
-pub struct Family {
+pub(crate) struct Family {
     pub help: String,
     pub is_counter: bool,
     pub series: BTreeMap<Labels, Series>,
@@ -65,13 +65,13 @@ pub struct Family {
 
 /// Every declared metric, by name.
 #[derive(Debug, Default)]
-pub struct ProfileMetrics {
+pub(crate) struct ProfileMetrics {
     pub families: BTreeMap<String, Family>,
 }
 
 impl ProfileMetrics {
     /// Series are labelled with their cgroup's workload, and left out where it is not reported.
-    pub fn derive(
+    pub(crate) fn derive(
         snapshot: &Snapshot,
         plan: &Plan,
         labels: &mut LabelCap,
@@ -141,7 +141,7 @@ impl ProfileMetrics {
         family
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.families.is_empty()
     }
 }

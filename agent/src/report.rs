@@ -12,14 +12,14 @@ use crate::{
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     #[default]
     Table,
     Json,
 }
 
 /// Everything the end-of-run report shows.
-pub struct Report<'a> {
+pub(crate) struct Report<'a> {
     pub snapshot: &'a Snapshot,
     /// The metrics the profiles declare.
     pub declared: &'a ProfileMetrics,
@@ -31,7 +31,7 @@ pub struct Report<'a> {
 
 /// What became of the spans, and the slowest trace seen.
 #[derive(Debug, Serialize)]
-pub struct SpanSummary {
+pub(crate) struct SpanSummary {
     pub received: u64,
     pub exported: u64,
     pub dropped: u64,
@@ -41,7 +41,7 @@ pub struct SpanSummary {
 }
 
 impl SpanSummary {
-    pub fn new(counts: &SpanCounts, slowest_trace: Option<Vec<TreeSpan>>) -> Self {
+    pub(crate) fn new(counts: &SpanCounts, slowest_trace: Option<Vec<TreeSpan>>) -> Self {
         Self {
             received: SpanCounts::get(&counts.received),
             exported: SpanCounts::get(&counts.exported),
@@ -129,7 +129,7 @@ impl<'a> From<&'a FunctionStats> for JsonFunction<'a> {
 }
 
 impl Report<'_> {
-    pub fn write(&self, out: &mut dyn Write, format: ReportFormat) -> std::io::Result<()> {
+    pub(crate) fn write(&self, out: &mut dyn Write, format: ReportFormat) -> std::io::Result<()> {
         match format {
             ReportFormat::Json => {
                 let report = JsonReport {
@@ -299,7 +299,7 @@ fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> 
 }
 
 /// 950ns, 12.3µs, 20.1ms, 1.50s.
-pub fn human_duration(ns: u64) -> String {
+pub(crate) fn human_duration(ns: u64) -> String {
     let value = ns as f64;
     match ns {
         0..1_000 => format!("{ns}ns"),

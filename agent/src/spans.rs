@@ -31,7 +31,7 @@ use crate::{
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time, with an offset measured
 /// once at start.
 #[derive(Debug, Clone, Copy)]
-pub struct WallClock {
+pub(crate) struct WallClock {
     realtime_minus_monotonic_ns: i128,
 }
 
@@ -46,7 +46,7 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl WallClock {
-    pub fn measure() -> Self {
+    pub(crate) fn measure() -> Self {
         let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
         let realtime = clock_ns(libc::CLOCK_REALTIME);
         Self {
@@ -54,7 +54,7 @@ impl WallClock {
         }
     }
 
-    pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
+    pub(crate) fn wall(&self, monotonic_ns: u64) -> SystemTime {
         let ns = (i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns).max(0);
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
     }
@@ -108,12 +108,12 @@ fn captured(probe: &PlannedProbe, record: &SpanRecord, n: usize) -> opentelemetr
     }
 }
 
-pub fn trace_id(event: &SpanEvent) -> TraceId {
+pub(crate) fn trace_id(event: &SpanEvent) -> TraceId {
     TraceId::from((u128::from(event.trace_id[0]) << 64) | u128::from(event.trace_id[1]))
 }
 
 /// Builds spans and their processes' resources.
-pub struct SpanFactory {
+pub(crate) struct SpanFactory {
     clock: WallClock,
     scope: InstrumentationScope,
     service_name: Option<String>,
@@ -128,7 +128,7 @@ pub struct SpanFactory {
 
 impl SpanFactory {
     /// `service_name` overrides `unknown_service:<executable name>` for every process.
-    pub fn new(
+    pub(crate) fn new(
         service_name: Option<String>,
         executable: Option<PathBuf>,
         workloads: Arc<dyn Workloads>,
@@ -154,7 +154,7 @@ impl SpanFactory {
             .or_insert_with(|| workloads.reports(cgroup))
     }
 
-    pub fn span(&self, record: &SpanRecord, plan: &Plan) -> Option<SpanData> {
+    pub(crate) fn span(&self, record: &SpanRecord, plan: &Plan) -> Option<SpanData> {
         let event = &record.event;
         let probe = plan.probes.get(event.probe_id as usize)?;
         let object = &plan.objects[probe.object].name;
@@ -196,7 +196,7 @@ impl SpanFactory {
 
     /// The resource of process `pid`: semantic-convention process attributes, the service name,
     /// the host, and `OTEL_RESOURCE_ATTRIBUTES`.
-    pub fn resource(&mut self, pid: u32, cgroup: u64) -> Resource {
+    pub(crate) fn resource(&mut self, pid: u32, cgroup: u64) -> Resource {
         let service_name = self.service_name.clone();
         let fallback = self.executable.clone();
         let workloads = &self.workloads;
@@ -249,7 +249,7 @@ fn process_resource(
 
 /// One span of the slowest trace, for the report's tree.
 #[derive(Debug, Clone)]
-pub struct TreeSpan {
+pub(crate) struct TreeSpan {
     pub span_id: u64,
     pub parent_span_id: u64,
     pub name: String,
@@ -259,7 +259,7 @@ pub struct TreeSpan {
 
 /// Keeps the spans of traces still in progress (bounded) and the slowest finished one.
 #[derive(Debug, Default)]
-pub struct SlowestTrace {
+pub(crate) struct SlowestTrace {
     open: HashMap<[u64; 2], Vec<TreeSpan>>,
     open_spans: usize,
     pub slowest: Option<Vec<TreeSpan>>,
@@ -270,7 +270,7 @@ pub struct SlowestTrace {
 const MAX_OPEN_SPANS: usize = 100_000;
 
 impl SlowestTrace {
-    pub fn add(&mut self, record: &SpanRecord, plan: &Plan) {
+    pub(crate) fn add(&mut self, record: &SpanRecord, plan: &Plan) {
         let event = &record.event;
         let name = plan
             .probes
@@ -305,7 +305,7 @@ impl SlowestTrace {
 
 /// Moves spans from the kernel to their sinks every few milliseconds: the OTLP queue, the
 /// `--spans-out` file, and the report's slowest trace.
-pub struct SpanPump {
+pub(crate) struct SpanPump {
     pub stream: crate::span_ring::SpanStream,
     pub factory: SpanFactory,
     pub queue: Option<std::sync::Arc<crate::export::otlp::SpanQueue>>,
@@ -319,7 +319,7 @@ pub struct SpanPump {
 const PUMP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl SpanPump {
-    pub fn new(
+    pub(crate) fn new(
         stream: crate::span_ring::SpanStream,
         factory: SpanFactory,
         queue: Option<std::sync::Arc<crate::export::otlp::SpanQueue>>,
@@ -338,7 +338,7 @@ impl SpanPump {
     }
 
     /// Pumps until the future is dropped.
-    pub async fn run(&mut self, plan: &Plan) -> std::io::Result<()> {
+    pub(crate) async fn run(&mut self, plan: &Plan) -> std::io::Result<()> {
         let mut interval = tokio::time::interval(PUMP_INTERVAL);
         loop {
             interval.tick().await;
@@ -347,7 +347,7 @@ impl SpanPump {
     }
 
     /// Moves every span available now.
-    pub fn pump(&mut self, plan: &Plan) -> std::io::Result<()> {
+    pub(crate) fn pump(&mut self, plan: &Plan) -> std::io::Result<()> {
         self.events.clear();
         self.stream.drain(&mut self.events);
         if self.events.is_empty() {

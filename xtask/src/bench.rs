@@ -74,7 +74,7 @@ struct Sample {
     bench_seconds: f64,
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let agent = build_agent()?;
     let dir = fixture::build_bench()?;
     let bench = dir.join("bench");

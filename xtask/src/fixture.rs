@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use crate::{run, workspace_root};
 
 /// Builds `libwfrt.so` and `wfdemo` into `target/fixture`; returns that directory.
-pub fn build() -> anyhow::Result<PathBuf> {
+pub(crate) fn build() -> anyhow::Result<PathBuf> {
     let source = workspace_root().join("tests/fixture");
     let out = workspace_root().join("target/fixture");
     std::fs::create_dir_all(&out)?;
@@ -46,7 +46,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
 
 /// Builds the benchmark's programs into `target/bench`: `bench` (a tight loop over one tiny
 /// function) and `libsyms.so` (10,000 functions, for attach times); returns that directory.
-pub fn build_bench() -> anyhow::Result<PathBuf> {
+pub(crate) fn build_bench() -> anyhow::Result<PathBuf> {
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     run(Command::new("cc")
@@ -68,7 +68,7 @@ pub fn build_bench() -> anyhow::Result<PathBuf> {
 
 /// Starts flowtap and waits (60 s at most) until it tells, on the descriptor `--ready-fd` names
 /// (here through FLOWTAP_READY_FD), that its probes are attached.
-pub fn start_until_ready(command: &mut Command) -> anyhow::Result<Child> {
+pub(crate) fn start_until_ready(command: &mut Command) -> anyhow::Result<Child> {
     let (ready, writer) = std::io::pipe().context("a pipe for flowtap's ready line")?;
     let fd = writer.as_raw_fd();
     command.env("FLOWTAP_READY_FD", fd.to_string());
@@ -102,7 +102,7 @@ pub fn start_until_ready(command: &mut Command) -> anyhow::Result<Child> {
 }
 
 /// bpftrace, the reference the tests compare with, needs tracefs.
-pub fn mount_tracefs() -> anyhow::Result<()> {
+pub(crate) fn mount_tracefs() -> anyhow::Result<()> {
     if std::path::Path::new("/sys/kernel/tracing/uprobe_events").exists() {
         return Ok(());
     }

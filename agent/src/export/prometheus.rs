@@ -24,7 +24,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve metrics on {addr}: {error}; choose another address with --metrics-addr")]
-pub struct BindError {
+pub(crate) struct BindError {
     addr: SocketAddr,
     #[source]
     error: std::io::Error,
@@ -38,7 +38,7 @@ impl BindError {
 }
 
 /// Binds early, before probes are attached, so a busy port fails fast.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     let listener = std::net::TcpListener::bind(addr).map_err(|error| BindError { addr, error })?;
     listener
         .set_nonblocking(true)
@@ -47,7 +47,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
 }
 
 /// What a scrape reads.
-pub struct Exporter {
+pub(crate) struct Exporter {
     pub probes: Arc<Mutex<Probes>>,
     pub plan: Arc<Plan>,
     pub labels: Arc<Mutex<LabelCap>>,
@@ -63,7 +63,7 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn new(
+    pub(crate) fn new(
         probes: Arc<Mutex<Probes>>,
         plan: Arc<Plan>,
         labels: Arc<Mutex<LabelCap>>,
@@ -85,7 +85,10 @@ impl Exporter {
     }
 
     /// Serves `/metrics` until the future is dropped.
-    pub async fn serve(self: Arc<Self>, listener: std::net::TcpListener) -> std::io::Result<()> {
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let app = Router::new()
             .route("/metrics", get(scrape))
@@ -95,7 +98,7 @@ impl Exporter {
     }
 
     /// The whole exposition, as text.
-    pub fn render(&self) -> anyhow::Result<String> {
+    pub(crate) fn render(&self) -> anyhow::Result<String> {
         let started = Instant::now();
         let (snapshot, processes, map_entries) = {
             let probes = self.probes.lock().expect("probes lock");
@@ -353,7 +356,7 @@ fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
 
 /// Exposed bucket bounds: four per power of two (`16, 20, 24, 28 << k` ns, each a boundary of the
 /// kernel's 16-per-octave buckets, so cumulative counts are exact), from about 1 µs to 69 s.
-pub fn exposed_bounds_ns() -> Vec<u64> {
+pub(crate) fn exposed_bounds_ns() -> Vec<u64> {
     let mut bounds: Vec<u64> = (6..32)
         .flat_map(|shift| [16u64, 20, 24, 28].map(|m| m << shift))
         .collect();

@@ -2,8 +2,8 @@
 //! the API server's pod list), as OpenTelemetry `k8s.*` resource attributes, and a pod selector
 //! (namespace and labels) that picks the process to trace.
 
-pub mod cgroup;
-pub mod pods;
+pub(crate) mod cgroup;
+pub(crate) mod pods;
 
 use std::{
     collections::HashMap,
@@ -21,7 +21,7 @@ use crate::workloads::{Labels, Workloads};
 use pods::{ApiServer, Pod, PodIndex};
 
 #[derive(Debug, thiserror::Error)]
-pub enum KubeError {
+pub(crate) enum KubeError {
     #[error(
         "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod): give the API server with --k8s-api URL, e.g. from `kubectl proxy`"
     )]
@@ -78,7 +78,7 @@ pub enum KubeError {
 
 /// What `flowtap run` asks of Kubernetes: none of it, by default.
 #[derive(Debug, Clone, Default)]
-pub struct KubernetesConfig {
+pub(crate) struct KubernetesConfig {
     /// Trace pods of this namespace on this node.
     pub namespace: Option<String>,
     /// Trace pods these labels pick.
@@ -91,10 +91,10 @@ pub struct KubernetesConfig {
 
 /// Equality-based label requirements, as `kubectl -l` takes them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LabelSelector(pub Vec<LabelRequirement>);
+pub(crate) struct LabelSelector(pub Vec<LabelRequirement>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelRequirement {
+pub(crate) struct LabelRequirement {
     pub key: String,
     pub value: String,
     pub equal: bool,
@@ -137,13 +137,13 @@ impl FromStr for LabelSelector {
 
 /// Which pods to trace: a namespace, labels, or both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodSelector {
+pub(crate) struct PodSelector {
     pub namespace: Option<String>,
     pub labels: LabelSelector,
 }
 
 impl PodSelector {
-    pub fn matches(&self, pod: &Pod) -> bool {
+    pub(crate) fn matches(&self, pod: &Pod) -> bool {
         let namespace = self
             .namespace
             .as_ref()
@@ -192,7 +192,7 @@ impl PodSelector {
 
 /// Where a process runs in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodMetadata {
+pub(crate) struct PodMetadata {
     pub namespace: String,
     pub pod_name: String,
     pub pod_uid: String,
@@ -213,7 +213,7 @@ impl PodMetadata {
     }
 
     /// The OpenTelemetry semantic-convention `k8s.*` resource attributes.
-    pub fn resource_attributes(&self) -> Vec<KeyValue> {
+    pub(crate) fn resource_attributes(&self) -> Vec<KeyValue> {
         let mut attributes = vec![
             KeyValue::new("k8s.namespace.name", self.namespace.clone()),
             KeyValue::new("k8s.pod.name", self.pod_name.clone()),
@@ -229,7 +229,7 @@ impl PodMetadata {
     }
 
     /// The same as Prometheus labels (`k8s_namespace_name`, ...: no dots in label names).
-    pub fn metric_labels(&self) -> Vec<(String, String)> {
+    pub(crate) fn metric_labels(&self) -> Vec<(String, String)> {
         self.resource_attributes()
             .into_iter()
             .map(|kv| (kv.key.as_str().replace('.', "_"), kv.value.to_string()))
@@ -241,7 +241,7 @@ impl PodMetadata {
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The pods of this node, refreshed when a process's container is not in the cached list.
-pub struct Kubernetes {
+pub(crate) struct Kubernetes {
     api: ApiServer,
     node: Option<String>,
     index: PodIndex,
@@ -262,7 +262,7 @@ pub struct Kubernetes {
 
 /// Where a process or cgroup runs, as far as reporting goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Workload {
+pub(crate) enum Workload {
     /// Not in a known pod (and no pod selector): reported without pod metadata.
     Unlabelled,
     Pod(PodMetadata),
@@ -279,7 +279,7 @@ impl KubernetesConfig {
             || self.api.is_some()
     }
 
-    pub fn pod_selector(&self) -> Option<PodSelector> {
+    pub(crate) fn pod_selector(&self) -> Option<PodSelector> {
         (self.namespace.is_some() || self.selector.is_some()).then(|| PodSelector {
             namespace: self.namespace.clone(),
             labels: self.selector.clone().unwrap_or_default(),
@@ -287,7 +287,7 @@ impl KubernetesConfig {
     }
 
     /// Lists the node's pods once, so that a wrong address or missing permission fails now.
-    pub fn connect(&self) -> Result<Option<Kubernetes>, KubeError> {
+    pub(crate) fn connect(&self) -> Result<Option<Kubernetes>, KubeError> {
         if !self.wanted() {
             return Ok(None);
         }
@@ -297,7 +297,7 @@ impl KubernetesConfig {
 }
 
 impl Kubernetes {
-    pub fn new(
+    pub(crate) fn new(
         api: ApiServer,
         node: Option<String>,
         proc_root: PathBuf,
@@ -319,12 +319,12 @@ impl Kubernetes {
     }
 
     /// Reports only pods `selector` matches from now on.
-    pub fn restrict_to(&mut self, selector: PodSelector) {
+    pub(crate) fn restrict_to(&mut self, selector: PodSelector) {
         self.selector = Some(selector);
     }
 
     /// How to report the calls counted under cgroup `id`.
-    pub fn workload_of_cgroup(&mut self, id: u64) -> Workload {
+    pub(crate) fn workload_of_cgroup(&mut self, id: u64) -> Workload {
         let container = if id == 0 {
             None
         } else {
@@ -353,7 +353,7 @@ impl Kubernetes {
     /// `/proc/PID/root/...` of the executable `exe` (a path inside the container, or a file
     /// name) of the first process running it in a pod `selector` matches: binary mode on it
     /// traces every process of that file.
-    pub fn select_executable(
+    pub(crate) fn select_executable(
         &self,
         selector: &PodSelector,
         exe: &Path,
@@ -389,7 +389,7 @@ impl Kubernetes {
     }
 
     /// The pod and container of process `pid`; None outside a container or a known pod.
-    pub fn pod_of(&mut self, pid: u32) -> Option<PodMetadata> {
+    pub(crate) fn pod_of(&mut self, pid: u32) -> Option<PodMetadata> {
         let text = std::fs::read_to_string(self.proc_root.join(format!("{pid}/cgroup"))).ok()?;
         let container = cgroup::parse(&text)?;
         self.pod_of_container(&container)
@@ -441,7 +441,7 @@ impl Kubernetes {
 
     /// The `k8s.*` resource attributes of process `pid` (none when it is in no known pod),
     /// found through its cgroup `cgroup` (0: unknown) when the process is gone.
-    pub fn resource_attributes(&mut self, pid: u32, cgroup: u64) -> Vec<KeyValue> {
+    pub(crate) fn resource_attributes(&mut self, pid: u32, cgroup: u64) -> Vec<KeyValue> {
         let pod = match self.early.remove(&pid) {
             Some(pod) => pod,
             None => self
@@ -476,7 +476,7 @@ impl Kubernetes {
 
     /// The PID to trace for `selector`: the first process (lowest PID) of the one running
     /// container whose pod matches.
-    pub fn select_pid(&self, selector: &PodSelector) -> Result<u32, KubeError> {
+    pub(crate) fn select_pid(&self, selector: &PodSelector) -> Result<u32, KubeError> {
         let mut matches: Vec<(&Pod, &str, u32)> = Vec::new();
         for (pid, container) in self.containers_on_node() {
             let Some((pod, name)) = self.index.by_container(&container) else {
@@ -536,13 +536,13 @@ const MIN_CGROUP_SCAN: Duration = Duration::from_secs(1);
 const MAX_CGROUP_DEPTH: usize = 8;
 
 /// The pods of this node as the [`Workloads`] of spans, metrics and the report.
-pub struct PodWorkloads {
+pub(crate) struct PodWorkloads {
     cluster: Mutex<Kubernetes>,
 }
 
 impl PodWorkloads {
     /// The `target` process is looked up now: it may have exited before its spans are read.
-    pub fn new(mut cluster: Kubernetes, target: Option<NonZeroU32>) -> Self {
+    pub(crate) fn new(mut cluster: Kubernetes, target: Option<NonZeroU32>) -> Self {
         if let Some(pid) = target.map(NonZeroU32::get) {
             let pod = cluster.pod_of(pid);
             cluster.early.insert(pid, pod);

@@ -145,7 +145,7 @@ impl Source<'_> {
 
 type Result<T> = std::result::Result<T, ProfileError>;
 
-pub fn compile(text: &str, origin: &str) -> Result<Profile> {
+pub(super) fn compile(text: &str, origin: &str) -> Result<Profile> {
     let source = Source { text, origin };
     let raw: RawProfile = toml::from_str(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
@@ -183,7 +183,6 @@ pub fn compile(text: &str, origin: &str) -> Result<Profile> {
 }
 
 fn compile_function(source: &Source, raw: &Spanned<RawFunction>) -> Result<FunctionRule> {
-    let span = raw.span();
     let raw = raw.get_ref();
     let glob = |text: &Spanned<String>| {
         Pattern::new(text.get_ref())
@@ -228,7 +227,6 @@ fn compile_function(source: &Source, raw: &Spanned<RawFunction>) -> Result<Funct
     }));
     check_captures_used(source, raw, &captures, &span_name, &metrics, &spec)?;
     Ok(FunctionRule {
-        origin: format!("{}:{}", source.origin, source.line(span.start)),
         pattern: glob(&raw.pattern)?,
         object: raw.object.as_ref().map(glob).transpose()?,
         span_name,
