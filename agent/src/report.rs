@@ -283,6 +283,10 @@ fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> 
     if rows.is_empty() {
         writeln!(out, "(no probed function was called)")?;
     }
+    write_losses(out, snapshot)
+}
+
+fn write_losses(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> {
     let lost = snapshot.lost_events();
     if lost > 0 {
         let detail: Vec<String> = snapshot

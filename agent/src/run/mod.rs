@@ -217,6 +217,27 @@ struct Attached {
 }
 
 fn attach(config: &RunConfig, prepared: Prepared) -> anyhow::Result<(Attached, Target)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let (otlp, spans_file) = span_outputs(config, &runtime)?;
+    let spans_wanted = otlp.is_some() || spans_file.is_some();
+    let mut probes = load(config, &prepared, spans_wanted)?;
+    let counts = Arc::new(SpanCounts::default());
+    let otlp = otlp.map(|exporter| (exporter, SpanQueue::new(counts.clone())));
+    let sinks = SpanSinks {
+        queue: otlp.as_ref().map(|(_, queue)| queue.clone()),
+        file: spans_file,
+        counts: counts.clone(),
+    };
+    let pump = spans_wanted
+        .then(|| span_pump(config, &prepared, &mut probes, sinks))
+        .transpose()?;
+    let probes = Arc::new(Mutex::new(probes));
+    let labels = Arc::new(Mutex::new(LabelCap::default()));
+    let span_counts = spans_wanted.then(|| counts.clone());
+    let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts);
     let Prepared {
         target,
         plan,
@@ -224,59 +245,6 @@ fn attach(config: &RunConfig, prepared: Prepared) -> anyhow::Result<(Attached, T
         report_file,
         listener,
     } = prepared;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
-    let (otlp, spans_file) = span_outputs(config, &runtime)?;
-    let spans_wanted = otlp.is_some() || spans_file.is_some();
-    let sample_rate = if spans_wanted {
-        config.sample_rate
-    } else {
-        0.0
-    };
-    let per_cgroup = workloads.per_cgroup();
-    let mut probes = Probes::load(
-        &plan,
-        &target,
-        sample_rate,
-        per_cgroup,
-        config.empty_programs,
-    )?;
-    let counts = Arc::new(SpanCounts::default());
-    let otlp = otlp.map(|exporter| (exporter, SpanQueue::new(counts.clone())));
-    let pump = spans_wanted
-        .then(|| -> anyhow::Result<SpanPump> {
-            let factory = SpanFactory::new(
-                config.service_name.clone(),
-                target.executable(),
-                workloads.clone(),
-            );
-            let queue = otlp.as_ref().map(|(_, queue)| queue.clone());
-            let stream = SpanStream::take(&mut probes)?;
-            Ok(SpanPump::new(
-                stream,
-                factory,
-                queue,
-                spans_file,
-                counts.clone(),
-            ))
-        })
-        .transpose()?;
-    let probes = Arc::new(Mutex::new(probes));
-    let labels = Arc::new(Mutex::new(LabelCap::default()));
-    let metrics = Arc::new(Exporter::new(
-        probes.clone(),
-        plan.clone(),
-        labels.clone(),
-        config
-            .service_name
-            .clone()
-            .unwrap_or_else(|| target.default_service_name()),
-        (!target.filters_by_process()).then_some(1),
-        spans_wanted.then(|| counts.clone()),
-        workloads.clone(),
-    ));
     let attached = Attached {
         runtime,
         plan,
@@ -291,6 +259,76 @@ fn attach(config: &RunConfig, prepared: Prepared) -> anyhow::Result<(Attached, T
         report_file,
     };
     Ok((attached, target))
+}
+
+/// Loads the kernel programs and attaches the planned probes.
+fn load(config: &RunConfig, prepared: &Prepared, spans_wanted: bool) -> anyhow::Result<Probes> {
+    let sample_rate = if spans_wanted {
+        config.sample_rate
+    } else {
+        0.0
+    };
+    Ok(Probes::load(
+        &prepared.plan,
+        &prepared.target,
+        sample_rate,
+        prepared.workloads.per_cgroup(),
+        config.empty_programs,
+    )?)
+}
+
+/// Where the pump sends spans, and their counts.
+struct SpanSinks {
+    queue: Option<Arc<SpanQueue>>,
+    file: Option<SpansFile>,
+    counts: Arc<SpanCounts>,
+}
+
+/// The span pump, which owns the kernel's span ring from now on.
+fn span_pump(
+    config: &RunConfig,
+    prepared: &Prepared,
+    probes: &mut Probes,
+    sinks: SpanSinks,
+) -> anyhow::Result<SpanPump> {
+    let factory = SpanFactory::new(
+        config.service_name.clone(),
+        prepared.target.executable(),
+        prepared.workloads.clone(),
+    );
+    let stream = SpanStream::take(probes)?;
+    Ok(SpanPump::new(
+        stream,
+        factory,
+        sinks.queue,
+        sinks.file,
+        sinks.counts,
+    ))
+}
+
+/// What `/metrics` serves: the kernel's counts, read at each scrape.
+fn metrics_exporter(
+    config: &RunConfig,
+    prepared: &Prepared,
+    probes: &Arc<Mutex<Probes>>,
+    labels: &Arc<Mutex<LabelCap>>,
+    span_counts: Option<Arc<SpanCounts>>,
+) -> Arc<Exporter> {
+    let target = &prepared.target;
+    let service = config
+        .service_name
+        .clone()
+        .unwrap_or_else(|| target.default_service_name());
+    Arc::new(Exporter::new(
+        probes.clone(),
+        prepared.plan.clone(),
+        labels.clone(),
+        service,
+        // Processes traced when it is not the kernel's TRACED set that says (PID, launch).
+        (!target.filters_by_process()).then_some(1),
+        span_counts,
+        prepared.workloads.clone(),
+    ))
 }
 
 /// The OTLP exporter, when a collector is configured, and the spans file, when asked for.
