@@ -37,6 +37,17 @@ impl BindError {
     }
 }
 
+/// Why a scrape failed; the scraper gets it as the body of a 500.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScrapeError {
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Encode(#[from] prometheus::Error),
+    #[error(transparent)]
+    Utf8(#[from] std::string::FromUtf8Error),
+}
+
 /// Binds early, before probes are attached, so a busy port fails fast.
 pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     let listener = std::net::TcpListener::bind(addr).map_err(|error| BindError { addr, error })?;
@@ -98,7 +109,7 @@ impl Exporter {
     }
 
     /// The whole exposition, as text.
-    pub(crate) fn render(&self) -> anyhow::Result<String> {
+    pub(crate) fn render(&self) -> Result<String, ScrapeError> {
         let started = Instant::now();
         let (snapshot, processes, map_entries) = {
             let probes = self.probes.lock().expect("probes lock");
@@ -312,7 +323,7 @@ async fn scrape(State(exporter): State<Arc<Exporter>>) -> (StatusCode, String) {
         Ok(text) => (StatusCode::OK, text),
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("flowtap: scrape failed: {error:#}\n"),
+            format!("flowtap: scrape failed: {error}\n"),
         ),
     }
 }

@@ -28,6 +28,7 @@ pub enum ProfileError {
     #[error("cannot read profile {path}: {error}")]
     Read {
         path: PathBuf,
+        #[source]
         error: std::io::Error,
     },
     #[error("no built-in profile `{name}` (built in: {known}); give a path to use a profile file")]
