@@ -153,6 +153,8 @@ pub struct Running {
     pub child: Child,
     /// Where it serves `/metrics`, from its ready line.
     pub metrics_url: String,
+    /// Its ready line.
+    pub ready: String,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -176,7 +178,7 @@ impl Running {
             }
             let _ = rest_tx.send(all);
         });
-        let Some(metrics_url) = read_ready_line(ready, Duration::from_secs(60)) else {
+        let Some(ready) = read_ready_line(ready, Duration::from_secs(60)) else {
             let _ = child.kill();
             let stderr = rest_rx
                 .recv_timeout(Duration::from_secs(5))
@@ -185,7 +187,10 @@ impl Running {
         };
         Self {
             child,
-            metrics_url,
+            metrics_url: ready_field(&ready, "metrics")
+                .expect("a metrics URL in the ready line")
+                .to_string(),
+            ready,
             stderr: rest_rx,
         }
     }
@@ -228,8 +233,8 @@ pub fn ready_to(command: &mut Command, writer: &std::io::PipeWriter) {
     unsafe { command.pre_exec(inherit) };
 }
 
-/// The metrics URL of the ready line (`ready metrics=URL probes=N objects=M`), or None when the
-/// agent exited, or did not get ready within `limit`.
+/// The ready line (`ready metrics=URL probes=N objects=M`), or None when the agent exited, or
+/// did not get ready within `limit`.
 pub fn read_ready_line(ready: std::io::PipeReader, limit: Duration) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -238,11 +243,15 @@ pub fn read_ready_line(ready: std::io::PipeReader, limit: Duration) -> Option<St
         let _ = tx.send(line);
     });
     let line = rx.recv_timeout(limit).ok()?;
-    let fields = line.strip_prefix("ready ")?;
-    fields
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("metrics="))
-        .map(str::to_string)
+    line.starts_with("ready ")
+        .then(|| line.trim_end().to_string())
+}
+
+/// The value of field `key` of a ready line.
+pub fn ready_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .skip(1)
+        .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// A test that fails midway must not leave its agent running.

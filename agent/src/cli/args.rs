@@ -218,9 +218,15 @@ pub(crate) struct KubernetesArgs {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("--ready-fd {fd} is not an open file descriptor: open it for writing, e.g. 3>ready.txt")]
-pub(crate) struct ReadyFdError {
-    fd: RawFd,
+pub(crate) enum ReadyFdError {
+    #[error(
+        "--ready-fd {0} is not an open file descriptor: open one for writing, e.g. `--ready-fd 3 3>ready.txt`"
+    )]
+    NotOpen(RawFd),
+    #[error(
+        "--ready-fd {0} is a standard stream, which flowtap keeps for its report and messages: give a descriptor from 3 up"
+    )]
+    Standard(RawFd),
 }
 
 impl RunArgs {
@@ -260,10 +266,12 @@ impl RunArgs {
 
 /// Takes ownership of the descriptor the caller passed for the ready line.
 fn ready_file(fd: RawFd) -> Result<File, ReadyFdError> {
+    if (0..=libc::STDERR_FILENO).contains(&fd) {
+        return Err(ReadyFdError::Standard(fd));
+    }
     // SAFETY: F_GETFD only reads the descriptor's flags; it fails on a closed descriptor.
-    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-    if !open || fd <= libc::STDERR_FILENO {
-        return Err(ReadyFdError { fd });
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(ReadyFdError::NotOpen(fd));
     }
     // SAFETY: the descriptor is open (checked above), was handed to flowtap for this line only,
     // and nothing else in the process uses it, so the File may own and close it.
