@@ -54,19 +54,20 @@ impl SymbolSelector {
 
 /// How a probe's returns are observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitPoints {
+pub(crate) enum ExitPoints {
     /// A uretprobe on the entry: it hijacks the return address, so only where nothing unwinds through it.
     ReturnProbe,
     /// Uprobes at these file offsets, each a return instruction of the function.
+    // Filled by the planner's decoding of return instructions (issue 12, probe points); the
+    // loader attaches by it already.
+    #[allow(dead_code)]
     Instructions(Vec<u64>),
 }
 
 #[derive(Debug, Clone)]
-pub struct PlannedProbe {
+pub(crate) struct PlannedProbe {
     pub id: u32,
     pub function: String,
-    /// The name as in the symbol table.
-    pub raw_name: String,
     /// Index into [`Plan::objects`].
     pub object: usize,
     pub file_offset: u64,
@@ -77,13 +78,13 @@ pub struct PlannedProbe {
 }
 
 #[derive(Debug, Clone)]
-pub struct PlannedObject {
+pub(crate) struct PlannedObject {
     pub path: PathBuf,
     pub name: String,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub objects: Vec<PlannedObject>,
     pub probes: Vec<PlannedProbe>,
     /// Selected functions the kernel cannot probe (see [`crate::symbols::Function::probeable`]).
@@ -91,7 +92,7 @@ pub struct Plan {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error(
         "{target} does not export the workflow runtime's functions: choose functions with --symbols GLOB (list them with `flowtap symbols`) or --profile (`flowtap profile list`)"
     )]
@@ -117,7 +118,7 @@ pub enum PlanError {
 }
 
 /// What to probe: functions the profiles give meaning to, and plain `--symbols` selections.
-pub struct Selection {
+pub(crate) struct Selection {
     pub profiles: Vec<Profile>,
     pub symbols: Vec<SymbolSelector>,
     /// How the user wrote them, for messages.
@@ -127,7 +128,7 @@ pub struct Selection {
 }
 
 impl Plan {
-    pub fn build(
+    pub(crate) fn build(
         objects: &[ElfObject],
         selection: &Selection,
         target: &str,
@@ -201,7 +202,7 @@ impl Plan {
             return Err(PlanError::GoBinary { object: name });
         }
         let index = self.objects.len();
-        for (function, raw_name, demangled, rule) in selected {
+        for (function, _raw_name, demangled, rule) in selected {
             if !function.probeable {
                 self.unprobeable.push(demangled);
                 continue;
@@ -209,7 +210,6 @@ impl Plan {
             self.probes.push(PlannedProbe {
                 id: self.probes.len() as u32,
                 function: demangled,
-                raw_name,
                 object: index,
                 file_offset: function.file_offset,
                 exit: ExitPoints::ReturnProbe,
@@ -225,7 +225,7 @@ impl Plan {
     }
 
     /// The probes of one object, in id order.
-    pub fn probes_of(&self, object: usize) -> impl Iterator<Item = &PlannedProbe> {
+    pub(crate) fn probes_of(&self, object: usize) -> impl Iterator<Item = &PlannedProbe> {
         self.probes
             .iter()
             .filter(move |probe| probe.object == object)

@@ -29,7 +29,7 @@ const _: () = assert!(same(programs::ENTRY_MULTI, "call_entry_multi"));
 const _: () = assert!(same(programs::ENTRY, "call_entry"));
 
 #[uprobe(multi)]
-pub fn call_entry_multi(ctx: ProbeContext) -> u32 {
+pub(crate) fn call_entry_multi(ctx: ProbeContext) -> u32 {
     if let Err(loss) = on_entry(&ctx) {
         count_loss(loss);
     }
@@ -38,7 +38,7 @@ pub fn call_entry_multi(ctx: ProbeContext) -> u32 {
 
 /// Per-point attach, for kernels without uprobe.multi (< 6.6).
 #[uprobe]
-pub fn call_entry(ctx: ProbeContext) -> u32 {
+pub(crate) fn call_entry(ctx: ProbeContext) -> u32 {
     if let Err(loss) = on_entry(&ctx) {
         count_loss(loss);
     }

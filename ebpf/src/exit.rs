@@ -29,23 +29,23 @@ const RETURN_ADDRESS_BYTES: u64 = 8;
 const RETURN_ADDRESS_BYTES: u64 = 0;
 
 #[uretprobe(multi)]
-pub fn call_return_multi(ctx: RetProbeContext) -> u32 {
+pub(crate) fn call_return_multi(ctx: RetProbeContext) -> u32 {
     by_return_probe(&ctx)
 }
 
 /// Per-point attach, for kernels without uprobe.multi (< 6.6).
 #[uretprobe]
-pub fn call_return(ctx: RetProbeContext) -> u32 {
+pub(crate) fn call_return(ctx: RetProbeContext) -> u32 {
     by_return_probe(&ctx)
 }
 
 #[uprobe(multi)]
-pub fn call_ret_insn_multi(ctx: ProbeContext) -> u32 {
+pub(crate) fn call_ret_insn_multi(ctx: ProbeContext) -> u32 {
     at_return_instruction(&ctx)
 }
 
 #[uprobe]
-pub fn call_ret_insn(ctx: ProbeContext) -> u32 {
+pub(crate) fn call_ret_insn(ctx: ProbeContext) -> u32 {
     at_return_instruction(&ctx)
 }
 

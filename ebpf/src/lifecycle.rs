@@ -23,7 +23,7 @@ const _: () = assert!(same(programs::PROCESS_EXEC, "process_exec"));
 /// Attached to the traced binary's entry point: a process that starts running it is counted
 /// from its first call into any probed library.
 #[uprobe]
-pub fn enrol_process(_ctx: ProbeContext) -> u32 {
+pub(crate) fn enrol_process(_ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let _ = TRACED.insert(&tgid, &1, 0);
     0
@@ -32,7 +32,7 @@ pub fn enrol_process(_ctx: ProbeContext) -> u32 {
 /// A thread that exits ends its calls in flight (unwound); the kernel frees its stack with it.
 /// Its process leaves the traced set with its leader thread.
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
+pub(crate) fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if close_all() {
         stack::count_live_stacks(u64::MAX);
@@ -47,7 +47,7 @@ pub fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
 /// After exec the process runs another binary: the old one's calls are over, and it is enrolled
 /// again only if the new binary is traced (its entry probe fires after this).
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn process_exec(_ctx: BtfTracePointContext) -> u32 {
+pub(crate) fn process_exec(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     close_all();
     let _ = TRACED.remove(&((pid_tgid >> 32) as u32));
