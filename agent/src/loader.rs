@@ -11,7 +11,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, ProgramError, UProbe,
+        BtfTracePoint, ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
@@ -55,6 +55,14 @@ pub(crate) enum LoadError {
         "kernel type information (BTF) is unavailable; flowtap needs a kernel built with CONFIG_DEBUG_INFO_BTF"
     )]
     Btf(#[source] aya::BtfError),
+    #[error(
+        "cannot read the format of tracepoint {tracepoint} to follow forked processes: mount tracefs (`mount -t tracefs tracefs /sys/kernel/tracing`)"
+    )]
+    TracepointFormat {
+        tracepoint: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("kernel map {name}")]
     Map {
         name: &'static str,
@@ -198,22 +206,35 @@ impl Probes {
             crate::kernel_log::forward(&mut probes.ebpf)?;
         }
         probes.write_specs(plan)?;
-        probes.attach_lifecycle()?;
+        probes.attach_lifecycle(target.filters_by_process())?;
+        // Enrolled before its probes go live: it counts from the moment they do.
+        if target.filters_by_process()
+            && let Some(pid) = target.pid()
+        {
+            probes.enrol(&[pid.get()])?;
+        }
         if options.empty_programs {
             let mut floor = EbpfLoader::new()
                 .load(EMPTY_PROGRAMS)
                 .map_err(LoadError::Load)?;
-            attach_calls(&mut floor, plan, target.pid(), Names::EMPTY, None)?;
+            attach_calls(&mut floor, plan, target.attach_pid(), Names::EMPTY, None)?;
             probes.floor = Some(floor);
         } else {
             let log = probes.verifier_log.clone();
-            attach_calls(&mut probes.ebpf, plan, target.pid(), Names::CALLS, log)?;
+            attach_calls(
+                &mut probes.ebpf,
+                plan,
+                target.attach_pid(),
+                Names::CALLS,
+                log,
+            )?;
         }
         probes.attached = plan.probes.len();
         if target.filters_by_process()
-            && let Some(entry) = target.objects.first().and_then(|o| o.entry_offset)
+            && let Some(program) = target.objects.first().filter(|o| o.is_executable)
+            && let Some(entry) = program.entry_offset
         {
-            probes.attach_enrolment(&target.objects[0].path, entry)?;
+            probes.attach_enrolment(&program.path, entry)?;
         }
         Ok(probes)
     }
@@ -235,9 +256,18 @@ impl Probes {
         Ok(())
     }
 
-    fn attach_lifecycle(&mut self) -> Result<(), LoadError> {
+    /// Thread exit and exec always; fork when processes are followed (`follow`).
+    fn attach_lifecycle(&mut self, follow: bool) -> Result<(), LoadError> {
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         let log = self.verifier_log.clone();
+        if follow {
+            let program = programs::PROCESS_FORK;
+            let (category, name) = abi::NEW_TASK_TRACEPOINT;
+            let tp: &mut TracePoint = program_mut(&mut self.ebpf, program, log.as_deref())?;
+            tp.load().map_err(refusal(program, log.as_deref()))?;
+            tp.attach(category, name)
+                .map_err(refusal(program, log.as_deref()))?;
+        }
         for (program, tracepoint) in [
             (programs::THREAD_EXIT, "sched_process_exit"),
             (programs::PROCESS_EXEC, "sched_process_exec"),
@@ -343,9 +373,16 @@ impl Probes {
 
 /// Loads the production object with its configuration and map sizes (programs not yet).
 fn load_object(plan: &Plan, target: &Target, options: &LoadOptions) -> Result<Ebpf, LoadError> {
+    let (new_task_pid_offset, new_task_flags_offset) = if target.filters_by_process() {
+        new_task_offsets()?
+    } else {
+        (0, 0)
+    };
     let config = Config {
         filter_by_tgid: u8::from(target.filters_by_process()),
         by_cgroup: u8::from(options.by_cgroup),
+        new_task_pid_offset,
+        new_task_flags_offset,
         _pad: [0; 2],
         sample_threshold: Config::sample_threshold(options.sample_rate),
     };
@@ -367,6 +404,48 @@ fn load_object(plan: &Plan, target: &Target, options: &LoadOptions) -> Result<Eb
         .map_max_entries(maps::SPECS, map_size)
         .load(KERNEL_PROGRAMS)
         .map_err(LoadError::Load)
+}
+
+/// Where the new task's id and clone flags lie in the new-task tracepoint's record, from its
+/// format file in tracefs.
+fn new_task_offsets() -> Result<(u16, u16), LoadError> {
+    let (category, name) = abi::NEW_TASK_TRACEPOINT;
+    let relative = format!("events/{category}/{name}/format");
+    let read = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(|root| std::fs::read_to_string(Path::new(root).join(&relative)))
+        .reduce(|first, second| first.or(second))
+        .expect("two places");
+    let error = |source| LoadError::TracepointFormat {
+        tracepoint: format!("{category}:{name}"),
+        source,
+    };
+    let format = read.map_err(error)?;
+    let offset = |field| {
+        field_offset(&format, field).ok_or_else(|| {
+            error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no field {field}"),
+            ))
+        })
+    };
+    Ok((
+        offset(abi::NEW_TASK_PID_FIELD)?,
+        offset(abi::NEW_TASK_FLAGS_FIELD)?,
+    ))
+}
+
+/// The offset of `field` in a tracepoint format (`field:pid_t pid;\toffset:8;\tsize:4;...`).
+fn field_offset(format: &str, field: &str) -> Option<u16> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';');
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        let name = declaration.rsplit([' ', '*']).next()?;
+        if name != field {
+            return None;
+        }
+        parts.next()?.trim().strip_prefix("offset:")?.parse().ok()
+    })
 }
 
 /// The entry and exit programs to attach, in one object.
@@ -526,6 +605,16 @@ mod tests {
             file.section_by_name(".maps").is_some(),
             "the task-storage stack map is a BTF map"
         );
+    }
+
+    #[test]
+    fn tracepoint_fields_are_found_by_name() {
+        let format = "name: task_newtask\nformat:\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n\tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;\n";
+        assert_eq!(field_offset(format, "pid"), Some(8));
+        assert_eq!(field_offset(format, "clone_flags"), Some(32));
+        assert_eq!(field_offset(format, "flags"), None);
+        // This kernel's own record.
+        assert!(new_task_offsets().is_ok_and(|(pid, flags)| pid > 0 && flags > pid));
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub mod maps {
     ];
 }
 
+/// The tracepoint a new task (process or thread) is seen at, in its parent, before it runs; and
+/// its record's fields holding the new task's id and its clone flags.
+pub const NEW_TASK_TRACEPOINT: (&str, &str) = ("task", "task_newtask");
+pub const NEW_TASK_PID_FIELD: &str = "pid";
+pub const NEW_TASK_FLAGS_FIELD: &str = "clone_flags";
+
 /// Program names (the functions' names in the eBPF crate).
 pub mod programs {
     pub const ENTRY: &str = "call_entry";
@@ -58,9 +64,11 @@ pub mod programs {
     pub const ENROL: &str = "enrol_process";
     pub const THREAD_EXIT: &str = "thread_exit";
     pub const PROCESS_EXEC: &str = "process_exec";
+    /// A traced process's forked child joins the traced set before its first instruction.
+    pub const PROCESS_FORK: &str = "process_fork";
 
     /// Every program of the production object the agent uses.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         ENTRY,
         ENTRY_MULTI,
         RETURN,
@@ -70,6 +78,7 @@ pub mod programs {
         ENROL,
         THREAD_EXIT,
         PROCESS_EXEC,
+        PROCESS_FORK,
     ];
 
     /// The benchmark's kernel floor: a separate object of programs that do nothing.

@@ -423,10 +423,13 @@ pub enum Loss {
     AggregateMapFull = 4,
     /// A sampled span found the ring buffer full.
     SpanRingFull = 5,
+    /// A forked child of a traced process could not join the traced set (map full): its calls
+    /// are not counted.
+    TracedMapFull = 6,
 }
 
 impl Loss {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [Loss; Self::COUNT as usize] = [
         Loss::StackOverflow,
         Loss::ReturnProbeDepth,
@@ -434,6 +437,7 @@ impl Loss {
         Loss::StatsMapFull,
         Loss::AggregateMapFull,
         Loss::SpanRingFull,
+        Loss::TracedMapFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -444,6 +448,7 @@ impl Loss {
             Loss::StatsMapFull => "stats_map_full",
             Loss::AggregateMapFull => "aggregate_map_full",
             Loss::SpanRingFull => "span_ring_full",
+            Loss::TracedMapFull => "traced_map_full",
         }
     }
 }
@@ -452,12 +457,18 @@ impl Loss {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
-    /// Count only thread groups listed in `TRACED` (binary-path mode, where the shared libraries'
-    /// probes also fire in unrelated processes). Otherwise the attach scope already filters.
+    /// Count only thread groups listed in `TRACED`: probes are attached for every process
+    /// (binary-path mode, and modes following forked children, which a probe scoped to one
+    /// process would miss), and unrelated processes must not count. Otherwise the attach scope
+    /// already filters.
     pub filter_by_tgid: u8,
     /// Key stats and aggregates by the calling thread's cgroup too, so that metrics can carry
     /// the pod they come from.
     pub by_cgroup: u8,
+    /// Where the new task's id and clone flags lie in the record of the tracepoint
+    /// [`abi::NEW_TASK_TRACEPOINT`] (its format file says; records change between kernels).
+    pub new_task_pid_offset: u16,
+    pub new_task_flags_offset: u16,
     pub _pad: [u8; 2],
     /// A new trace is sampled when a random u32 is below this: 0 emits no spans at all,
     /// `u32::MAX` all of them (see [`Config::sample_threshold`]).

@@ -3,22 +3,24 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, uprobe},
-    programs::{BtfTracePointContext, ProbeContext},
+    macros::{btf_tracepoint, tracepoint, uprobe},
+    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use flowtap_common::{
-    STACK_TRACED,
+    Loss, STACK_TRACED,
     abi::{programs, same},
 };
 
 use crate::{
-    maps::TRACED,
+    maps::{TRACED, config},
     stack::{self, close_while},
+    stats::count_loss,
 };
 
 const _: () = assert!(same(programs::ENROL, "enrol_process"));
 const _: () = assert!(same(programs::THREAD_EXIT, "thread_exit"));
 const _: () = assert!(same(programs::PROCESS_EXEC, "process_exec"));
+const _: () = assert!(same(programs::PROCESS_FORK, "process_fork"));
 
 /// Attached to the traced binary's entry point: a process that starts running it is counted
 /// from its first call into any probed library.
@@ -28,6 +30,36 @@ pub(crate) fn enrol_process(_ctx: ProbeContext) -> u32 {
     let _ = TRACED.insert(&tgid, &1, 0);
     0
 }
+
+/// Runs in the parent, before the child's first instruction: the child process of a traced
+/// process is traced too (it runs the same image until it execs, which [`process_exec`] judges).
+/// New threads share their process's entry. Attached only when the agent follows children.
+#[tracepoint]
+pub(crate) fn process_fork(ctx: TracePointContext) -> u32 {
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a lookup whose value is only tested for presence.
+    if unsafe { TRACED.get(&parent) }.is_none() {
+        return 0;
+    }
+    let config = config();
+    // SAFETY: the offsets are those of the record's fields, read from its format.
+    let (flags, child) = unsafe {
+        (
+            ctx.read_at::<u64>(usize::from(config.new_task_flags_offset)),
+            ctx.read_at::<u32>(usize::from(config.new_task_pid_offset)),
+        )
+    };
+    let (Ok(flags), Ok(child)) = (flags, child) else {
+        return 0;
+    };
+    if flags & CLONE_THREAD == 0 && TRACED.insert(&child, &1, 0).is_err() {
+        count_loss(Loss::TracedMapFull);
+    }
+    0
+}
+
+/// `clone(2)`'s flag for a thread of the same process.
+const CLONE_THREAD: u64 = 0x0001_0000;
 
 /// A thread that exits ends its calls in flight (unwound); the kernel frees its stack with it.
 /// Its process leaves the traced set with its leader thread.

@@ -21,6 +21,8 @@ use flowtap_common::{
 static CONFIG: Config = Config {
     filter_by_tgid: 0,
     by_cgroup: 0,
+    new_task_pid_offset: 0,
+    new_task_flags_offset: 0,
     _pad: [0; 2],
     sample_threshold: 0,
 };

@@ -42,6 +42,11 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         .arg(&out)
         .args(["-lwfrt", "-Wl,-rpath,$ORIGIN"]))?;
     build_bookkeeping(&source, &out)?;
+    run(Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(out.join("forkdemo"))
+        .arg(source.join("forkdemo.c")))?;
     Ok(out)
 }
 

@@ -101,6 +101,11 @@ pub(crate) struct RunArgs {
     /// pods they pick.
     #[arg(long, value_name = "PATH", conflicts_with = "command")]
     exe: Option<PathBuf>,
+    /// Trace the processes the target forks too, from their first instruction (and theirs,
+    /// and so on; one that execs another program stops being traced): default true for a
+    /// launched command, false with --pid; --exe always traces every process of its binary.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    children: Option<bool>,
     /// What the target's functions mean: a built-in profile (`flowtap profile list`) or a
     /// profile file (repeatable). Default, with no --symbols either: `workflow`.
     #[arg(long = "profile", value_name = "NAME|FILE")]
@@ -271,6 +276,7 @@ impl RunArgs {
         };
         Ok(RunConfig {
             target,
+            children: self.children,
             profiles: self.profiles,
             symbols: self.symbols,
             duration: self.duration,

@@ -43,6 +43,8 @@ use crate::{
 pub(crate) struct RunConfig {
     /// What to trace; None only when a pod selector picks it.
     pub(crate) target: Option<TargetSpec>,
+    /// Trace the processes the target forks; `None`: the mode's default.
+    pub(crate) children: Option<bool>,
     /// Built-in profile names or profile files; none, with no `symbols` either: the default.
     pub(crate) profiles: Vec<String>,
     /// `GLOB` or `OBJECT:GLOB` selectors of functions to time without a profile.
@@ -77,6 +79,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             target: None,
+            children: None,
             profiles: Vec::new(),
             symbols: Vec::new(),
             duration: None,
@@ -130,7 +133,8 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         .transpose()?;
     let listener = prometheus::bind(config.metrics_addr)?;
     // Launch mode forks here, so this comes before any thread is started.
-    let target = Target::resolve(&spec)?;
+    let mut target = Target::resolve(&spec)?;
+    target.follow_children(config.children);
     let plan = Arc::new(Plan::build(
         &target.objects,
         &selection,

@@ -53,6 +53,8 @@ pub(crate) struct Target {
     pub kind: TargetKind,
     /// The objects to look for symbols in; the program's executable first when there is one.
     pub objects: Vec<ElfObject>,
+    /// Whether the processes the target forks are traced too (always, for a binary).
+    children: bool,
 }
 
 #[derive(Debug)]
@@ -91,6 +93,7 @@ impl Target {
         Ok(Self {
             kind: TargetKind::Process { pid },
             objects,
+            children: false,
         })
     }
 
@@ -118,6 +121,7 @@ impl Target {
             } else {
                 objects
             },
+            children: true,
         })
     }
 
@@ -131,10 +135,32 @@ impl Target {
         Ok(Self {
             kind: TargetKind::Launch { child, program },
             objects,
+            children: true,
         })
     }
 
-    /// The process probes fire for; `None` means every process (filtered in kernel if needed).
+    /// Follows the processes a launched command or a process forks, or not; `None` keeps the
+    /// mode's default: on in launch mode, off for a PID. A binary's processes are always
+    /// followed.
+    pub(crate) fn follow_children(&mut self, children: Option<bool>) {
+        if !matches!(self.kind, TargetKind::Binary { .. })
+            && let Some(children) = children
+        {
+            self.children = children;
+        }
+    }
+
+    /// The process probes fire for, when they are scoped to one; `None` means every process
+    /// (filtered in the kernel when [`Target::filters_by_process`]).
+    pub(crate) fn attach_pid(&self) -> Option<NonZeroU32> {
+        if self.filters_by_process() {
+            None
+        } else {
+            self.pid()
+        }
+    }
+
+    /// The process the target is (PID and launch modes).
     pub(crate) fn pid(&self) -> Option<NonZeroU32> {
         match &self.kind {
             TargetKind::Process { pid } => Some(*pid),
@@ -143,16 +169,14 @@ impl Target {
         }
     }
 
-    /// Whether probes must count only enrolled processes: a binary's libraries are shared with
-    /// unrelated processes, which must not be counted.
+    /// Whether probes, attached for every process, must count only enrolled ones: a binary's
+    /// libraries are shared with unrelated processes, and a probe scoped to one process does
+    /// not fire in its children.
     pub(crate) fn filters_by_process(&self) -> bool {
-        matches!(
-            self.kind,
-            TargetKind::Binary {
-                is_library: false,
-                ..
-            }
-        )
+        match self.kind {
+            TargetKind::Binary { is_library, .. } => !is_library,
+            TargetKind::Process { .. } | TargetKind::Launch { .. } => self.children,
+        }
     }
 
     /// The program traced, when there is one (a library target has none).
