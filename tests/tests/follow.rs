@@ -85,6 +85,22 @@ fn launch_mode_without_children_counts_the_parent_only() {
     assert_eq!(fk_calls(&traced.report), 100);
 }
 
+#[test]
+fn children_that_exec_another_program_are_not_traced() {
+    let dir = scratch_dir("follow-launch-other");
+    let demo = forkdemo_copy(&dir);
+    // The same code in another file: not the target, so its calls are not counted.
+    let other_dir = dir.join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = forkdemo_copy(&other_dir);
+    let mut demo_args = args(true);
+    demo_args.extend(["--exec-path", other.to_str().unwrap()]);
+    let traced = launch_with_report(&dir, &SELECT, &demo, &demo_args);
+    assert_eq!(traced.code, 0, "{}", traced.stderr);
+    made(&traced.stdout);
+    assert_eq!(fk_calls(&traced.report), 100, "only the parent's calls");
+}
+
 /// The fixture held until its stdin closes, once it is running.
 fn spawn_held_forkdemo(demo: &Path, exec: bool) -> Child {
     let child = Command::new(demo)
