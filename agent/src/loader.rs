@@ -175,6 +175,8 @@ pub(crate) struct Probes {
     ebpf: Ebpf,
     /// The benchmark's empty programs, attached instead of the production ones.
     floor: Option<Ebpf>,
+    /// Forwards the programs' diagnostics (`--kernel-log`); flushes the rest when dropped.
+    _kernel_log: Option<crate::kernel_log::KernelLog>,
     verifier_log: Option<PathBuf>,
     /// Whether stats are kept per cgroup (the `STATS` map) or per probe (`PROBE_STATS`).
     pub(crate) by_cgroup: bool,
@@ -190,12 +192,13 @@ impl Probes {
         let mut probes = Self {
             ebpf: load_object(plan, target, options)?,
             floor: None,
+            _kernel_log: None,
             verifier_log: options.verifier_log.clone(),
             by_cgroup: options.by_cgroup,
             attached: 0,
         };
         if options.kernel_log.is_some() {
-            crate::kernel_log::forward(&mut probes.ebpf)?;
+            probes._kernel_log = Some(crate::kernel_log::forward(&mut probes.ebpf)?);
         }
         probes.write_specs(plan)?;
         probes.attach_lifecycle()?;
