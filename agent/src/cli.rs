@@ -25,7 +25,7 @@ use crate::{
     kubernetes::{Workload, resource_attributes_hook, span_filter},
     loader::Probes,
     metrics::Snapshot,
-    plan::{Plan, Selection, SymbolSelector},
+    plan::{ExitProbes, Listing, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
     report::{Report, ReportFormat, SpanSummary},
@@ -167,6 +167,11 @@ pub struct RunArgs {
     /// Attach programs that do nothing: the kernel's own cost, for `cargo xtask bench`.
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+    /// How returns are observed: `return` probes (cheapest; exceptions and panics through them
+    /// abort the target), probes on each return `instructions`, or `auto`: instructions in
+    /// objects that unwind (C++, Rust), return probes elsewhere. `flowtap symbols` shows which.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub exit_probes: ExitProbes,
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -185,6 +190,9 @@ pub struct SymbolsArgs {
     /// Only functions matching this glob (raw or demangled name).
     #[arg(long, value_name = "GLOB")]
     pub filter: Option<String>,
+    /// The exit probe mode to show, as `flowtap run --exit-probes` takes it.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub exit_probes: ExitProbes,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -295,11 +303,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         &selection,
         &target.describe(),
     )?);
-    if !plan.unprobeable.is_empty() {
-        eprintln!(
-            "flowtap: warning: not tracing {} (uprobes refuse a first instruction with a LOCK prefix)",
-            plan.unprobeable.join(", ")
-        );
+    for note in plan.notes() {
+        eprintln!("flowtap: note: {note}");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -591,6 +596,7 @@ fn selection(args: &RunArgs) -> anyhow::Result<Selection> {
         symbols,
         texts,
         defaulted,
+        exit_probes: args.exit_probes,
     })
 }
 
@@ -646,31 +652,13 @@ fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
     };
     let mut out = std::io::stdout().lock();
     for object in &objects {
-        let functions: Vec<_> = object
-            .functions
-            .iter()
-            .filter(|f| {
-                filter
-                    .as_ref()
-                    .is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name))
-            })
-            .collect();
-        if functions.is_empty() {
-            continue;
-        }
-        writeln!(
-            out,
-            "{} ({} functions)",
-            object.path.display(),
-            functions.len()
-        )?;
-        for function in functions {
-            let note = if function.probeable {
-                ""
-            } else {
-                "  (not probeable: LOCK prefix)"
-            };
-            writeln!(out, "  {}{note}", function.name)?;
+        let listing = Listing::of(object, args.exit_probes, |f| {
+            filter
+                .as_ref()
+                .is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name))
+        })?;
+        if !listing.is_empty() {
+            write!(out, "{listing}")?;
         }
     }
     Ok(0)

@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod export;
 pub mod host;
+mod instructions;
 pub mod kubernetes;
 pub mod loader;
 pub mod metrics;
