@@ -23,7 +23,7 @@ use crate::{
     },
     host,
     kubernetes::{Workload, resource_attributes_hook, span_filter},
-    loader::Probes,
+    loader::{KernelLogLevel, LoadOptions, Probes},
     metrics::Snapshot,
     plan::{ExitProbes, Listing, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
@@ -172,6 +172,13 @@ pub struct RunArgs {
     /// objects that unwind (C++, Rust), return probes elsewhere. `flowtap symbols` shows which.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub exit_probes: ExitProbes,
+    /// Print the kernel programs' diagnostics of rare events (a shadow stack resynchronised,
+    /// calls nested too deep to time) on stderr, up to this level. Off by default.
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub kernel_log: Option<KernelLog>,
+    /// When the kernel refuses a program, write the verifier's log to this new file.
+    #[arg(long, value_name = "FILE")]
+    pub verifier_log: Option<PathBuf>,
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -181,6 +188,28 @@ pub struct RunArgs {
     /// Pod metadata on spans, a pod selector as the target.
     #[command(flatten)]
     pub kubernetes: Box<crate::kubernetes::KubernetesArgs>,
+}
+
+/// `--kernel-log` levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelLog {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl KernelLog {
+    fn level(self) -> KernelLogLevel {
+        match self {
+            KernelLog::Error => KernelLogLevel::Error,
+            KernelLog::Warn => KernelLogLevel::Warn,
+            KernelLog::Info => KernelLogLevel::Info,
+            KernelLog::Debug => KernelLogLevel::Debug,
+            KernelLog::Trace => KernelLogLevel::Trace,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -331,13 +360,14 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let sample_rate = if spans_wanted { args.sample_rate } else { 0.0 };
     // Per-pod metrics: the kernel keeps stats per cgroup, which the resolver maps to pods.
     let kubernetes = kubernetes.map(|cluster| Arc::new(Mutex::new(cluster)));
-    let mut probes = Probes::load(
-        &plan,
-        &target,
+    let options = LoadOptions {
         sample_rate,
-        kubernetes.is_some(),
-        args.empty_programs,
-    )?;
+        by_cgroup: kubernetes.is_some(),
+        empty_programs: args.empty_programs,
+        kernel_log: args.kernel_log.map(KernelLog::level),
+        verifier_log: args.verifier_log.clone(),
+    };
+    let mut probes = Probes::load(&plan, &target, &options)?;
     let counts = Arc::new(SpanCounts::default());
     let queue = otlp.is_some().then(|| SpanQueue::new(counts.clone()));
     let mut pump = spans_wanted

@@ -8,6 +8,7 @@ pub mod events;
 pub mod export;
 pub mod host;
 mod instructions;
+mod kernel_log;
 pub mod kubernetes;
 pub mod loader;
 pub mod metrics;

@@ -53,6 +53,15 @@ impl SymbolSelector {
     }
 }
 
+/// How a probe's returns are observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitPoints {
+    /// A uretprobe on the entry: it hijacks the return address, so only where nothing unwinds through it.
+    ReturnProbe,
+    /// Uprobes at these file offsets, each a return instruction of the function.
+    Instructions(Vec<u64>),
+}
+
 #[derive(Debug, Clone)]
 pub struct PlannedProbe {
     pub id: u32,
@@ -71,14 +80,6 @@ pub struct PlannedProbe {
     pub rule: Option<Arc<FunctionRule>>,
 }
 
-/// How a probe's returns are observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitPoints {
-    /// A uretprobe on the entry: it hijacks the return address, so only where nothing unwinds through it.
-    ReturnProbe,
-    /// Uprobes at these file offsets, each a return instruction of the function.
-    Instructions(Vec<u64>),
-}
 
 /// `--exit-probes`: how returns are observed, per object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

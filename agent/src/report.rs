@@ -100,7 +100,16 @@ fn counters(declared: &ProfileMetrics) -> Vec<JsonCounter<'_>> {
 struct JsonFunction<'a> {
     function: &'a str,
     object: &'a str,
+    /// Calls that ended: returned, unwound, or counted untimed.
     calls: u64,
+    /// Calls that ended without returning (longjmp, exception, thread exit).
+    unwound: u64,
+    /// Calls counted but not timed (nested deeper than the kernel's bounds; see `losses`).
+    untimed: u64,
+    entered: u64,
+    in_flight: u64,
+    /// Returns of calls entered before the probes were attached (not in `calls`).
+    returns_entered_before_attach: u64,
     errors: u64,
     total_ns: u64,
     mean_ns: u64,
@@ -116,6 +125,11 @@ impl<'a> From<&'a FunctionStats> for JsonFunction<'a> {
             function: &stats.function,
             object: &stats.object,
             calls: stats.calls,
+            unwound: stats.unwound,
+            untimed: stats.untimed,
+            entered: stats.entered,
+            in_flight: stats.in_flight,
+            returns_entered_before_attach: stats.unentered_returns,
             errors: stats.errors,
             total_ns: stats.total_ns,
             mean_ns: stats.mean_ns(),
@@ -234,7 +248,7 @@ fn write_declared(out: &mut dyn Write, declared: &ProfileMetrics) -> std::io::Re
 }
 
 fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> {
-    let rows: Vec<[String; 9]> = snapshot
+    let rows: Vec<[String; 10]> = snapshot
         .functions
         .iter()
         .map(|s| {
@@ -242,6 +256,7 @@ fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> 
                 s.function.clone(),
                 s.object.clone(),
                 s.calls.to_string(),
+                s.unwound.to_string(),
                 s.errors.to_string(),
                 human_duration(s.mean_ns()),
                 human_duration(s.quantile_ns(0.50)),
@@ -252,7 +267,7 @@ fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> 
         })
         .collect();
     let header = [
-        "FUNCTION", "OBJECT", "CALLS", "ERRORS", "MEAN", "P50", "P95", "P99", "MAX",
+        "FUNCTION", "OBJECT", "CALLS", "UNWOUND", "ERRORS", "MEAN", "P50", "P95", "P99", "MAX",
     ];
     let mut widths = header.map(str::len);
     for row in &rows {

@@ -40,6 +40,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
         .arg(&out)
         .args(["-lwfrt", "-Wl,-rpath,$ORIGIN"]))?;
     build_probe_placement(&source, &out, &flags)?;
+    build_bookkeeping(&source, &out)?;
     Ok(out)
 }
 
@@ -72,6 +73,38 @@ fn rustc() -> PathBuf {
         .map(|cargo| PathBuf::from(cargo).with_file_name("rustc"))
         .filter(|rustc| rustc.exists())
         .unwrap_or_else(|| PathBuf::from("rustc"))
+}
+
+/// The bookkeeping fixture: `libbk.so` (calls that longjmp, recurse, end with their thread)
+/// and `bkdemo`. No sibling calls, inlining or folding of identical functions: every call in
+/// the source is a real call of its own function; and every function starts with `push %rbp`.
+fn build_bookkeeping(source: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let flags = [
+        "-O2",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fno-omit-frame-pointer",
+        "-mno-omit-leaf-frame-pointer",
+        "-fno-shrink-wrap",
+        "-fno-optimize-sibling-calls",
+        "-fno-inline",
+        "-fno-ipa-icf",
+    ];
+    run(Command::new("cc")
+        .args(flags)
+        .args(["-fPIC", "-shared", "-o"])
+        .arg(out.join("libbk.so"))
+        .arg(source.join("bk.c")))?;
+    run(Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(out.join("bkdemo"))
+        .arg(source.join("bkdemo.c"))
+        .arg("-L")
+        .arg(out)
+        .args(["-lbk", "-lpthread", "-Wl,-rpath,$ORIGIN"]))
 }
 
 /// Builds the benchmark's programs into `target/bench`: `bench` (a tight loop over one tiny

@@ -19,7 +19,7 @@ use crate::{
     loader::Probes,
     metrics::{FunctionStats, Snapshot},
     plan::Plan,
-    profile_metrics::{FAILURE, LabelCap, Labels, ProfileMetrics, SUCCESS, Series},
+    profile_metrics::{FAILURE, LabelCap, Labels, ProfileMetrics, SUCCESS, Series, UNWOUND},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -164,11 +164,15 @@ impl Exporter {
             };
             calls.push(counter_metric(
                 &self.labels(&with_status(SUCCESS)),
-                (f.calls - f.errors) as f64,
+                (f.calls - f.errors - f.unwound) as f64,
             ));
             calls.push(counter_metric(
                 &self.labels(&with_status(FAILURE)),
                 f.errors as f64,
+            ));
+            calls.push(counter_metric(
+                &self.labels(&with_status(UNWOUND)),
+                f.unwound as f64,
             ));
             durations.push(histogram(&self.labels(&base), f));
         }
