@@ -25,7 +25,7 @@ use crate::{
     kubernetes::{Workload, resource_attributes_hook, span_filter},
     loader::{KernelLogLevel, LoadOptions, Probes},
     metrics::Snapshot,
-    plan::{ExitProbes, Listing, Plan, Selection, SymbolSelector},
+    plan::{ExitChoice, ExitPolicy, Listing, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
     report::{Report, ReportFormat, SpanSummary},
@@ -168,10 +168,12 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     pub empty_programs: bool,
     /// How returns are observed: `return` probes (cheapest; exceptions and panics through them
-    /// abort the target), probes on each return `instructions`, or `auto`: instructions in
-    /// objects that unwind (C++, Rust), return probes elsewhere. `flowtap symbols` shows which.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub exit_probes: ExitProbes,
+    /// abort the target), probes on each return `instructions`, or `auto` (default):
+    /// instructions in objects that unwind (C++, Rust), return probes elsewhere. OBJECT=MODE
+    /// (repeatable) sets one object's, e.g. a C library that exceptions cross. `flowtap
+    /// symbols` shows which each object gets.
+    #[arg(long, value_name = "[OBJECT=]MODE")]
+    pub exit_probes: Vec<ExitChoice>,
     /// Print the kernel programs' diagnostics of rare events (a shadow stack resynchronised,
     /// calls nested too deep to time) on stderr, up to this level. Off by default.
     #[arg(long, value_enum, value_name = "LEVEL")]
@@ -219,9 +221,9 @@ pub struct SymbolsArgs {
     /// Only functions matching this glob (raw or demangled name).
     #[arg(long, value_name = "GLOB")]
     pub filter: Option<String>,
-    /// The exit probe mode to show, as `flowtap run --exit-probes` takes it.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub exit_probes: ExitProbes,
+    /// The exit probe modes to show, as `flowtap run --exit-probes` takes them.
+    #[arg(long, value_name = "[OBJECT=]MODE")]
+    pub exit_probes: Vec<ExitChoice>,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -626,7 +628,7 @@ fn selection(args: &RunArgs) -> anyhow::Result<Selection> {
         symbols,
         texts,
         defaulted,
-        exit_probes: args.exit_probes,
+        exit_probes: ExitPolicy(args.exit_probes.clone()),
     })
 }
 
@@ -680,9 +682,10 @@ fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
         (_, Some(exe)) => Target::resolve(&TargetSpec::Binary(exe))?.objects,
         _ => unreachable!("clap requires exactly one target"),
     };
+    let policy = ExitPolicy(args.exit_probes);
     let mut out = std::io::stdout().lock();
     for object in &objects {
-        let listing = Listing::of(object, args.exit_probes, |f| {
+        let listing = Listing::of(object, policy.mode_for(object), |f| {
             filter
                 .as_ref()
                 .is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name))

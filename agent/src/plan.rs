@@ -80,7 +80,6 @@ pub struct PlannedProbe {
     pub rule: Option<Arc<FunctionRule>>,
 }
 
-
 /// `--exit-probes`: how returns are observed, per object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ExitProbes {
@@ -109,6 +108,53 @@ impl FromStr for ExitProbes {
     }
 }
 
+/// One `--exit-probes` value: `MODE` for every object, or `OBJECT=MODE` for the objects whose
+/// file name matches the glob (to mark, say, a C library that C++ exceptions cross).
+#[derive(Clone, Debug)]
+pub struct ExitChoice {
+    object: Option<Pattern>,
+    mode: ExitProbes,
+}
+
+impl FromStr for ExitChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (object, mode) = match text.rsplit_once('=') {
+            Some((object, mode)) => (Some(object), mode),
+            None => (None, text),
+        };
+        let object = object
+            .map(|glob| Pattern::new(glob).map_err(|error| format!("bad glob `{glob}`: {error}")))
+            .transpose()?;
+        Ok(Self {
+            object,
+            mode: mode.parse()?,
+        })
+    }
+}
+
+/// The `--exit-probes` values in order: the last one that applies to an object wins; `auto`
+/// when none does.
+#[derive(Clone, Debug, Default)]
+pub struct ExitPolicy(pub Vec<ExitChoice>);
+
+impl ExitPolicy {
+    pub fn mode_for(&self, object: &ElfObject) -> ExitProbes {
+        let name = object.file_name();
+        self.0
+            .iter()
+            .rev()
+            .find(|choice| {
+                choice
+                    .object
+                    .as_ref()
+                    .is_none_or(|glob| glob.matches(&name))
+            })
+            .map_or(ExitProbes::Auto, |choice| choice.mode)
+    }
+}
+
 impl ExitProbes {
     /// Whether `object`'s functions get probes on their return instructions.
     pub fn on_instructions(self, object: &ElfObject) -> bool {
@@ -125,15 +171,15 @@ impl ExitProbes {
             (true, Some(symbol), Self::Auto) => {
                 format!("exits: return instructions (it unwinds: `{symbol}`)")
             }
-            (true, _, _) => "exits: return instructions (--exit-probes instructions)".into(),
+            (true, _, _) => "exits: return instructions (as --exit-probes asks)".into(),
             (false, None, _) => "exits: return probes (nothing unwinds through it)".into(),
             (false, Some(symbol), _) => format!(
-                "exits: return probes (--exit-probes return; it unwinds: `{symbol}`, exceptions through probed functions abort it)"
+                "exits: return probes (as --exit-probes asks; it unwinds: `{symbol}`, exceptions through probed functions abort it)"
             ),
         }
     }
 
-    /// How `function` of `object` (whose objects's mode this is) returns are observed, or why it
+    /// How `function` of `object` (whose mode this is) returns are observed, or why it
     /// cannot be probed. Leaves keep return probes in `auto`: nothing can unwind through a frame
     /// that calls nothing, and a return probe costs one trap where a `ret` costs two.
     pub fn exit_points(
@@ -242,7 +288,7 @@ pub struct Selection {
     pub texts: Vec<String>,
     /// The profile was chosen by default, not asked for.
     pub defaulted: bool,
-    pub exit_probes: ExitProbes,
+    pub exit_probes: ExitPolicy,
 }
 
 impl Plan {
@@ -320,10 +366,11 @@ impl Plan {
             return Err(PlanError::GoBinary { object: name });
         }
         let index = self.objects.len();
+        let exit_mode = selection.exit_probes.mode_for(object);
         for (function, raw_name, demangled, rule) in selected {
             let exit = match function.refusal {
                 Some(reason) => Err(reason),
-                None => selection.exit_probes.exit_points(object, function)?,
+                None => exit_mode.exit_points(object, function)?,
             };
             let exit = match exit {
                 Ok(exit) => exit,
@@ -519,6 +566,46 @@ mod tests {
         let both = selector("libx.so:ns::f*");
         assert!(both.matches("libx.so", "_ZN2ns3fooEv", "ns::foo()"));
         assert!(!both.matches("liby.so", "_ZN2ns3fooEv", "ns::foo()"));
+    }
+
+    #[test]
+    fn the_last_exit_probe_choice_for_an_object_wins() {
+        let object = ElfObject::read(&std::env::current_exe().unwrap()).unwrap();
+        let name = object.file_name();
+        let policy = |texts: &[&str]| {
+            ExitPolicy(texts.iter().map(|t| t.parse().unwrap()).collect()).mode_for(&object)
+        };
+        assert_eq!(policy(&[]), ExitProbes::Auto);
+        assert_eq!(policy(&["return"]), ExitProbes::Return);
+        assert_eq!(
+            policy(&["return", &format!("{name}=instructions")]),
+            ExitProbes::Instructions
+        );
+        assert_eq!(
+            policy(&["return", "libc.so*=instructions"]),
+            ExitProbes::Return
+        );
+        assert!("sometimes".parse::<ExitChoice>().is_err());
+        assert!("lib[=auto".parse::<ExitChoice>().is_err());
+        // The test binary unwinds (Rust): `auto` decodes its functions' returns.
+        assert!(ExitProbes::Auto.on_instructions(&object));
+        let this = object
+            .functions
+            .iter()
+            .find(|f| {
+                f.name
+                    .ends_with("the_last_exit_probe_choice_for_an_object_wins")
+            })
+            .unwrap();
+        let exit = ExitProbes::Auto
+            .exit_points(&object, this)
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&exit, ExitPoints::Instructions(returns) if !returns.is_empty()
+                && returns.iter().all(|&r| r > this.file_offset && r < this.file_offset + this.size)),
+            "{exit:?}"
+        );
     }
 
     #[test]

@@ -193,9 +193,10 @@ fn rust_panics_caught_through_probed_functions() {
 
 #[test]
 fn exit_modes_on_a_c_program_leave_it_intact_and_exact() {
-    // The C fixture does not unwind: `auto` (return probes) and `instructions` both fit it.
+    // The C fixture does not unwind: return probes (`auto`) and return instructions both fit it,
+    // asked for everywhere or for its object alone.
     let cold = fixture_dir().join("cold");
-    for mode in ["auto", "instructions"] {
+    for mode in ["auto", "instructions", "return", "cold=instructions"] {
         let run = traced_identically(
             "exit-modes",
             &[
@@ -248,6 +249,24 @@ fn symbols_lists_refusals_apart_with_reasons_and_the_exit_mode() {
     assert!(
         refused.contains("_start: the program's entry point"),
         "{cold}"
+    );
+
+    let marked = fixture_dir().join("cold");
+    let (code, marked, stderr) = run_flowtap(&[
+        "symbols",
+        "--exe",
+        marked.to_str().unwrap(),
+        "--filter",
+        "accumulate",
+        "--exit-probes",
+        "cold=instructions",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        marked.contains(
+            "/cold (1 functions, 0 refused; exits: return instructions (as --exit-probes asks))"
+        ),
+        "{marked}"
     );
 
     let throws = listing("throws", "*Parser*");
