@@ -9,6 +9,8 @@ pub mod export;
 pub mod host;
 mod instructions;
 mod kernel_log;
+#[cfg(test)]
+mod kernel_tests;
 pub mod kubernetes;
 pub mod loader;
 pub mod metrics;

@@ -95,7 +95,7 @@ impl std::fmt::Display for VerifierLog {
 /// A program error shown by its first line (a verifier log can be thousands), keeping the
 /// whole error as its cause.
 #[derive(Debug)]
-pub struct Refusal(pub ProgramError);
+pub struct Refusal(pub Box<ProgramError>);
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -255,7 +255,7 @@ impl Probes {
             .attach([entry], executable, UProbeScope::AllProcesses)
             .map_err(|error| LoadError::Attach {
                 object: executable.display().to_string(),
-                cause: Refusal(error),
+                cause: Refusal(Box::new(error)),
             })?;
         Ok(())
     }
@@ -461,7 +461,7 @@ impl Attach<'_> {
                 .attach(points, path, self.scope)
                 .map_err(|error| LoadError::Attach {
                     object: path.display().to_string(),
-                    cause: Refusal(error),
+                    cause: Refusal(Box::new(error)),
                 })?;
         }
         Ok(())
@@ -473,7 +473,7 @@ fn refusal(program: &'static str, log: Option<&Path>) -> impl Fn(ProgramError) -
     move |error| LoadError::Program {
         program,
         log: write_verifier_log(log, &error),
-        cause: Refusal(error),
+        cause: Refusal(Box::new(error)),
     }
 }
 
@@ -494,7 +494,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object::{Object, ObjectSection, ObjectSymbol};
+    use object::{Object, ObjectSymbol};
 
     /// Names defined in an eBPF object: its symbols (programs, legacy maps, globals).
     fn symbols(bytes: &[u8]) -> Vec<String> {
