@@ -179,10 +179,23 @@ impl ExitProbes {
         }
     }
 
+    /// How `function` of `object` (whose mode this is) returns are observed, or why it must
+    /// not be probed at all.
+    pub fn probe_points(
+        self,
+        object: &ElfObject,
+        function: &Function,
+    ) -> Result<Result<ExitPoints, Refusal>, SymbolError> {
+        match function.refusal {
+            Some(reason) => Ok(Err(reason)),
+            None => self.exit_points(object, function),
+        }
+    }
+
     /// How `function` of `object` (whose mode this is) returns are observed, or why it
     /// cannot be probed. Leaves keep return probes in `auto`: nothing can unwind through a frame
     /// that calls nothing, and a return probe costs one trap where a `ret` costs two.
-    pub fn exit_points(
+    fn exit_points(
         self,
         object: &ElfObject,
         function: &Function,
@@ -333,32 +346,7 @@ impl Plan {
 
     fn add_object(&mut self, object: &ElfObject, selection: &Selection) -> Result<(), PlanError> {
         let name = object.file_name();
-        let profiles: Vec<&Profile> = selection
-            .profiles
-            .iter()
-            .filter(|profile| profile.applies_to(object))
-            .collect();
-        // A function is named in reports by the first of its names that was selected; a
-        // profile's rule takes precedence over a plain selector.
-        let selected: Vec<_> = object
-            .functions
-            .iter()
-            .filter_map(|f| {
-                f.names().find_map(|(raw, demangled)| {
-                    let rule = profiles
-                        .iter()
-                        .find_map(|profile| profile.rule_for(&name, raw, &demangled));
-                    let plain = || {
-                        selection
-                            .symbols
-                            .iter()
-                            .any(|s| s.matches(&name, raw, &demangled))
-                    };
-                    (rule.is_some() || plain())
-                        .then(|| (f, raw.to_string(), demangled.clone(), rule.cloned()))
-                })
-            })
-            .collect();
+        let selected = selected_functions(object, &name, selection);
         if selected.is_empty() {
             return Ok(());
         }
@@ -368,11 +356,7 @@ impl Plan {
         let index = self.objects.len();
         let exit_mode = selection.exit_probes.mode_for(object);
         for (function, raw_name, demangled, rule) in selected {
-            let exit = match function.refusal {
-                Some(reason) => Err(reason),
-                None => exit_mode.exit_points(object, function)?,
-            };
-            let exit = match exit {
+            let exit = match exit_mode.probe_points(object, function)? {
                 Ok(exit) => exit,
                 Err(reason) => {
                     self.refused.push(RefusedFunction {
@@ -486,11 +470,7 @@ impl Listing {
             refused: Vec::new(),
         };
         for function in object.functions.iter().filter(|f| wanted(f)) {
-            let exit = match function.refusal {
-                Some(reason) => Err(reason),
-                None => exit_probes.exit_points(object, function)?,
-            };
-            match exit {
+            match exit_probes.probe_points(object, function)? {
                 Ok(_) => listing
                     .traceable
                     .push((function.name.clone(), function.costly_entry)),
@@ -531,6 +511,41 @@ impl std::fmt::Display for Listing {
         }
         Ok(())
     }
+}
+
+/// The functions of `object` (file name `name`) that `selection` picks, each with the name it
+/// was picked by (raw and demangled) and its profile rule, if any. A function is named in reports
+/// by the first of its names that was selected; a profile's rule takes precedence over a plain
+/// selector.
+fn selected_functions<'a>(
+    object: &'a ElfObject,
+    name: &str,
+    selection: &Selection,
+) -> Vec<(&'a Function, String, String, Option<Arc<FunctionRule>>)> {
+    let profiles: Vec<&Profile> = selection
+        .profiles
+        .iter()
+        .filter(|profile| profile.applies_to(object))
+        .collect();
+    object
+        .functions
+        .iter()
+        .filter_map(|f| {
+            f.names().find_map(|(raw, demangled)| {
+                let rule = profiles
+                    .iter()
+                    .find_map(|profile| profile.rule_for(name, raw, &demangled));
+                let plain = || {
+                    selection
+                        .symbols
+                        .iter()
+                        .any(|s| s.matches(name, raw, &demangled))
+                };
+                (rule.is_some() || plain())
+                    .then(|| (f, raw.to_string(), demangled.clone(), rule.cloned()))
+            })
+        })
+        .collect()
 }
 
 /// A data symbol some selector names, when no function matched: the likely mistake.
