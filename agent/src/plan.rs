@@ -210,7 +210,12 @@ impl ExitProbes {
                 Ok(exits) if part.size > 0 => exits,
                 _ => return Ok(Err(Refusal::Undecodable)),
             };
-            returns.extend(exits.returns.iter().map(|offset| part.file_offset + offset));
+            returns.extend(
+                exits
+                    .returns
+                    .iter()
+                    .map(|offset| part.file_offset.saturating_add(*offset)),
+            );
             leaf &= exits.leaf;
         }
         // A function whose probed instruction is a return (`endbr64; ret`) is a leaf; an entry

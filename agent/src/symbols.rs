@@ -335,7 +335,7 @@ fn new_function(raw_name: &str, file_offset: u64, size: u64, data: &[u8]) -> Fun
         file_offset,
         size,
         aliases: Vec::new(),
-        probe_offset: file_offset + entry.skip,
+        probe_offset: file_offset.saturating_add(entry.skip),
         costly_entry: entry.single_stepped,
         refusal: entry.lock_prefix.then_some(Refusal::LockPrefix),
     }

@@ -185,6 +185,33 @@ fn the_unwinder_alone_is_refused_in_one_line() {
 }
 
 #[test]
+fn a_broad_glob_over_libstdcxx_with_exceptions_thrown_inside_it() {
+    let stdthrow = fixture_dir().join("stdthrow");
+    let run = traced_identically(
+        "stdthrow",
+        &["--symbols", "libstdc++.so.6:*"],
+        &stdthrow,
+        &[],
+    );
+    let report = read_report(&run.report);
+    let (calls, unwound) = (report_counts(&report), report_field(&report, "unwound"));
+    // The throwing helpers never return: every call of theirs ended by unwinding.
+    for (function, caught) in fixture_unwound(&run.stdout) {
+        assert_eq!(calls.get(&function), Some(&caught), "{function}: {calls:?}");
+        assert_eq!(
+            unwound.get(&function),
+            Some(&caught),
+            "{function}: {unwound:?}"
+        );
+    }
+    let names = names_in_report(&report);
+    assert!(
+        !names.iter().any(|n| n == "__cxa_throw"),
+        "the unwinder was probed"
+    );
+}
+
+#[test]
 fn rust_panics_caught_through_probed_functions() {
     let panics = fixture_dir().join("panics");
     let run = traced_identically("rust-panics", &["--symbols", "probed_*"], &panics, &[]);

@@ -95,11 +95,12 @@ pub fn run() -> anyhow::Result<()> {
             samples.push((config, sample));
         }
     }
+    let placement = probe_points::measure(&agent, &dir.join("probe_cost"))?;
+    println!("{}", probe_points::render(&placement));
     let (calls_per_second, lost) = throughput(&agent, &bench)?;
     let attach_1k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_0*")?;
     let attach_10k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_*")?;
     let (rss_kib, exported) = rss_after_exporting(&agent, &bench, 1_000_000)?;
-    let placement = probe_points::measure(&agent, &dir.join("probe_cost"))?;
     let mut results = summarize(
         &samples,
         (calls_per_second, lost),

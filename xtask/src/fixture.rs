@@ -45,8 +45,9 @@ pub fn build() -> anyhow::Result<PathBuf> {
 }
 
 /// Programs whose code is where a careless probe harms them: `cold` (a GCC `.cold` fragment
-/// entered by a jump, and `_start`), `throws` (C++ exceptions through member functions) and
-/// `panics` (a Rust panic caught with `catch_unwind` through two functions).
+/// entered by a jump, and `_start`), `throws` (C++ exceptions through member functions),
+/// `stdthrow` (exceptions thrown inside libstdc++) and `panics` (a Rust panic caught with
+/// `catch_unwind` through two functions).
 fn build_probe_placement(source: &Path, out: &Path, flags: &[&str]) -> anyhow::Result<()> {
     run(Command::new("cc")
         .args(flags)
@@ -58,6 +59,11 @@ fn build_probe_placement(source: &Path, out: &Path, flags: &[&str]) -> anyhow::R
         .arg("-o")
         .arg(out.join("throws"))
         .arg(source.join("throws.cpp")))?;
+    run(Command::new("c++")
+        .args(flags)
+        .arg("-o")
+        .arg(out.join("stdthrow"))
+        .arg(source.join("stdthrow.cpp")))?;
     run(Command::new(rustc())
         .current_dir(workspace_root())
         .args(["--edition", "2024", "-O", "-C", "panic=unwind"])
