@@ -23,9 +23,9 @@ use crate::loader::KERNEL_PROGRAMS;
 /// The production object, every span sampled.
 fn load() -> Ebpf {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the kernel tests load eBPF programs and must run as root"
     );
     let config = Config {
@@ -107,13 +107,13 @@ fn spans(ebpf: &mut Ebpf) -> Vec<(SpanEvent, Option<String>)> {
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn flowtap_test_inner(x: u64) -> u64 {
+pub(crate) extern "C" fn flowtap_test_inner(x: u64) -> u64 {
     black_box(x) + 1
 }
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn flowtap_test_outer(x: u64) -> u64 {
+pub(crate) extern "C" fn flowtap_test_outer(x: u64) -> u64 {
     black_box(flowtap_test_inner(x) + flowtap_test_inner(x + 1))
 }
 
@@ -140,13 +140,13 @@ fn nested_calls_are_children_of_their_caller() {
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn flowtap_test_no_exit(x: u64) -> u64 {
+pub(crate) extern "C" fn flowtap_test_no_exit(x: u64) -> u64 {
     black_box(x)
 }
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn flowtap_test_after(x: u64) -> u64 {
+pub(crate) extern "C" fn flowtap_test_after(x: u64) -> u64 {
     black_box(x) * 2
 }
 
@@ -194,9 +194,69 @@ fn frames_the_stack_passed_are_closed_as_unwound() {
     );
 }
 
+// A function whose return instruction is at a known offset (8): push rbp (1 byte), mov rbp, rsp
+// (3), mov rax, rdi (3), pop rbp (1), ret.
+#[cfg(target_arch = "x86_64")]
+core::arch::global_asm!(
+    ".globl flowtap_test_ret_insn",
+    ".type flowtap_test_ret_insn, @function",
+    "flowtap_test_ret_insn:",
+    "push rbp",
+    "mov rbp, rsp",
+    "mov rax, rdi",
+    "pop rbp",
+    "ret",
+    ".size flowtap_test_ret_insn, . - flowtap_test_ret_insn",
+);
+
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" {
+    fn flowtap_test_ret_insn(x: u64) -> u64;
+}
+
+/// Exits seen by a uprobe at the return instruction: the stack pointer there is the entry's.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn returns_at_the_return_instruction_pop_their_frames() {
+    let mut ebpf = load();
+    set_spec(
+        &mut ebpf,
+        0,
+        ProbeSpec {
+            return_probe: 0,
+            error: Condition::new(Compare::Eq, 42),
+            ..ProbeSpec::default()
+        },
+    );
+    let uprobe: &mut UProbe = ebpf
+        .program_mut(programs::RET_INSN)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    uprobe.load().expect("the verifier accepts the program");
+    let pid = std::num::NonZeroU32::new(std::process::id()).unwrap();
+    let point = UProbeAttachPoint {
+        location: UProbeAttachLocation::SymbolOffset("flowtap_test_ret_insn", 8),
+        cookie: Some(0),
+    };
+    uprobe
+        .attach([point], "/proc/self/exe", UProbeScope::OneProcess(pid))
+        .expect("attaching at the return instruction");
+    attach(&mut ebpf, programs::ENTRY, &[("flowtap_test_ret_insn", 0)]);
+    for x in [1, 42, 3] {
+        // SAFETY: the function above returns its argument and touches nothing else.
+        assert_eq!(unsafe { flowtap_test_ret_insn(black_box(x)) }, x);
+    }
+    assert_eq!(
+        stats(&ebpf, 0),
+        (3, 3, 0, 0, 1),
+        "the return value read from rax"
+    );
+}
+
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn flowtap_test_status(x: i64) -> i64 {
+pub(crate) extern "C" fn flowtap_test_status(x: i64) -> i64 {
     black_box(x)
 }
 
@@ -239,7 +299,7 @@ fn outcome_bits_count_errors_and_conditions() {
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn flowtap_test_text(text: *const libc::c_char) -> usize {
+pub(crate) extern "C" fn flowtap_test_text(text: *const libc::c_char) -> usize {
     // SAFETY: the test passes a NUL-terminated string.
     black_box(unsafe { CStr::from_ptr(text) }.count_bytes())
 }

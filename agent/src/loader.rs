@@ -23,7 +23,7 @@ use flowtap_common::{
 
 use crate::{
     plan::{ExitPoints, Plan, PlannedProbe},
-    target::Target,
+    targets::Target,
 };
 
 /// The production programs.
@@ -35,7 +35,7 @@ pub(crate) static EMPTY_PROGRAMS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtap-empty"));
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error("the kernel refused flowtap's eBPF programs (run `flowtap check`)")]
     Load(#[source] aya::EbpfError),
     #[error("the kernel refused the {program} program ({log})")]
@@ -69,7 +69,7 @@ pub enum LoadError {
 
 /// What became of the verifier's log of a refused program.
 #[derive(Debug)]
-pub enum VerifierLog {
+pub(crate) enum VerifierLog {
     NotAsked,
     Written(PathBuf),
     /// The file exists already, is a symlink, or cannot be created.
@@ -95,7 +95,7 @@ impl std::fmt::Display for VerifierLog {
 /// A program error shown by its first line (a verifier log can be thousands), keeping the
 /// whole error as its cause.
 #[derive(Debug)]
-pub struct Refusal(pub Box<ProgramError>);
+pub(crate) struct Refusal(pub(crate) Box<ProgramError>);
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,7 +147,7 @@ fn stats_capacity() -> u32 {
 
 /// Kernel-side diagnostics (aya-log) to print: the most verbose level shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum KernelLogLevel {
+pub(crate) enum KernelLogLevel {
     Error = 1,
     Warn = 2,
     Info = 3,
@@ -157,32 +157,36 @@ pub enum KernelLogLevel {
 
 /// How to load: everything but the plan and the target.
 #[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// Fraction of traces whose spans are emitted (0: no spans at all).
-    pub sample_rate: f64,
+    pub(crate) sample_rate: f64,
     /// Keep stats per cgroup (per-pod metrics).
-    pub by_cgroup: bool,
+    pub(crate) by_cgroup: bool,
     /// Attach programs that do nothing (the kernel floor, for benchmarks).
-    pub empty_programs: bool,
+    pub(crate) empty_programs: bool,
     /// Print the kernel programs' diagnostics at this level; off when `None`.
-    pub kernel_log: Option<KernelLogLevel>,
+    pub(crate) kernel_log: Option<KernelLogLevel>,
     /// Write the verifier's log here when the kernel refuses a program.
-    pub verifier_log: Option<PathBuf>,
+    pub(crate) verifier_log: Option<PathBuf>,
 }
 
 /// The loaded programs and their links: dropping this detaches every probe.
-pub struct Probes {
+pub(crate) struct Probes {
     ebpf: Ebpf,
     /// The benchmark's empty programs, attached instead of the production ones.
     floor: Option<Ebpf>,
     verifier_log: Option<PathBuf>,
     /// Whether stats are kept per cgroup (the `STATS` map) or per probe (`PROBE_STATS`).
-    pub by_cgroup: bool,
-    pub attached: usize,
+    pub(crate) by_cgroup: bool,
+    pub(crate) attached: usize,
 }
 
 impl Probes {
-    pub fn load(plan: &Plan, target: &Target, options: &LoadOptions) -> Result<Self, LoadError> {
+    pub(crate) fn load(
+        plan: &Plan,
+        target: &Target,
+        options: &LoadOptions,
+    ) -> Result<Self, LoadError> {
         let mut probes = Self {
             ebpf: load_object(plan, target, options)?,
             floor: None,
@@ -261,7 +265,7 @@ impl Probes {
     }
 
     /// Counts these processes from now on (binary mode).
-    pub fn enrol(&mut self, pids: &[u32]) -> Result<(), LoadError> {
+    pub(crate) fn enrol(&mut self, pids: &[u32]) -> Result<(), LoadError> {
         let map_error = |source| LoadError::Map {
             name: maps::TRACED,
             source,
@@ -272,7 +276,7 @@ impl Probes {
             traced.insert(&pid, &1, 0).map_err(map_error)?;
             // A process that exited after /proc was read had its exit cleanup run before this
             // insert: take it out again, or it would stay forever.
-            if crate::target::process::check_traceable(pid).is_err() {
+            if crate::targets::process::check_traceable(pid).is_err() {
                 let _ = traced.remove(&pid);
             }
         }
@@ -280,7 +284,7 @@ impl Probes {
     }
 
     /// The ring buffer of sampled spans, which the reader owns from then on.
-    pub fn take_span_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+    pub(crate) fn take_span_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self
             .ebpf
             .take_map(maps::SPANS)
@@ -292,12 +296,12 @@ impl Probes {
     }
 
     /// Processes enrolled in the kernel's TRACED set (binary mode).
-    pub fn traced_processes(&self) -> Result<u64, MapError> {
+    pub(crate) fn traced_processes(&self) -> Result<u64, MapError> {
         self.count_entries::<u32, u8>(maps::TRACED)
     }
 
     /// Entries of the kernel maps that grow with the target's threads, processes and labels.
-    pub fn map_entries(&self) -> Result<[(&'static str, u64); 4], MapError> {
+    pub(crate) fn map_entries(&self) -> Result<[(&'static str, u64); 4], MapError> {
         // Task storage cannot be listed: the programs count the stacks they create and free.
         let stacks: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.kernel_map(maps::LIVE_STACKS))?;
@@ -324,7 +328,7 @@ impl Probes {
         Ok(map.keys().filter(Result::is_ok).count() as u64)
     }
 
-    pub fn kernel_map(&self, name: &str) -> &Map {
+    pub(crate) fn kernel_map(&self, name: &str) -> &Map {
         self.ebpf
             .map(name)
             .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))

@@ -55,19 +55,20 @@ impl SymbolSelector {
 
 /// How a probe's returns are observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitPoints {
+pub(crate) enum ExitPoints {
     /// A uretprobe on the entry: it hijacks the return address, so only where nothing unwinds through it.
     ReturnProbe,
     /// Uprobes at these file offsets, each a return instruction of the function.
+    // Filled by the planner's decoding of return instructions (issue 12, probe points); the
+    // loader attaches by it already.
+    #[allow(dead_code)]
     Instructions(Vec<u64>),
 }
 
 #[derive(Debug, Clone)]
-pub struct PlannedProbe {
+pub(crate) struct PlannedProbe {
     pub id: u32,
     pub function: String,
-    /// The name as in the symbol table.
-    pub raw_name: String,
     /// Index into [`Plan::objects`].
     pub object: usize,
     /// Where the entry probe goes (past an `endbr64`).
@@ -82,7 +83,7 @@ pub struct PlannedProbe {
 
 /// `--exit-probes`: how returns are observed, per object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ExitProbes {
+pub(crate) enum ExitProbes {
     /// Return-instruction probes in objects that unwind, return probes elsewhere.
     #[default]
     Auto,
@@ -111,7 +112,7 @@ impl FromStr for ExitProbes {
 /// One `--exit-probes` value: `MODE` for every object, or `OBJECT=MODE` for the objects whose
 /// file name matches the glob (to mark, say, a C library that C++ exceptions cross).
 #[derive(Clone, Debug)]
-pub struct ExitChoice {
+pub(crate) struct ExitChoice {
     object: Option<Pattern>,
     mode: ExitProbes,
 }
@@ -137,10 +138,10 @@ impl FromStr for ExitChoice {
 /// The `--exit-probes` values in order: the last one that applies to an object wins; `auto`
 /// when none does.
 #[derive(Clone, Debug, Default)]
-pub struct ExitPolicy(pub Vec<ExitChoice>);
+pub(crate) struct ExitPolicy(pub Vec<ExitChoice>);
 
 impl ExitPolicy {
-    pub fn mode_for(&self, object: &ElfObject) -> ExitProbes {
+    pub(crate) fn mode_for(&self, object: &ElfObject) -> ExitProbes {
         let name = object.file_name();
         self.0
             .iter()
@@ -157,7 +158,7 @@ impl ExitPolicy {
 
 impl ExitProbes {
     /// Whether `object`'s functions get probes on their return instructions.
-    pub fn on_instructions(self, object: &ElfObject) -> bool {
+    pub(crate) fn on_instructions(self, object: &ElfObject) -> bool {
         match self {
             Self::Auto => object.unwinds.is_some(),
             Self::Return => false,
@@ -166,7 +167,7 @@ impl ExitProbes {
     }
 
     /// What `flowtap symbols` says of `object`'s exits.
-    pub fn describe(self, object: &ElfObject) -> String {
+    pub(crate) fn describe(self, object: &ElfObject) -> String {
         match (self.on_instructions(object), object.unwinds, self) {
             (true, Some(symbol), Self::Auto) => {
                 format!("exits: return instructions (it unwinds: `{symbol}`)")
@@ -181,7 +182,7 @@ impl ExitProbes {
 
     /// How `function` of `object` (whose mode this is) returns are observed, or why it must
     /// not be probed at all.
-    pub fn probe_points(
+    pub(crate) fn probe_points(
         self,
         object: &ElfObject,
         function: &Function,
@@ -230,13 +231,13 @@ impl ExitProbes {
 }
 
 #[derive(Debug, Clone)]
-pub struct PlannedObject {
+pub(crate) struct PlannedObject {
     pub path: PathBuf,
     pub name: String,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub objects: Vec<PlannedObject>,
     pub probes: Vec<PlannedProbe>,
     /// Selected functions that must not be probed, and why.
@@ -245,7 +246,7 @@ pub struct Plan {
 
 /// A selected function flowtap will not probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefusedFunction {
+pub(crate) struct RefusedFunction {
     pub function: String,
     pub object: String,
     pub reason: Refusal,
@@ -267,7 +268,7 @@ fn listed<T: std::fmt::Display>(items: &[T]) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error(
         "{target} does not export the workflow runtime's functions: choose functions with --symbols GLOB (list them with `flowtap symbols`) or --profile (`flowtap profile list`)"
     )]
@@ -299,7 +300,7 @@ pub enum PlanError {
 }
 
 /// What to probe: functions the profiles give meaning to, and plain `--symbols` selections.
-pub struct Selection {
+pub(crate) struct Selection {
     pub profiles: Vec<Profile>,
     pub symbols: Vec<SymbolSelector>,
     /// How the user wrote them, for messages.
@@ -310,7 +311,7 @@ pub struct Selection {
 }
 
 impl Plan {
-    pub fn build(
+    pub(crate) fn build(
         objects: &[ElfObject],
         selection: &Selection,
         target: &str,
@@ -360,7 +361,7 @@ impl Plan {
         }
         let index = self.objects.len();
         let exit_mode = selection.exit_probes.mode_for(object);
-        for (function, raw_name, demangled, rule) in selected {
+        for (function, _raw_name, demangled, rule) in selected {
             let exit = match exit_mode.probe_points(object, function)? {
                 Ok(exit) => exit,
                 Err(reason) => {
@@ -375,7 +376,6 @@ impl Plan {
             self.probes.push(PlannedProbe {
                 id: self.probes.len() as u32,
                 function: demangled,
-                raw_name,
                 object: index,
                 file_offset: function.probe_offset,
                 exit,
@@ -400,7 +400,7 @@ impl Plan {
 
     /// What a user should know before the run: functions skipped as unsafe to probe, and
     /// probes whose entry the kernel single-steps. One line each, a few names in it.
-    pub fn notes(&self) -> Vec<String> {
+    pub(crate) fn notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
         if !self.refused.is_empty() {
             notes.push(format!(
@@ -423,7 +423,7 @@ impl Plan {
     }
 
     /// The probes of one object, in id order.
-    pub fn probes_of(&self, object: usize) -> impl Iterator<Item = &PlannedProbe> {
+    pub(crate) fn probes_of(&self, object: usize) -> impl Iterator<Item = &PlannedProbe> {
         self.probes
             .iter()
             .filter(move |probe| probe.object == object)
@@ -454,7 +454,7 @@ fn first_few<T>(items: &[T], show: impl Fn(&T) -> String, separator: &str) -> St
 
 /// What `flowtap symbols` shows of one object: how its exits are observed, the functions that
 /// can be traced (and which of them have a costly entry), and those refused, with why.
-pub struct Listing {
+pub(crate) struct Listing {
     path: PathBuf,
     exits: String,
     traceable: Vec<(String, bool)>,
@@ -463,7 +463,7 @@ pub struct Listing {
 
 impl Listing {
     /// The functions of `object` that `wanted` keeps.
-    pub fn of(
+    pub(crate) fn of(
         object: &ElfObject,
         exit_probes: ExitProbes,
         wanted: impl Fn(&Function) -> bool,
@@ -485,7 +485,7 @@ impl Listing {
         Ok(listing)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.traceable.is_empty() && self.refused.is_empty()
     }
 }

@@ -15,7 +15,7 @@ use object::{
 
 /// A function that can carry a probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Function {
+pub(crate) struct Function {
     /// The demangled name (the raw one for C symbols).
     pub name: String,
     /// The name as stored in the symbol table.
@@ -37,7 +37,7 @@ pub struct Function {
 
 /// Why flowtap will not put a probe on a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("its first instruction has a LOCK prefix, which uprobes refuse")]
     LockPrefix,
     #[error(
@@ -64,7 +64,7 @@ pub enum Refusal {
 
 impl Function {
     /// Every (raw, demangled) name this function answers to, its primary name first.
-    pub fn names(&self) -> impl Iterator<Item = (&str, String)> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = (&str, String)> {
         std::iter::once((self.raw_name.as_str(), self.name.clone()))
             .chain(self.aliases.iter().map(|raw| (raw.as_str(), demangle(raw))))
     }
@@ -74,23 +74,23 @@ impl Function {
 #[derive(Debug, Clone)]
 pub struct ElfObject {
     /// Where the agent reads the file (through `/proc/PID/root` for a process's objects).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The functions, sorted by name, one per address (aliases collapsed).
-    pub functions: Vec<Function>,
+    pub(crate) functions: Vec<Function>,
     /// File offset of the entry point, for executables.
-    pub entry_offset: Option<u64>,
+    pub(crate) entry_offset: Option<u64>,
     /// Whether it asks for a program interpreter, i.e. is an executable rather than a library.
-    pub is_executable: bool,
-    pub needed: Vec<String>,
+    pub(crate) is_executable: bool,
+    pub(crate) needed: Vec<String>,
     /// DT_RUNPATH, or DT_RPATH when there is no RUNPATH, split on ':'.
-    pub search_path: Vec<String>,
+    pub(crate) search_path: Vec<String>,
     /// Go binaries move their stacks, which uretprobes corrupt.
-    pub is_go: bool,
+    pub(crate) is_go: bool,
     /// Exceptions or panics can unwind through its functions: the symbol that says so
     /// (a personality routine or the unwinder, defined or imported).
-    pub unwinds: Option<&'static str>,
+    pub(crate) unwinds: Option<&'static str>,
     /// Names of defined data symbols, to tell a user who selected one that it is not code.
-    pub data_symbols: Vec<String>,
+    pub(crate) data_symbols: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +115,7 @@ pub enum SymbolError {
 }
 
 impl ElfObject {
-    pub fn read(path: &Path) -> Result<Self, SymbolError> {
+    pub(crate) fn read(path: &Path) -> Result<Self, SymbolError> {
         let data = std::fs::read(path).map_err(|source| SymbolError::Read {
             path: path.to_path_buf(),
             source,
@@ -162,7 +162,7 @@ impl ElfObject {
     }
 
     /// The code of `function`: its `size` bytes from its first instruction.
-    pub fn code(&self, function: &Function) -> Result<Vec<u8>, SymbolError> {
+    pub(crate) fn code(&self, function: &Function) -> Result<Vec<u8>, SymbolError> {
         let read = |source| SymbolError::Read {
             path: self.path.clone(),
             source,
@@ -180,7 +180,7 @@ impl ElfObject {
     }
 
     /// The `.cold` fragments GCC split from `function` (named after its raw name).
-    pub fn fragments_of<'a>(
+    pub(crate) fn fragments_of<'a>(
         &'a self,
         function: &'a Function,
     ) -> impl Iterator<Item = &'a Function> {
@@ -193,12 +193,12 @@ impl ElfObject {
     }
 
     /// The file name, as users scope symbols with it (`libwfrt.so:wf_*`).
-    pub fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         file_name(&self.path)
     }
 }
 
-pub fn file_name(path: &Path) -> String {
+pub(crate) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
@@ -466,7 +466,7 @@ fn dynamic_dependencies(elf: &ElfFile64<Endianness>) -> object::Result<(Vec<Stri
 }
 
 /// Rust (legacy and v0) and Itanium C++ names, without Rust's hash suffix; others as they are.
-pub fn demangle(raw: &str) -> String {
+pub(crate) fn demangle(raw: &str) -> String {
     if let Ok(rust) = rustc_demangle::try_demangle(raw) {
         return format!("{rust:#}");
     }

@@ -74,6 +74,12 @@ pub struct Frame {
     pub values: [u64; CAPTURES],
 }
 
+/// In [`ShadowStack::state`]: the stack is counted in `LIVE_STACKS`.
+pub const STACK_COUNTED: u32 = 1;
+/// In [`ShadowStack::state`]: the thread's process was found in `TRACED` (binary mode); it
+/// stays there until the process exits or execs, so later calls skip the lookup.
+pub const STACK_TRACED: u32 = 2;
+
 /// The probed calls in progress on one thread, innermost last, each validated by its entry
 /// stack pointer: frames the thread's stack has been unwound past (longjmp, exception, a tail
 /// call, a missed return) are closed as unwound when the next entry or return shows it.
@@ -82,8 +88,8 @@ pub struct Frame {
 pub struct ShadowStack {
     /// Frames stored, at most [`MAX_DEPTH`].
     pub depth: u32,
-    /// Set once the stack is counted in `LIVE_STACKS` (a new stack is all zeroes).
-    pub counted: u32,
+    /// [`STACK_COUNTED`], [`STACK_TRACED`] (a new stack is all zeroes).
+    pub state: u32,
     /// The entry stack pointer of the outermost call nested too deep to be stored, or 0: calls
     /// and returns below it are counted at entry and otherwise ignored.
     pub untracked_sp: u64,
@@ -470,12 +476,20 @@ mod pod {
     // SAFETY: all are #[repr(C)] plain data with explicit padding and no pointers; every bit
     // pattern the kernel writes is a valid value (the enums are only written by the agent).
     unsafe impl aya::Pod for super::ShadowStack {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::StatsKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeSpec {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AggregateKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AggregateValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::TraceContext {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SpanEvent {}
 }

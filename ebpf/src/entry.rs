@@ -4,7 +4,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_probe_read_user, generated::bpf_probe_read_user_str},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user,
+        generated::bpf_probe_read_user_str,
+    },
     macros::uprobe,
     programs::ProbeContext,
 };
@@ -18,7 +21,7 @@ use flowtap_common::{
 use crate::{
     log,
     maps::{HANDOFFS, SPECS, TEXT_SCRATCH, TEXTS, config},
-    stack::{self, close_before_entry},
+    stack::{self, Thread, close_before_entry},
     stats::{Stats, count_loss, opaque},
 };
 
@@ -26,7 +29,7 @@ const _: () = assert!(same(programs::ENTRY_MULTI, "call_entry_multi"));
 const _: () = assert!(same(programs::ENTRY, "call_entry"));
 
 #[uprobe(multi)]
-pub fn call_entry_multi(ctx: ProbeContext) -> u32 {
+pub(crate) fn call_entry_multi(ctx: ProbeContext) -> u32 {
     if let Err(loss) = on_entry(&ctx) {
         count_loss(loss);
     }
@@ -35,7 +38,7 @@ pub fn call_entry_multi(ctx: ProbeContext) -> u32 {
 
 /// Per-point attach, for kernels without uprobe.multi (< 6.6).
 #[uprobe]
-pub fn call_entry(ctx: ProbeContext) -> u32 {
+pub(crate) fn call_entry(ctx: ProbeContext) -> u32 {
     if let Err(loss) = on_entry(&ctx) {
         count_loss(loss);
     }
@@ -44,16 +47,17 @@ pub fn call_entry(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
-    let Some(pid_tgid) = stack::traced_thread() else {
-        return Ok(());
+    let stack = match stack::current_thread(true) {
+        Thread::Untraced => return Ok(()),
+        Thread::NoStack => {
+            Stats::of(stack::probe_id(ctx))?.entered(false);
+            return Err(Loss::StackMapFull);
+        }
+        Thread::Traced(stack) => stack,
     };
     let probe_id = stack::probe_id(ctx);
     let sp = stack::stack_pointer(ctx.regs);
     let stats = Stats::of(probe_id)?;
-    let Some(stack) = stack::current(true) else {
-        stats.entered(false);
-        return Err(Loss::StackMapFull);
-    };
     let spec = SPECS.get(probe_id);
     let return_probe = spec.is_none_or(|spec| spec.return_probe != 0);
     if stack.untracked_sp != 0 {
@@ -63,7 +67,7 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
         }
         stack.untracked_sp = 0;
     }
-    close_before_entry(stack, pid_tgid, sp, probe_id);
+    close_before_entry(stack, sp, probe_id);
     let depth = opaque(stack.depth as usize);
     if depth >= MAX_DEPTH {
         stats.entered(false);
@@ -73,7 +77,12 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
     }
     stats.entered(true);
     let registers = registers(ctx);
-    let values = spec.map_or([0; CAPTURES], |spec| capture(&registers, spec));
+    let values = match spec {
+        Some(spec) if spec.captures[0].arg != NO_ARG => capture(&registers, spec),
+        // Most probes capture nothing. A zero the compiler cannot see makes four stores, where
+        // a constant one makes a call to a byte-by-byte memset.
+        _ => [opaque(0) as u64; CAPTURES],
+    };
     let (parent_span_id, sampled) = match stack.frames.get(depth.wrapping_sub(1)) {
         Some(caller) => (caller.span_id, caller.flags & FRAME_SAMPLED != 0),
         None => start_trace(stack, spec, &values),
@@ -90,7 +99,8 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
             let _ = HANDOFFS.insert(&key, &context, 0);
         }
         if spec.wants_text(sampled) {
-            capture_text(&registers, &spec.text, text_key(pid_tgid as u32, depth));
+            let tid = bpf_get_current_pid_tgid() as u32;
+            capture_text(&registers, &spec.text, text_key(tid, depth));
         }
     }
     let mut flags = if sampled { FRAME_SAMPLED } else { 0 };
@@ -142,25 +152,33 @@ fn register(registers: &[u64; ARGUMENT_REGISTERS], arg: u8) -> u64 {
         .unwrap_or(0)
 }
 
-/// The spec's integer captures: argument registers, or fields behind them.
+/// The spec's integer captures: argument registers, or fields behind them (captures are
+/// filled in order, so the first unused one ends them).
 #[inline(always)]
 fn capture(registers: &[u64; ARGUMENT_REGISTERS], spec: &ProbeSpec) -> [u64; CAPTURES] {
-    let mut values = [0u64; CAPTURES];
-    for (value, capture) in values.iter_mut().zip(spec.captures.iter()) {
-        if capture.arg == NO_ARG {
-            continue;
-        }
-        let register = register(registers, capture.arg);
-        *value = if capture.deref != 0 {
-            read_user(
-                register.wrapping_add(u64::from(capture.offset)),
-                capture.width,
-            )
-        } else {
-            register
-        };
+    let [a, b, c, d] = &spec.captures;
+    [
+        capture_one(registers, a),
+        capture_one(registers, b),
+        capture_one(registers, c),
+        capture_one(registers, d),
+    ]
+}
+
+#[inline(always)]
+fn capture_one(registers: &[u64; ARGUMENT_REGISTERS], capture: &Capture) -> u64 {
+    if capture.arg == NO_ARG {
+        return 0;
     }
-    values
+    let register = register(registers, capture.arg);
+    if capture.deref != 0 {
+        read_user(
+            register.wrapping_add(u64::from(capture.offset)),
+            capture.width,
+        )
+    } else {
+        register
+    }
 }
 
 /// `width` bytes of the target's memory at `address`, zero-extended; 0 when unreadable. Never

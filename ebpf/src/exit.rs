@@ -12,7 +12,7 @@ use flowtap_common::{
 };
 
 use crate::{
-    stack::{self, Ending, close_while},
+    stack::{self, Ending, Thread, close_while},
     stats::{Stats, count_loss, opaque},
 };
 
@@ -29,23 +29,23 @@ const RETURN_ADDRESS_BYTES: u64 = 8;
 const RETURN_ADDRESS_BYTES: u64 = 0;
 
 #[uretprobe(multi)]
-pub fn call_return_multi(ctx: RetProbeContext) -> u32 {
+pub(crate) fn call_return_multi(ctx: RetProbeContext) -> u32 {
     by_return_probe(&ctx)
 }
 
 /// Per-point attach, for kernels without uprobe.multi (< 6.6).
 #[uretprobe]
-pub fn call_return(ctx: RetProbeContext) -> u32 {
+pub(crate) fn call_return(ctx: RetProbeContext) -> u32 {
     by_return_probe(&ctx)
 }
 
 #[uprobe(multi)]
-pub fn call_ret_insn_multi(ctx: ProbeContext) -> u32 {
+pub(crate) fn call_ret_insn_multi(ctx: ProbeContext) -> u32 {
     at_return_instruction(&ctx)
 }
 
 #[uprobe]
-pub fn call_ret_insn(ctx: ProbeContext) -> u32 {
+pub(crate) fn call_ret_insn(ctx: ProbeContext) -> u32 {
     at_return_instruction(&ctx)
 }
 
@@ -74,12 +74,13 @@ fn at_return_instruction(ctx: &ProbeContext) -> u32 {
 #[inline(always)]
 fn on_return(probe_id: u32, sp: u64, ret: u64) -> Result<(), Loss> {
     let now = stack::now_ns();
-    let Some(pid_tgid) = stack::traced_thread() else {
-        return Ok(());
-    };
-    let Some(stack) = stack::current(false) else {
-        Stats::of(probe_id)?.unentered_return();
-        return Ok(());
+    let stack = match stack::current_thread(false) {
+        Thread::Untraced => return Ok(()),
+        Thread::NoStack => {
+            Stats::of(probe_id)?.unentered_return();
+            return Ok(());
+        }
+        Thread::Traced(stack) => stack,
     };
     if stack.untracked_sp != 0 {
         if sp <= stack.untracked_sp {
@@ -91,7 +92,7 @@ fn on_return(probe_id: u32, sp: u64, ret: u64) -> Result<(), Loss> {
         }
         stack.untracked_sp = 0;
     }
-    close_while(stack, pid_tgid, |frame| frame.entry_sp < sp);
+    close_while(stack, |frame| frame.entry_sp < sp);
     let level = opaque(stack.depth as usize).wrapping_sub(1);
     let Some(frame) = stack
         .frames
@@ -103,5 +104,5 @@ fn on_return(probe_id: u32, sp: u64, ret: u64) -> Result<(), Loss> {
         return Ok(());
     };
     stack.depth = level as u32;
-    stack::end(stack, pid_tgid, level, &frame, Ending::Returned(ret), now)
+    stack::end(stack, level, &frame, Ending::Returned(ret), now)
 }

@@ -6,7 +6,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, uprobe},
     programs::{BtfTracePointContext, ProbeContext},
 };
-use flowtap_common::abi::{programs, same};
+use flowtap_common::{
+    STACK_TRACED,
+    abi::{programs, same},
+};
 
 use crate::{
     maps::TRACED,
@@ -20,7 +23,7 @@ const _: () = assert!(same(programs::PROCESS_EXEC, "process_exec"));
 /// Attached to the traced binary's entry point: a process that starts running it is counted
 /// from its first call into any probed library.
 #[uprobe]
-pub fn enrol_process(_ctx: ProbeContext) -> u32 {
+pub(crate) fn enrol_process(_ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let _ = TRACED.insert(&tgid, &1, 0);
     0
@@ -29,9 +32,9 @@ pub fn enrol_process(_ctx: ProbeContext) -> u32 {
 /// A thread that exits ends its calls in flight (unwound); the kernel frees its stack with it.
 /// Its process leaves the traced set with its leader thread.
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
+pub(crate) fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if close_all(pid_tgid) {
+    if close_all() {
         stack::count_live_stacks(u64::MAX);
     }
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
@@ -44,20 +47,22 @@ pub fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
 /// After exec the process runs another binary: the old one's calls are over, and it is enrolled
 /// again only if the new binary is traced (its entry probe fires after this).
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn process_exec(_ctx: BtfTracePointContext) -> u32 {
+pub(crate) fn process_exec(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    close_all(pid_tgid);
+    close_all();
     let _ = TRACED.remove(&((pid_tgid >> 32) as u32));
     0
 }
 
-/// Closes every call of the thread; whether it had a stack.
+/// Closes every call of the thread, which is traced again only if found in `TRACED` anew;
+/// whether it had a stack.
 #[inline(always)]
-fn close_all(pid_tgid: u64) -> bool {
+fn close_all() -> bool {
     let Some(stack) = stack::current(false) else {
         return false;
     };
-    close_while(stack, pid_tgid, |_| true);
+    close_while(stack, |_| true);
     stack.untracked_sp = 0;
+    stack.state &= !STACK_TRACED;
     true
 }

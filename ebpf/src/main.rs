@@ -8,7 +8,6 @@
 // declares load/store atomics but not read-modify-write ones.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod entry;
 mod exit;

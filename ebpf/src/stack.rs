@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use flowtap_common::{
     FRAME_RETURN_PROBE, FRAME_SAMPLED, Frame, Loss, MAX_DEPTH, SPAN_FAILED, SPAN_UNWOUND,
-    ShadowStack, SpanEvent, text_key,
+    STACK_COUNTED, STACK_TRACED, ShadowStack, SpanEvent, text_key,
 };
 
 use crate::{
@@ -20,26 +20,49 @@ use crate::{
     stats::{Stats, aggregate, count_loss, opaque},
 };
 
-/// The current `pid_tgid` (thread id in the low half), or None when the process is not one we
-/// count.
-#[inline(always)]
-pub(crate) fn traced_thread() -> Option<u64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: a lookup in a map of plain values.
-    if config().filter_by_tgid != 0 && unsafe { TRACED.get(&((pid_tgid >> 32) as u32)) }.is_none() {
-        return None;
-    }
-    Some(pid_tgid)
+/// A thread whose calls are counted.
+pub(crate) enum Thread {
+    /// Not a process we count (binary mode filters by process).
+    Untraced,
+    /// Counted, but without a stack: none was asked for, or it could not be allocated.
+    NoStack,
+    /// Its shadow stack.
+    Traced(&'static mut ShadowStack),
 }
 
-/// The calling thread's shadow stack, allocated (empty) on its first call when `create`.
+/// The calling thread and its shadow stack, allocated (empty) on its first call when
+/// `create`. In binary mode a thread's stack remembers that its process is traced, so only
+/// its first call looks the process up.
+#[inline(always)]
+pub(crate) fn current_thread(create: bool) -> Thread {
+    let filter = config().filter_by_tgid != 0;
+    if let Some(stack) = current(false)
+        && (!filter || stack.state & STACK_TRACED != 0)
+    {
+        return Thread::Traced(stack);
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a lookup in a map of plain values.
+    if filter && unsafe { TRACED.get(&tgid) }.is_none() {
+        return Thread::Untraced;
+    }
+    match current(create) {
+        Some(stack) => {
+            stack.state |= STACK_TRACED;
+            Thread::Traced(stack)
+        }
+        None => Thread::NoStack,
+    }
+}
+
+/// The calling thread's shadow stack, allocated (empty) when `create` and it has none.
 #[inline(always)]
 pub(crate) fn current(create: bool) -> Option<&'static mut ShadowStack> {
     // SAFETY: task storage of the current thread: only this thread's programs touch it, and
     // they do not nest (a probe firing inside a BPF program is skipped by the kernel).
     let stack = unsafe { &mut *STACKS.current(create)? };
-    if stack.counted == 0 {
-        stack.counted = 1;
+    if stack.state & STACK_COUNTED == 0 {
+        stack.state |= STACK_COUNTED;
         count_live_stacks(1);
     }
     Some(stack)
@@ -93,8 +116,8 @@ pub(crate) enum Ending {
 /// returns come. Of a run of such frames at `sp` only the newest is kept, so that calls
 /// longjmp'd out of one after another at the same level cannot pile up.
 #[inline(always)]
-pub(crate) fn close_before_entry(stack: &mut ShadowStack, pid_tgid: u64, sp: u64, probe_id: u32) {
-    close_while(stack, pid_tgid, |frame| frame.entry_sp < sp);
+pub(crate) fn close_before_entry(stack: &mut ShadowStack, sp: u64, probe_id: u32) {
+    close_while(stack, |frame| frame.entry_sp < sp);
     // Indexing is by `get` throughout: a bounds check the verifier must not see a panic behind.
     let depth = opaque(stack.depth as usize);
     let Some(top) = stack.frames.get(depth.wrapping_sub(1)).copied() else {
@@ -105,7 +128,7 @@ pub(crate) fn close_before_entry(stack: &mut ShadowStack, pid_tgid: u64, sp: u64
     }
     let tail_call = top.flags & FRAME_RETURN_PROBE != 0 && top.probe_id != probe_id;
     if !tail_call {
-        close_while(stack, pid_tgid, |frame| frame.entry_sp <= sp);
+        close_while(stack, |frame| frame.entry_sp <= sp);
         return;
     }
     let below = depth.wrapping_sub(2);
@@ -113,7 +136,7 @@ pub(crate) fn close_before_entry(stack: &mut ShadowStack, pid_tgid: u64, sp: u64
         return;
     };
     if stale.entry_sp == sp {
-        end_logged(stack, pid_tgid, below, &stale, Ending::Unwound);
+        end_logged(stack, below, &stale, Ending::Unwound);
         if let Some(slot) = stack.frames.get_mut(below) {
             *slot = top;
             stack.depth = below as u32 + 1;
@@ -123,11 +146,7 @@ pub(crate) fn close_before_entry(stack: &mut ShadowStack, pid_tgid: u64, sp: u64
 
 /// Closes frames from the top as unwound while `over` holds for them.
 #[inline(always)]
-pub(crate) fn close_while(
-    stack: &mut ShadowStack,
-    pid_tgid: u64,
-    over: impl Fn(&Frame) -> bool,
-) -> u32 {
+pub(crate) fn close_while(stack: &mut ShadowStack, over: impl Fn(&Frame) -> bool) -> u32 {
     let mut closed = 0;
     for _ in 0..MAX_DEPTH {
         let level = opaque(stack.depth as usize).wrapping_sub(1);
@@ -137,7 +156,7 @@ pub(crate) fn close_while(
         if !over(&frame) {
             break;
         }
-        end_logged(stack, pid_tgid, level, &frame, Ending::Unwound);
+        end_logged(stack, level, &frame, Ending::Unwound);
         stack.depth = level as u32;
         closed += 1;
     }
@@ -149,8 +168,8 @@ pub(crate) fn close_while(
 
 /// [`end`], counting its loss: one of several calls closed at once.
 #[inline(always)]
-fn end_logged(stack: &ShadowStack, pid_tgid: u64, level: usize, frame: &Frame, ending: Ending) {
-    if let Err(loss) = end(stack, pid_tgid, level, frame, ending, now_ns()) {
+fn end_logged(stack: &ShadowStack, level: usize, frame: &Frame, ending: Ending) {
+    if let Err(loss) = end(stack, level, frame, ending, now_ns()) {
         count_loss(loss);
     }
 }
@@ -160,7 +179,6 @@ fn end_logged(stack: &ShadowStack, pid_tgid: u64, level: usize, frame: &Frame, e
 #[inline(always)]
 pub(crate) fn end(
     stack: &ShadowStack,
-    pid_tgid: u64,
     level: usize,
     frame: &Frame,
     ending: Ending,
@@ -184,6 +202,11 @@ pub(crate) fn end(
         return Ok(());
     };
     let sampled = frame.flags & FRAME_SAMPLED != 0;
+    if !sampled && spec.aggregate == 0 {
+        return Ok(());
+    }
+    // Only spans and strings need the thread id: most calls skip the helper.
+    let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let text = if spec.wants_text(sampled) {
         // SAFETY: a lookup of a plain byte array.

@@ -225,6 +225,8 @@ fn busy_attach(test: &str, target: &[&str], demo: &Path, mut child: Child) {
     args.push(report_path.to_str().unwrap());
     args.extend(target);
     let flowtap = Running::start(flowtap().args(&args));
+    // Spinning on under the probes for a while, then the counted calls.
+    std::thread::sleep(Duration::from_millis(300));
     writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(

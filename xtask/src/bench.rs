@@ -25,6 +25,8 @@ enum Config {
     NoProbes,
     KernelFloor,
     MetricsOnly,
+    /// Metrics only, with the kernel's diagnostics on (`--kernel-log debug`).
+    KernelLog,
     /// Metrics with a profile: a capture, an error rule, a condition and a sum per call.
     Profiled,
     Spans100,
@@ -32,10 +34,11 @@ enum Config {
     Bpftrace,
 }
 
-const CONFIGS: [Config; 7] = [
+const CONFIGS: [Config; 8] = [
     Config::NoProbes,
     Config::KernelFloor,
     Config::MetricsOnly,
+    Config::KernelLog,
     Config::Profiled,
     Config::Spans100,
     Config::Spans1,
@@ -48,6 +51,7 @@ impl Config {
             Config::NoProbes => "no probes",
             Config::KernelFloor => "kernel floor (empty programs)",
             Config::MetricsOnly => "flowtap, metrics only",
+            Config::KernelLog => "flowtap, metrics only, --kernel-log debug",
             Config::Profiled => "flowtap, metrics with a profile",
             Config::Spans100 => "flowtap, spans 100%",
             Config::Spans1 => "flowtap, spans 1%",
@@ -59,6 +63,7 @@ impl Config {
         match self {
             Config::KernelFloor => Some(&["--empty-programs"]),
             Config::MetricsOnly => Some(&[]),
+            Config::KernelLog => Some(&["--kernel-log", "debug"]),
             Config::Spans100 => Some(&["--spans-out", "/dev/null", "--sample-rate", "1"]),
             Config::Spans1 => Some(&["--spans-out", "/dev/null", "--sample-rate", "0.01"]),
             Config::Profiled | Config::NoProbes | Config::Bpftrace => None,
@@ -76,7 +81,7 @@ struct Sample {
     bench_seconds: f64,
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let agent = build_agent()?;
     let dir = fixture::build_bench()?;
     let bench = dir.join("bench");
@@ -173,6 +178,9 @@ fn summarize(
         "program_flowtap_over_bpftrace": program_ns(Config::MetricsOnly)
             .zip(program_ns(Config::Bpftrace))
             .map(|(f, b)| f / b),
+        "program_kernel_log_over_metrics_only": program_ns(Config::KernelLog)
+            .zip(program_ns(Config::MetricsOnly))
+            .map(|(l, m)| l / m),
         "spans_100_calls_per_second": calls_per_second,
         "spans_100_lost_events": lost,
         "interleaved_runs_lost_events": samples.iter().map(|(_, s)| s.lost_events).sum::<u64>(),
@@ -205,6 +213,7 @@ fn render(r: &Value) -> String {
          | added cost, metrics only / kernel floor | {:.2}x | ≤ 1.15x |\n\
          | added cost, flowtap metrics only / bpftrace | {:.2}x | ≤ 1.0x |\n\
          | eBPF program time per call, flowtap / bpftrace | {:.2}x | ≤ 1.0x |\n\
+         | eBPF program time per call, --kernel-log debug / off | {:.2}x | 1.0x (rare paths only) |\n\
          | added cost, metrics with a profile / metrics only | {:.2}x | |\n\
          | calls/s taken with spans at 100% (a thread per core) | {:.0} with {} lost events | 100,000 with 0 lost |\n\
          | events lost over all interleaved flowtap runs | {} | 0 |\n\
@@ -215,6 +224,7 @@ fn render(r: &Value) -> String {
         f("metrics_only_over_floor"),
         f("flowtap_over_bpftrace"),
         f("program_flowtap_over_bpftrace"),
+        f("program_kernel_log_over_metrics_only"),
         f("profile_over_metrics_only"),
         f("spans_100_calls_per_second"),
         r["spans_100_lost_events"],
@@ -322,18 +332,17 @@ impl Tracer {
     fn flowtap(agent: &Path, target: &Path, symbols: &str, flags: &[&str]) -> anyhow::Result<Self> {
         let report =
             std::env::temp_dir().join(format!("flowtap-bench-{}.json", std::process::id()));
-        let mut child = Command::new(agent)
-            .args(["run", "--exe"])
-            .arg(target)
-            .args(["--symbols", symbols, "--metrics-addr", "127.0.0.1:0"])
-            .args(["--report", "json", "--output"])
-            .arg(&report)
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().context("flowtap stderr")?;
-        wait_for_line(stderr, "attached")?;
+        let child = crate::fixture::start_until_ready(
+            Command::new(agent)
+                .args(["run", "--exe"])
+                .arg(target)
+                .args(["--symbols", symbols, "--metrics-addr", "127.0.0.1:0"])
+                .args(["--report", "json", "--output"])
+                .arg(&report)
+                .args(flags)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
         Ok(Self {
             child,
             report: Some(report),

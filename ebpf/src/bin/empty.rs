@@ -3,7 +3,6 @@
 //! own cost from flowtap's.
 #![no_std]
 #![no_main]
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
     macros::{uprobe, uretprobe},
@@ -19,32 +18,32 @@ const _: () = assert!(same(empty::RET_INSN_MULTI, "empty_ret_insn_multi"));
 const _: () = assert!(same(empty::RET_INSN, "empty_ret_insn"));
 
 #[uprobe(multi)]
-pub fn empty_entry_multi(_ctx: ProbeContext) -> u32 {
+pub(crate) fn empty_entry_multi(_ctx: ProbeContext) -> u32 {
     0
 }
 
 #[uprobe]
-pub fn empty_entry(_ctx: ProbeContext) -> u32 {
+pub(crate) fn empty_entry(_ctx: ProbeContext) -> u32 {
     0
 }
 
 #[uretprobe(multi)]
-pub fn empty_return_multi(_ctx: RetProbeContext) -> u32 {
+pub(crate) fn empty_return_multi(_ctx: RetProbeContext) -> u32 {
     0
 }
 
 #[uretprobe]
-pub fn empty_return(_ctx: RetProbeContext) -> u32 {
+pub(crate) fn empty_return(_ctx: RetProbeContext) -> u32 {
     0
 }
 
 #[uprobe(multi)]
-pub fn empty_ret_insn_multi(_ctx: ProbeContext) -> u32 {
+pub(crate) fn empty_ret_insn_multi(_ctx: ProbeContext) -> u32 {
     0
 }
 
 #[uprobe]
-pub fn empty_ret_insn(_ctx: ProbeContext) -> u32 {
+pub(crate) fn empty_ret_insn(_ctx: ProbeContext) -> u32 {
     0
 }
 

@@ -24,7 +24,7 @@ const CASES: [(&str, &str, &[&str]); 4] = [
 ];
 
 /// Added ns per call of each case over the same function unprobed, medians of the rounds.
-pub fn measure(agent: &Path, program: &Path) -> anyhow::Result<Value> {
+pub(super) fn measure(agent: &Path, program: &Path) -> anyhow::Result<Value> {
     let mut added: Vec<Vec<f64>> = vec![Vec::new(); CASES.len()];
     for round in 1..=ROUNDS {
         println!("== probe placement, round {round} of {ROUNDS}");
@@ -53,7 +53,7 @@ pub fn measure(agent: &Path, program: &Path) -> anyhow::Result<Value> {
     }))
 }
 
-pub fn render(r: &Value) -> String {
+pub(super) fn render(r: &Value) -> String {
     let mut table = String::from("\n| probe placement | added ns/call |\n| --- | ---: |\n");
     for case in r["cases"].as_array().into_iter().flatten() {
         table.push_str(&format!(

@@ -8,10 +8,10 @@ use flowtap_common::{
     AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, StatsKey, abi::maps, histogram,
 };
 
-use crate::{loader::Probes, plan::Plan};
+use crate::{loader::Probes, plan::Plan, workloads::Workloads};
 
 #[derive(Debug, Clone)]
-pub struct FunctionStats {
+pub(crate) struct FunctionStats {
     pub probe_id: u32,
     /// The cgroup the calls were made in, when the kernel keeps stats per cgroup; else 0.
     pub cgroup: u64,
@@ -39,7 +39,7 @@ pub struct FunctionStats {
 impl FunctionStats {
     /// Stats of these durations, as the kernel would have counted them.
     #[cfg(test)]
-    pub fn from_durations(durations: &[u64]) -> Self {
+    pub(crate) fn from_durations(durations: &[u64]) -> Self {
         let mut buckets = vec![0; histogram::BUCKETS];
         for &d in durations {
             buckets[histogram::bucket_index(d)] += 1;
@@ -63,7 +63,7 @@ impl FunctionStats {
     }
 
     /// Adds another function's calls, as one histogram of both.
-    pub fn merge(&mut self, other: &FunctionStats) {
+    pub(crate) fn merge(&mut self, other: &FunctionStats) {
         self.calls += other.calls;
         self.unwound += other.unwound;
         self.untimed += other.untimed;
@@ -79,22 +79,17 @@ impl FunctionStats {
     }
 
     /// Calls that returned: the histogram's count.
-    pub fn returned(&self) -> u64 {
+    pub(crate) fn returned(&self) -> u64 {
         self.buckets.iter().sum()
     }
 
-    /// Whether every call entered is accounted for: returned, unwound, untimed or in flight.
-    pub fn balanced(&self) -> bool {
-        self.entered == self.returned() + self.unwound + self.untimed + self.in_flight
-    }
-
     /// Mean of the returned calls' durations.
-    pub fn mean_ns(&self) -> u64 {
+    pub(crate) fn mean_ns(&self) -> u64 {
         self.total_ns.checked_div(self.returned()).unwrap_or(0)
     }
 
     /// The `q` quantile (0..=1), interpolated inside its bucket and capped by the true maximum.
-    pub fn quantile_ns(&self, q: f64) -> u64 {
+    pub(crate) fn quantile_ns(&self, q: f64) -> u64 {
         let total: u64 = self.buckets.iter().sum();
         if total == 0 {
             return 0;
@@ -116,7 +111,7 @@ impl FunctionStats {
 
 /// Calls of one probe with one outcome and label (see [`flowtap_common::ProbeSpec::outcome`]).
 #[derive(Debug, Clone)]
-pub struct AggregateRow {
+pub(crate) struct AggregateRow {
     pub probe_id: u32,
     pub cgroup: u64,
     pub outcome: i32,
@@ -127,7 +122,7 @@ pub struct AggregateRow {
 
 /// Everything the kernel counted so far.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Functions that were called at least once, most total time first.
     pub functions: Vec<FunctionStats>,
     pub aggregates: Vec<AggregateRow>,
@@ -135,7 +130,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn read(probes: &Probes, plan: &Plan) -> Result<Self, MapError> {
+    pub(crate) fn read(probes: &Probes, plan: &Plan) -> Result<Self, MapError> {
         let mut functions = Vec::new();
         if probes.by_cgroup {
             let stats: PerCpuHashMap<_, StatsKey, ProbeStats> =
@@ -170,16 +165,14 @@ impl Snapshot {
         })
     }
 
-    /// Keeps the calls made in the cgroups `keep` accepts.
-    pub fn retain_cgroups(&mut self, mut keep: impl FnMut(u64) -> bool) {
-        self.functions.retain(|stats| keep(stats.cgroup));
-        self.aggregates.retain(|row| keep(row.cgroup));
-    }
-
-    /// One entry per function, over all cgroups: what the report shows.
-    pub fn per_function(&self) -> Snapshot {
+    /// One entry per function, over the cgroups `workloads` reports: what the report shows.
+    pub(crate) fn per_function(&self, workloads: &dyn Workloads) -> Snapshot {
         let mut merged: BTreeMap<u32, FunctionStats> = BTreeMap::new();
-        for stats in &self.functions {
+        let reported = self
+            .functions
+            .iter()
+            .filter(|s| workloads.reports(s.cgroup));
+        for stats in reported {
             merged
                 .entry(stats.probe_id)
                 .and_modify(|total| total.merge(stats))
@@ -190,14 +183,24 @@ impl Snapshot {
         }
         let mut functions: Vec<FunctionStats> = merged.into_values().collect();
         sort_by_time(&mut functions);
+        let aggregates = self
+            .aggregates
+            .iter()
+            .filter(|row| workloads.reports(row.cgroup))
+            // Per function: rows of every cgroup add up, as the stats do.
+            .map(|row| AggregateRow {
+                cgroup: 0,
+                ..row.clone()
+            })
+            .collect();
         Snapshot {
             functions,
-            aggregates: self.aggregates.clone(),
+            aggregates,
             losses: self.losses.clone(),
         }
     }
 
-    pub fn lost_events(&self) -> u64 {
+    pub(crate) fn lost_events(&self) -> u64 {
         self.losses.iter().map(|(_, count)| count).sum()
     }
 }
