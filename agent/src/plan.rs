@@ -492,14 +492,17 @@ impl Listing {
 
 impl std::fmt::Display for Listing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
+        write!(
             f,
-            "{} ({} functions, {} refused; {})",
+            "{} ({} functions); {}",
             self.path.display(),
             self.traceable.len(),
-            self.refused.len(),
             self.exits
         )?;
+        match self.refused.len() {
+            0 => writeln!(f)?,
+            refused => writeln!(f, "; {refused} not traceable, below")?,
+        }
         for (name, costly) in &self.traceable {
             let note = if *costly {
                 "  (costly entry: the kernel single-steps its first instruction)"
