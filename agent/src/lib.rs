@@ -6,6 +6,7 @@
 pub mod cli;
 mod export;
 mod host;
+mod instructions;
 mod kernel_counters;
 mod kernel_log;
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::{
     export::otlp::OtlpProtocol,
     kubernetes::{KubernetesConfig, LabelSelector},
     loader::KernelLogLevel,
+    plan::{ExitChoice, ExitPolicy},
     report::ReportFormat,
     run::RunConfig,
     targets::TargetSpec,
@@ -87,6 +88,9 @@ pub(crate) struct SymbolsArgs {
     /// Only functions matching this glob (raw or demangled name).
     #[arg(long, value_name = "GLOB")]
     pub(crate) filter: Option<String>,
+    /// The exit probe modes to show, as `flowtap run --exit-probes` takes them.
+    #[arg(long, value_name = "[OBJECT=]MODE")]
+    pub(crate) exit_probes: Vec<ExitChoice>,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +164,13 @@ pub(crate) struct RunArgs {
     /// close it: `ready metrics=http://ADDR/metrics probes=N objects=M`.
     #[arg(long, value_name = "FD", env = "FLOWTAP_READY_FD")]
     ready_fd: Option<RawFd>,
+    /// How returns are observed: `return` probes (cheapest; exceptions and panics through them
+    /// abort the target), probes on each return `instructions`, or `auto` (default):
+    /// instructions in objects that unwind (C++, Rust), return probes elsewhere. OBJECT=MODE
+    /// (repeatable) sets one object's, e.g. a C library that exceptions cross. `flowtap
+    /// symbols` shows which each object gets.
+    #[arg(long, value_name = "[OBJECT=]MODE")]
+    exit_probes: Vec<ExitChoice>,
     /// Attach programs that do nothing: the kernel's own cost, for `cargo xtask bench`.
     #[arg(long, hide = true)]
     empty_programs: bool,
@@ -273,6 +284,7 @@ impl RunArgs {
             target,
             profiles: self.profiles,
             symbols: self.symbols,
+            exit_probes: ExitPolicy(self.exit_probes),
             duration: self.duration,
             report: self.report,
             output: self.output,

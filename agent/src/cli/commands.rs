@@ -7,6 +7,7 @@ use anyhow::Context;
 use super::args::{ProfileCommand, SymbolsArgs};
 use crate::{
     host,
+    plan::{ExitPolicy, Listing},
     profile::{self, Profile},
     symbols::ElfObject,
     targets::{Target, TargetSpec},
@@ -67,41 +68,19 @@ pub(super) fn symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
         (_, Some(exe)) => Target::resolve(&TargetSpec::Binary(exe))?.objects,
         _ => unreachable!("clap requires exactly one target"),
     };
+    let policy = ExitPolicy(args.exit_probes);
     let mut out = std::io::stdout().lock();
     for object in &objects {
-        write_functions(&mut out, object, filter.as_ref())?;
+        let listing = Listing::of(object, policy.mode_for(object), |f| {
+            filter
+                .as_ref()
+                .is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name))
+        })?;
+        if !listing.is_empty() {
+            write!(out, "{listing}")?;
+        }
     }
     Ok(0)
-}
-
-fn write_functions(
-    out: &mut dyn Write,
-    object: &ElfObject,
-    filter: Option<&glob::Pattern>,
-) -> std::io::Result<()> {
-    let functions: Vec<_> = object
-        .functions
-        .iter()
-        .filter(|f| filter.is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name)))
-        .collect();
-    if functions.is_empty() {
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "{} ({} functions)",
-        object.path.display(),
-        functions.len()
-    )?;
-    for function in functions {
-        let note = if function.probeable {
-            ""
-        } else {
-            "  (not probeable: LOCK prefix)"
-        };
-        writeln!(out, "  {}{note}", function.name)?;
-    }
-    Ok(())
 }
 
 pub(super) fn check() -> i32 {

@@ -28,7 +28,7 @@ use crate::{
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
     loader::{KernelLogLevel, LoadOptions, Probes},
-    plan::{Plan, Selection, SymbolSelector},
+    plan::{ExitPolicy, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
     report::{Report, ReportFormat, SpanSummary},
@@ -47,6 +47,8 @@ pub(crate) struct RunConfig {
     pub(crate) profiles: Vec<String>,
     /// `GLOB` or `OBJECT:GLOB` selectors of functions to time without a profile.
     pub(crate) symbols: Vec<String>,
+    /// How each object's returns are observed.
+    pub(crate) exit_probes: ExitPolicy,
     /// Stop after this long.
     pub(crate) duration: Option<Duration>,
     pub(crate) report: ReportFormat,
@@ -79,6 +81,7 @@ impl Default for RunConfig {
             target: None,
             profiles: Vec::new(),
             symbols: Vec::new(),
+            exit_probes: ExitPolicy::default(),
             duration: None,
             report: ReportFormat::default(),
             output: None,
@@ -136,11 +139,8 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         &selection,
         &target.describe(),
     )?);
-    if !plan.unprobeable.is_empty() {
-        eprintln!(
-            "flowtap: warning: not tracing {} (uprobes refuse a first instruction with a LOCK prefix)",
-            plan.unprobeable.join(", ")
-        );
+    for note in plan.notes() {
+        eprintln!("flowtap: note: {note}");
     }
     let workloads: Arc<dyn Workloads> = match cluster {
         Some(cluster) => Arc::new(PodWorkloads::new(cluster, target.pid())),
@@ -203,6 +203,7 @@ fn selection(config: &RunConfig) -> anyhow::Result<Selection> {
         symbols,
         texts,
         defaulted,
+        exit_probes: config.exit_probes.clone(),
     })
 }
 
