@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::run;
+use crate::{run_quietly, stage};
 
 pub const RUST_TOOLCHAIN: &str = "1.98.0";
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
@@ -24,6 +24,9 @@ pub const APT_PACKAGES: &[&str] = &[
 ];
 
 pub fn install_all() -> anyhow::Result<()> {
+    stage(&format!(
+        "prerequisites: Rust {RUST_TOOLCHAIN}, {EBPF_TOOLCHAIN}, LLVM 22, bpf-linker {BPF_LINKER_VERSION}, apt packages"
+    ));
     install_toolchain(RUST_TOOLCHAIN, &["clippy", "rustfmt"])?;
     install_toolchain(EBPF_TOOLCHAIN, &["rust-src", "clippy"])?;
     install_apt_packages()?;
@@ -52,12 +55,16 @@ fn install_toolchain(toolchain: &str, components: &[&str]) -> anyhow::Result<()>
     {
         return Ok(());
     }
+    stage(&format!(
+        "installing Rust {toolchain} with {} (rustup)",
+        components.join(", ")
+    ));
     let mut command = Command::new("rustup");
     command.args(["toolchain", "install", toolchain, "--profile", "minimal"]);
     for component in components {
         command.args(["--component", component]);
     }
-    run(&mut command)
+    run_quietly(&mut command)
 }
 
 fn install_apt_packages() -> anyhow::Result<()> {
@@ -78,11 +85,14 @@ fn install_apt_packages() -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    stage(&format!("installing {} (apt-get)", missing.join(" ")));
+    run_quietly(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_quietly(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn is_root() -> bool {
@@ -98,12 +108,17 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         "{LLVM_PREFIX}/bin:{}",
         std::env::var("PATH").context("PATH is not set")?
     );
-    run(Command::new("rustup")
-        .args(["run", RUST_TOOLCHAIN, "cargo", "install", "bpf-linker"])
-        .args(["--version", BPF_LINKER_VERSION, "--locked", "--force"])
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", LLVM_PREFIX)
-        .env("PATH", path))
+    stage(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (cargo install, a few minutes)"
+    ));
+    run_quietly(
+        Command::new("rustup")
+            .args(["run", RUST_TOOLCHAIN, "cargo", "install", "bpf-linker"])
+            .args(["--version", BPF_LINKER_VERSION, "--locked", "--force"])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path),
+    )
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13";
@@ -116,7 +131,10 @@ pub fn install_cargo_fuzz() -> anyhow::Result<()> {
     if version.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")) {
         return Ok(());
     }
-    run(Command::new("rustup").args([
+    stage(&format!(
+        "building cargo-fuzz {CARGO_FUZZ_VERSION} (cargo install)"
+    ));
+    run_quietly(Command::new("rustup").args([
         "run",
         EBPF_TOOLCHAIN,
         "cargo",
