@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    console::{print, status},
     events::SpanStream,
     export::{
         otlp::{self, OtlpProtocol, SpanCounts, SpanQueue},
@@ -24,13 +25,13 @@ use crate::{
     host,
     kubernetes::{Workload, resource_attributes_hook, span_filter},
     loader::Probes,
-    metrics::Snapshot,
+    metrics::{Snapshot, calls_in_progress},
     plan::{Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
     report::{Report, ReportFormat, SpanSummary},
     spans::{SpanFactory, SpanPump},
-    symbols::ElfObject,
+    symbols::{ElfObject, Function},
     target::{
         Target, TargetKind, TargetSpec,
         launch::{self, HeldChild},
@@ -40,9 +41,21 @@ use crate::{
 
 /// Exact per-function timing of native workflow runtimes with eBPF, without touching the
 /// application: no code change, rebuild, restart or library to link.
+/// `flowtap -V`: the version and the commit it was built from (`--version` adds the kernel's
+/// features).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLOWTAP_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "flowtap", version, propagate_version = true)]
+#[command(name = "flowtap", version = VERSION, propagate_version = true)]
 pub struct Cli {
+    /// No status or progress lines on stderr (warnings and errors remain).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +64,10 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant, reason = "parsed once per run")]
 pub enum Command {
     /// Trace a process, a binary or a command, and print a latency report at the end.
+    ///
+    /// The report goes to --output FILE if given; else, with --pid or --exe, to standard output;
+    /// in launch mode (-- CMD), to standard error, so that the command's standard output stays
+    /// its own (`flowtap run -- curl URL > page.html`).
     ///
     /// Examples:
     ///   flowtap run --pid 4242
@@ -123,7 +140,8 @@ pub struct RunArgs {
     /// Report format printed at the end.
     #[arg(long, value_enum, default_value = "table")]
     pub report: ReportFormat,
-    /// Write the report to this file instead of standard output.
+    /// Write the report to this file (default: standard output with --pid/--exe, standard
+    /// error in launch mode, which leaves standard output to the command).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Serve Prometheus metrics on this address while running (port 0: any free port).
@@ -254,11 +272,12 @@ impl RunArgs {
 
 /// Runs the parsed command; returns the process exit code.
 pub fn execute(cli: Cli) -> anyhow::Result<i32> {
+    crate::console::set_quiet(cli.quiet);
     match cli.command {
         Command::Run(args) => run(args),
         Command::Symbols(args) => list_symbols(args),
         Command::Profile(command) => profile_command(command),
-        Command::Check => Ok(check()),
+        Command::Check => check(),
     }
 }
 
@@ -373,7 +392,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             .zip(queue)
             .map(|(otlp, queue)| tokio::spawn(queue.run(otlp, stopped, SPAN_FLUSH_LIMIT)));
         let address = listener.local_addr().context("metrics address")?;
-        eprintln!("flowtap: serving metrics on http://{address}/metrics");
+        status(format_args!("serving metrics on http://{address}/metrics"));
         let exit_code = tokio::select! {
             result = exporter.serve(listener) => {
                 result.context("serving metrics")?;
@@ -408,11 +427,13 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         &mut |_| Some(Vec::new()),
     );
     let spans = pump.map(|pump| SpanSummary::new(&counts, pump.slowest.slowest));
+    let in_progress = calls_in_progress(&probes, &plan).context("reading the threads' stacks")?;
     let report = Report {
         snapshot: &snapshot,
         declared: &declared,
         spans: spans.as_ref(),
         exit_code,
+        in_progress: &in_progress,
     };
     write_report(output, &args, &report)?;
     Ok(exit_code.unwrap_or(0))
@@ -435,12 +456,12 @@ async fn trace(
     plan: &Plan,
     probes: &Mutex<Probes>,
 ) -> anyhow::Result<Option<i32>> {
-    eprintln!(
-        "flowtap: attached {} probes in {} objects of {}; Ctrl-C to stop",
+    status(format_args!(
+        "attached {} probes in {} objects of {}; Ctrl-C to stop",
         plan.probes.len(),
         plan.objects.len(),
         target.describe()
-    );
+    ));
     let deadline = async {
         match args.duration {
             Some(duration) => tokio::time::sleep(duration).await,
@@ -485,7 +506,7 @@ async fn run_child(
         tokio::select! {
             code = &mut exited => {
                 let code = code.context("waiting for the command")?.context("waiting for the command")?;
-                eprintln!("flowtap: command exited with code {code}");
+                status(format_args!("command exited with code {code}"));
                 return Ok(code);
             }
             // The command shares our terminal and gets Ctrl-C too; pass on other stops.
@@ -495,7 +516,7 @@ async fn run_child(
                 interrupt.set(interrupted());
             }
             _ = &mut deadline => {
-                eprintln!("flowtap: duration reached; command {pid} keeps running untraced");
+                status(format_args!("duration reached; command {pid} keeps running untraced"));
                 return Ok(0);
             }
         }
@@ -556,9 +577,13 @@ fn write_report(
     match (output, &args.output) {
         (Some(mut file), Some(path)) => {
             report.write(&mut file, args.report)?;
-            eprintln!("flowtap: report written to {}", path.display());
+            status(format_args!("report written to {}", path.display()));
         }
-        _ => report.write(&mut std::io::stdout().lock(), args.report)?,
+        // The launched command owns standard output; the report goes where strace's would.
+        _ if !args.command.is_empty() => {
+            report.write(&mut std::io::stderr().lock(), args.report)?
+        }
+        _ => print(|out| report.write(out, args.report))?,
     }
     Ok(())
 }
@@ -595,7 +620,8 @@ fn selection(args: &RunArgs) -> anyhow::Result<Selection> {
 }
 
 fn profile_command(command: ProfileCommand) -> anyhow::Result<i32> {
-    let mut out = std::io::stdout().lock();
+    let mut text = Vec::new();
+    let out = &mut text;
     match command {
         ProfileCommand::List => {
             for (name, _) in profile::BUILTIN {
@@ -629,6 +655,7 @@ fn profile_command(command: ProfileCommand) -> anyhow::Result<i32> {
             }
         }
     }
+    print(|out| out.write_all(&text))?;
     Ok(0)
 }
 
@@ -639,25 +666,72 @@ fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
         .map(glob::Pattern::new)
         .transpose()
         .context("--filter")?;
-    let objects: Vec<ElfObject> = match (args.target.pid, args.target.exe) {
-        (Some(pid), _) => Target::resolve(&TargetSpec::Pid(pid))?.objects,
-        (_, Some(exe)) => Target::resolve(&TargetSpec::Binary(exe))?.objects,
+    let target = match (args.target.pid, args.target.exe) {
+        (Some(pid), _) => Target::resolve(&TargetSpec::Pid(pid))?,
+        (_, Some(exe)) => Target::resolve(&TargetSpec::Binary(exe))?,
         _ => unreachable!("clap requires exactly one target"),
     };
-    let mut out = std::io::stdout().lock();
-    for object in &objects {
-        let functions: Vec<_> = object
-            .functions
-            .iter()
-            .filter(|f| {
-                filter
-                    .as_ref()
-                    .is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name))
-            })
-            .collect();
-        if functions.is_empty() {
-            continue;
-        }
+    for (path, reason) in target
+        .skipped
+        .iter()
+        .chain(&skipped_objects(&target.objects))
+    {
+        eprintln!("flowtap: skipped {}: {reason}", path.display());
+    }
+    let listed: Vec<(&ElfObject, Vec<&Function>)> = target
+        .objects
+        .iter()
+        .filter(|object| !object.is_go)
+        .map(|object| {
+            let functions = object
+                .functions
+                .iter()
+                .filter(|f| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|p| crate::symbols::matches(p, &f.raw_name, &f.name))
+                })
+                .collect();
+            (object, functions)
+        })
+        .filter(|(_, functions): &(_, Vec<_>)| !functions.is_empty())
+        .collect();
+    if listed.is_empty() {
+        let what = args.filter.map_or("no function".into(), |glob| {
+            format!("no function matches `{glob}`")
+        });
+        bail!(
+            "{what} in the {} objects of {}: try a broader glob, e.g. '*name*'",
+            target.objects.len(),
+            target.describe()
+        );
+    }
+    print(|out| write_symbols(out, &listed))?;
+    Ok(0)
+}
+
+/// Objects with nothing to list, and why.
+fn skipped_objects(objects: &[ElfObject]) -> Vec<(std::path::PathBuf, String)> {
+    objects
+        .iter()
+        .filter_map(|object| {
+            let reason = if object.is_go {
+                "a Go binary: flowtap does not trace Go (its moving stacks break return probes)"
+            } else if object.functions.is_empty() {
+                "stripped: no function symbols in .dynsym or .symtab"
+            } else {
+                return None;
+            };
+            Some((object.path.clone(), reason.to_string()))
+        })
+        .collect()
+}
+
+fn write_symbols(
+    out: &mut dyn Write,
+    listed: &[(&ElfObject, Vec<&Function>)],
+) -> std::io::Result<()> {
+    for (object, functions) in listed {
         writeln!(
             out,
             "{} ({} functions)",
@@ -673,26 +747,35 @@ fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
             writeln!(out, "  {}{note}", function.name)?;
         }
     }
-    Ok(0)
+    Ok(())
 }
 
-fn check() -> i32 {
+fn check() -> anyhow::Result<i32> {
     let findings = host::findings();
-    for finding in &findings {
-        let verdict = match (finding.ok, finding.required) {
-            (true, _) => "ok",
-            (false, true) => "MISSING",
-            (false, false) => "absent",
-        };
-        println!("{:<15} {:<8} {}", finding.what, verdict, finding.detail);
-    }
-    if findings.iter().all(|f| f.ok || !f.required) {
-        println!("flowtap can trace on this host.");
-        0
-    } else {
-        println!("flowtap cannot trace on this host: fix the MISSING lines above.");
-        1
-    }
+    let usable = findings.iter().all(|f| f.ok || !f.required);
+    print(|out| {
+        for finding in &findings {
+            let verdict = match (finding.ok, finding.required) {
+                (true, _) => "ok",
+                (false, true) => "MISSING",
+                (false, false) => "absent",
+            };
+            writeln!(
+                out,
+                "{:<15} {:<8} {}",
+                finding.what, verdict, finding.detail
+            )?;
+        }
+        if usable {
+            writeln!(out, "flowtap can trace on this host.")
+        } else {
+            writeln!(
+                out,
+                "flowtap cannot trace on this host: fix the MISSING lines above."
+            )
+        }
+    })?;
+    Ok(if usable { 0 } else { 1 })
 }
 
 #[cfg(test)]

@@ -166,6 +166,9 @@ impl Probes {
             (true, true) => ("empty_entry_multi", "empty_exit_multi"),
             (false, true) => ("empty_entry", "empty_exit"),
         };
+        let mut progress = crate::console::Progress::new();
+        let total = 2 * plan.probes.len();
+        let mut done = 0;
         for program in [entry, exit] {
             let uprobe: &mut UProbe = self.program_mut(program)?;
             uprobe
@@ -182,6 +185,8 @@ impl Probes {
                         object: object.path.display().to_string(),
                         error,
                     })?;
+                done += plan.probes_of(index).count();
+                progress.show(total, format_args!("attaching probes {done}/{total}"));
             }
         }
         self.attached = plan.probes.len();

@@ -5,7 +5,8 @@ use aya::maps::{HashMap, MapError, PerCpuArray, PerCpuHashMap};
 use std::collections::BTreeMap;
 
 use flowtap_common::{
-    AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, StatsKey, histogram,
+    AggregateKey, AggregateValue, Loss, MAX_DEPTH, MAX_SUMS, ProbeStats, ShadowStack, StatsKey,
+    histogram,
 };
 
 use crate::{loader::Probes, plan::Plan};
@@ -178,6 +179,23 @@ impl Snapshot {
     pub fn lost_events(&self) -> u64 {
         self.losses.iter().map(|(_, count)| count).sum()
     }
+}
+
+/// Calls entered and not returned yet, by function: the frames on the traced threads' stacks
+/// (a frame nested deeper than the stack holds is not attributed to a function).
+pub fn calls_in_progress(probes: &Probes, plan: &Plan) -> Result<Vec<(String, u64)>, MapError> {
+    let stacks: HashMap<_, u32, ShadowStack> = HashMap::try_from(probes.kernel_map("STACKS"))?;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for entry in stacks.iter() {
+        let (_, stack) = entry?;
+        let depth = (stack.depth as usize).min(MAX_DEPTH);
+        for frame in &stack.frames[..depth] {
+            if let Some(probe) = plan.probes.get(frame.probe_id as usize) {
+                *counts.entry(probe.function.clone()).or_default() += 1;
+            }
+        }
+    }
+    Ok(counts.into_iter().collect())
 }
 
 /// Most total time first.

@@ -371,10 +371,13 @@ pub enum Loss {
     AggregateMapFull = 4,
     /// A sampled span found the ring buffer full.
     SpanRingFull = 5,
+    /// A call still in progress when its thread exited or exec'd (`exit()` inside a probed
+    /// `main`, a killed process): it never returns, so it is never timed.
+    ExitedInCall = 6,
 }
 
 impl Loss {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [Loss; Self::COUNT as usize] = [
         Loss::StackOverflow,
         Loss::UnmatchedReturn,
@@ -382,6 +385,7 @@ impl Loss {
         Loss::StatsMapFull,
         Loss::AggregateMapFull,
         Loss::SpanRingFull,
+        Loss::ExitedInCall,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -392,6 +396,7 @@ impl Loss {
             Loss::StatsMapFull => "stats_map_full",
             Loss::AggregateMapFull => "aggregate_map_full",
             Loss::SpanRingFull => "span_ring_full",
+            Loss::ExitedInCall => "exited_in_call",
         }
     }
 }

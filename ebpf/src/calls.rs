@@ -558,9 +558,14 @@ unsafe fn add(counter: *mut u64, value: u64) {
 
 #[inline(always)]
 pub fn count_loss(loss: Loss) {
+    count_losses(loss, 1);
+}
+
+#[inline(always)]
+pub fn count_losses(loss: Loss, count: u64) {
     if let Some(counter) = LOSSES.get_ptr_mut(loss as u32) {
         // SAFETY: a live per-CPU array slot.
-        unsafe { add(counter, 1) };
+        unsafe { add(counter, count) };
     }
 }
 

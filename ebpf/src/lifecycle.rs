@@ -7,7 +7,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext},
 };
 
-use crate::calls::{STACKS, TRACED};
+use flowtap_common::Loss;
+
+use crate::calls::{STACKS, TRACED, count_losses};
 
 /// Attached to the traced binary's entry point: a process that starts running it is counted
 /// from its first call into any probed library.
@@ -25,7 +27,7 @@ pub fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
-    let _ = STACKS.remove(&tid);
+    drop_stack(tid);
     if tid == tgid {
         let _ = TRACED.remove(&tgid);
     }
@@ -38,6 +40,19 @@ pub fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
 pub fn process_exec(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = TRACED.remove(&((pid_tgid >> 32) as u32));
-    let _ = STACKS.remove(&(pid_tgid as u32));
+    drop_stack(pid_tgid as u32);
     0
+}
+
+/// Removes a thread's stack, counting the calls on it: they will never return.
+#[inline(always)]
+fn drop_stack(tid: u32) {
+    if let Some(stack) = STACKS.get_ptr(&tid) {
+        // SAFETY: a live map value; only its own thread, which is this one, changes it.
+        let depth = unsafe { (*stack).depth };
+        if depth > 0 {
+            count_losses(Loss::ExitedInCall, u64::from(depth));
+        }
+    }
+    let _ = STACKS.remove(&tid);
 }

@@ -10,8 +10,9 @@ pub const RUST_TOOLCHAIN: &str = "1.98.0";
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// Build inputs of bpf-linker, the C compiler of the fixture, and the reference tools the tests
-/// compare with (bpftrace; Prometheus and promtool), and Go for the Go-binary refusal test.
+/// Build inputs of bpf-linker, the C compiler of the fixture (and C++ for the demangling test),
+/// and the reference tools the tests compare with (bpftrace; Prometheus and promtool), and Go for
+/// the Go-binary refusal test.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,6 +20,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "bpftrace",
     "gcc",
+    "g++",
     "prometheus",
     "golang-go",
 ];
