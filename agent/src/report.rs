@@ -412,6 +412,67 @@ pub fn human_duration(ns: u64) -> String {
 mod tests {
     use super::*;
 
+    fn table(snapshot: &Snapshot, in_progress: &[(String, u64)]) -> String {
+        let declared = ProfileMetrics::default();
+        let report = Report {
+            snapshot,
+            declared: &declared,
+            spans: None,
+            exit_code: None,
+            in_progress,
+        };
+        let mut out = Vec::new();
+        report.write(&mut out, ReportFormat::Table).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn an_empty_report_says_whether_anything_was_seen() {
+        let nothing = table(&Snapshot::default(), &[]);
+        assert!(
+            nothing.contains("(no probed function was called)"),
+            "{nothing}"
+        );
+        let lost = Snapshot {
+            losses: vec![(flowtap_common::Loss::ExitedInCall, 2)],
+            ..Snapshot::default()
+        };
+        let text = table(&lost, &[]);
+        assert!(!text.contains("no probed function was called"), "{text}");
+        assert!(text.contains("lost events: 2 (exited_in_call 2)"), "{text}");
+        let text = table(&Snapshot::default(), &[("wf_run".into(), 3)]);
+        assert!(!text.contains("no probed function was called"), "{text}");
+        assert!(
+            text.contains("calls in progress when tracing stopped: 3 (wf_run 3)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn declared_series_read_as_prometheus_writes_them_with_units() {
+        let counter = |labels: &[(&'static str, &'static str)]| JsonCounter {
+            name: "llm_cost_total",
+            labels: labels.iter().copied().collect(),
+            value: 0.5,
+        };
+        assert_eq!(
+            series_name(&counter(&[("model", "gpt-4o"), ("kind", "a\"b")])),
+            r#"llm_cost_total{kind="a\"b",model="gpt-4o"}"#
+        );
+        assert_eq!(series_name(&counter(&[])), "llm_cost_total");
+        assert_eq!(
+            with_unit("llm_cost_total", "LLM cost in dollars.", 0.583266),
+            "$0.583266"
+        );
+        assert_eq!(with_unit("tls_bytes_total", "", 512.0), "512 bytes");
+        assert_eq!(
+            with_unit("tls_bytes_total", "", 2048.0),
+            "2.0 KiB (2048 bytes)"
+        );
+        assert_eq!(with_unit("wait_seconds_total", "", 0.0201), "20.1ms");
+        assert_eq!(with_unit("cache_hits_total", "", 62.0), "62");
+    }
+
     #[test]
     fn durations_read_naturally() {
         assert_eq!(human_duration(950), "950ns");
