@@ -31,7 +31,7 @@ use crate::{
     profile_metrics::{LabelCap, ProfileMetrics},
     report::{Report, ReportFormat, SpanSummary},
     spans::{SpanFactory, SpanPump},
-    symbols::{ElfObject, Function},
+    symbols::{ElfObject, Function, SymbolError},
     target::{
         Target, TargetKind, TargetSpec,
         launch::{self, HeldChild},
@@ -671,11 +671,8 @@ fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
         (_, Some(exe)) => Target::resolve(&TargetSpec::Binary(exe))?,
         _ => unreachable!("clap requires exactly one target"),
     };
-    for (path, reason) in target
-        .skipped
-        .iter()
-        .chain(&skipped_objects(&target.objects))
-    {
+    let unreadable = target.skipped.iter().map(unreadable_object);
+    for (path, reason) in unreadable.chain(skipped_objects(&target.objects)) {
         eprintln!("flowtap: skipped {}: {reason}", path.display());
     }
     let listed: Vec<(&ElfObject, Vec<&Function>)> = target
@@ -708,6 +705,17 @@ fn list_symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
     }
     print(|out| write_symbols(out, &listed))?;
     Ok(0)
+}
+
+/// A mapped file that is not an ELF object flowtap can read, and why, in a few words.
+fn unreadable_object(error: &SymbolError) -> (std::path::PathBuf, String) {
+    match error {
+        SymbolError::Read { path, source } => (path.clone(), format!("cannot read it: {source}")),
+        SymbolError::NotElf { path } => (path.clone(), "not an ELF file".into()),
+        SymbolError::Not64Bit { path } => (path.clone(), "a 32-bit ELF file".into()),
+        SymbolError::ForeignArch { path, arch, .. } => (path.clone(), format!("built for {arch}")),
+        SymbolError::Malformed { path, reason } => (path.clone(), format!("malformed: {reason}")),
+    }
 }
 
 /// Objects with nothing to list, and why.

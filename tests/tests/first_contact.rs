@@ -271,3 +271,24 @@ fn quiet_silences_status_lines() {
     assert!(run.stderr.is_empty(), "{}", run.stderr);
     assert_eq!(read_report(&run.report)["exit_code"], 0);
 }
+
+#[test]
+fn symbols_says_which_objects_it_skipped_and_why() {
+    let dir = scratch_dir("skipped");
+    let program = compile(&dir, "cc", "plain", "int main(void) { return 0; }\n");
+    let stripped = Command::new("strip").arg(&program).status().unwrap();
+    assert!(stripped.success());
+    let (code, stdout, stderr) = run_flowtap(&[
+        "symbols",
+        "--exe",
+        program.to_str().unwrap(),
+        "--filter",
+        "main",
+    ]);
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        stderr.contains("/plain: stripped: no function symbols"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no function matches `main`"), "{stderr}");
+}

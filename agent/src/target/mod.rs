@@ -54,7 +54,7 @@ pub struct Target {
     /// The objects to look for symbols in; the program's executable first when there is one.
     pub objects: Vec<ElfObject>,
     /// Mapped files that could not be read as ELF objects, and why.
-    pub skipped: Vec<(PathBuf, String)>,
+    pub skipped: Vec<SymbolError>,
 }
 
 #[derive(Debug)]
@@ -95,7 +95,7 @@ impl Target {
             .enumerate()
             .filter_map(|(index, path)| {
                 let object = ElfObject::read(path)
-                    .map_err(|error| skipped.push((path.clone(), error.to_string())))
+                    .map_err(|error| skipped.push(error))
                     .ok()?;
                 functions += object.functions.len();
                 progress.show(
