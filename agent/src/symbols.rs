@@ -310,8 +310,11 @@ pub fn short_name(raw: &str) -> Option<String> {
         .flatten()
 }
 
-/// Rust names that demangle to the same text (monomorphizations in the legacy mangling carry
-/// no generic arguments) keep their hash suffix, so that listings and reports tell them apart.
+/// Functions of one object whose names demangle to the same text are told apart in listings
+/// and reports: Rust's legacy mangling (monomorphizations carry no generic arguments) by the
+/// hash suffix; other distinct symbols (Rust v0 copies instantiated by different crates) by the
+/// raw name beside; copies under one raw name (local symbols of different codegen units, C
+/// `static` functions of different files) by their file offset.
 fn tell_apart(functions: &mut [Function]) {
     let mut index = 0;
     while index < functions.len() {
@@ -319,12 +322,18 @@ fn tell_apart(functions: &mut [Function]) {
             .iter()
             .take_while(|f| f.name == functions[index].name)
             .count();
-        if same > 1 {
-            for function in &mut functions[index..index + same] {
-                if let Ok(rust) = rustc_demangle::try_demangle(&function.raw_name) {
-                    function.name = format!("{rust}");
-                }
-            }
+        let group = &mut functions[index..index + same];
+        let raw_names: Vec<String> = group.iter().map(|f| f.raw_name.clone()).collect();
+        for function in group.iter_mut().filter(|_| same > 1) {
+            let copies = raw_names
+                .iter()
+                .filter(|raw| **raw == function.raw_name)
+                .count();
+            function.name = match rustc_demangle::try_demangle(&function.raw_name) {
+                _ if copies > 1 => format!("{} @{:#x}", function.name, function.file_offset),
+                Ok(rust) if !function.raw_name.starts_with("_R") => format!("{rust}"),
+                _ => format!("{} [{}]", function.name, function.raw_name),
+            };
         }
         index += same;
     }
@@ -377,7 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn rust_names_that_demangle_alike_keep_their_hashes() {
+    fn functions_that_demangle_alike_are_told_apart() {
         let function = |raw: &str| Function {
             name: demangle(raw),
             raw_name: raw.into(),
@@ -389,6 +398,15 @@ mod tests {
             function("_ZN3app5parse17h0000000000000001E"),
             function("_ZN3app5parse17h0000000000000002E"),
             function("_ZN3app3run17h0000000000000003E"),
+            // A C `static` function of two files.
+            Function {
+                file_offset: 0x1234,
+                ..function("helper")
+            },
+            Function {
+                file_offset: 0x5678,
+                ..function("helper")
+            },
         ];
         functions.sort_by(|a, b| a.name.cmp(&b.name));
         tell_apart(&mut functions);
@@ -398,7 +416,9 @@ mod tests {
             [
                 "app::parse::h0000000000000001",
                 "app::parse::h0000000000000002",
-                "app::run"
+                "app::run",
+                "helper @0x1234",
+                "helper @0x5678"
             ]
         );
     }
