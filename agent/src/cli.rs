@@ -39,8 +39,6 @@ use crate::{
     },
 };
 
-/// Exact per-function timing of native workflow runtimes with eBPF, without touching the
-/// application: no code change, rebuild, restart or library to link.
 /// `flowtap -V`: the version and the commit it was built from (`--version` adds the kernel's
 /// features).
 pub const VERSION: &str = concat!(
@@ -50,6 +48,8 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// Exact per-function timing of native workflow runtimes with eBPF, without touching the
+/// application: no code change, rebuild, restart or library to link.
 #[derive(Parser, Debug)]
 #[command(name = "flowtap", version = VERSION, propagate_version = true)]
 pub struct Cli {
