@@ -11,7 +11,7 @@ use std::{
 static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// `--quiet`: no status or progress lines; warnings, errors and the output itself remain.
-pub fn set_quiet(quiet: bool) {
+pub(crate) fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
 }
 
@@ -20,7 +20,7 @@ fn quiet() -> bool {
 }
 
 /// A status line on stderr: `flowtap: MESSAGE`.
-pub fn status(message: impl std::fmt::Display) {
+pub(crate) fn status(message: impl std::fmt::Display) {
     if !quiet() {
         eprintln!("flowtap: {message}");
     }
@@ -28,7 +28,7 @@ pub fn status(message: impl std::fmt::Display) {
 
 /// Standard output's reader went away: the command ends quietly, as `head` expects.
 #[derive(Debug, thiserror::Error)]
-pub enum PrintError {
+pub(crate) enum PrintError {
     #[error("standard output was closed")]
     Closed,
     #[error("cannot write to standard output: {0}")]
@@ -36,7 +36,9 @@ pub enum PrintError {
 }
 
 /// Writes to standard output through `write`, telling a closed pipe from other failures.
-pub fn print(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), PrintError> {
+pub(crate) fn print(
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), PrintError> {
     let mut out = std::io::stdout().lock();
     write(&mut out)
         .and_then(|()| out.flush())
@@ -47,18 +49,18 @@ pub fn print(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Resul
 }
 
 /// Long work below this many symbols finishes before anyone wonders.
-pub const PROGRESS_THRESHOLD: usize = 2_000;
+pub(crate) const PROGRESS_THRESHOLD: usize = 2_000;
 
 /// A progress line rewritten in place on a terminal (`flowtap: attaching probes 1200/5000`), once
 /// the work is past [`PROGRESS_THRESHOLD`] symbols. Nothing in pipes, files or CI logs, nothing
 /// under `--quiet`.
-pub struct Progress {
+pub(crate) struct Progress {
     enabled: bool,
     last: Option<Instant>,
 }
 
 impl Progress {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             enabled: !quiet() && std::io::stderr().is_terminal(),
             last: None,
@@ -66,7 +68,7 @@ impl Progress {
     }
 
     /// Shows `line` when `symbols` are past the threshold, at most ten times a second.
-    pub fn show(&mut self, symbols: usize, line: impl std::fmt::Display) {
+    pub(crate) fn show(&mut self, symbols: usize, line: impl std::fmt::Display) {
         let recent = self
             .last
             .is_some_and(|at| at.elapsed() < Duration::from_millis(100));

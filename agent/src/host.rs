@@ -22,7 +22,7 @@ const NEEDED: [(u32, &str); 4] = [
     NEEDED.map(|(_, name)| name).join(", "),
     missing.join(", ")
 )]
-pub struct PrivilegeError {
+pub(crate) struct PrivilegeError {
     missing: Vec<&'static str>,
 }
 
@@ -39,7 +39,7 @@ fn effective_capabilities() -> u64 {
 }
 
 /// Fails with the list of missing capabilities unless this process may load and attach probes.
-pub fn check_privileges() -> Result<(), PrivilegeError> {
+pub(crate) fn check_privileges() -> Result<(), PrivilegeError> {
     let capabilities = effective_capabilities();
     let has = |cap: u32| capabilities & (1 << cap) != 0;
     let missing: Vec<_> = NEEDED
@@ -59,7 +59,7 @@ pub fn check_privileges() -> Result<(), PrivilegeError> {
 }
 
 /// One line of `flowtap check`.
-pub struct Finding {
+pub(crate) struct Finding {
     pub what: &'static str,
     pub ok: bool,
     /// Whether flowtap cannot work without it.
@@ -67,7 +67,7 @@ pub struct Finding {
     pub detail: String,
 }
 
-pub fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|release| release.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
@@ -83,7 +83,7 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 }
 
 /// One line for `flowtap --version`: the kernel and which of its features flowtap found.
-pub fn features_line() -> String {
+pub(crate) fn features_line() -> String {
     let features: Vec<String> = findings()
         .iter()
         .filter(|finding| finding.what != "privileges")
@@ -92,7 +92,7 @@ pub fn features_line() -> String {
     format!("kernel {}: {}", kernel_release(), features.join(", "))
 }
 
-pub fn findings() -> Vec<Finding> {
+pub(crate) fn findings() -> Vec<Finding> {
     let privileges = check_privileges();
     let pmu = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type");
     let multi =

@@ -1,20 +1,27 @@
 //! flowtap: zero-code eBPF profiling of native workflow runtimes. One module per stage of the
-//! data flow: target → symbols → (profile) plan → loader → (kernel) → events → spans, and
-//! metrics → profile_metrics → export and report.
+//! data flow: targets → symbols → (profile) plan → loader → (kernel) → span_ring → spans, and
+//! kernel_counters → profile_metrics → export and report; `run` drives the stages through its
+//! phases, `cli` turns the command line into a run, `workloads` adds where processes run.
 
 pub mod cli;
-pub mod config;
-pub mod console;
-pub mod events;
-pub mod export;
-pub mod host;
-pub mod kubernetes;
-pub mod loader;
-pub mod metrics;
-pub mod plan;
-pub mod profile;
-pub mod profile_metrics;
-pub mod report;
-pub mod spans;
-pub mod symbols;
-pub mod target;
+mod console;
+mod export;
+mod host;
+mod kernel_counters;
+mod kubernetes;
+mod loader;
+mod plan;
+mod profile;
+mod profile_metrics;
+mod report;
+mod run;
+mod span_ring;
+mod spans;
+mod symbols;
+mod targets;
+mod workloads;
+
+// What the fuzz targets (fuzz/, a crate of their own) drive.
+pub use plan::SymbolSelector;
+pub use profile::Profile;
+pub use symbols::ElfObject;

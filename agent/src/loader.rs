@@ -16,12 +16,12 @@ use flowtap_common::{
     AggregateKey, AggregateValue, Config, MAX_PROBES, ProbeSpec, ShadowStack, TraceContext,
 };
 
-use crate::{plan::Plan, target::Target};
+use crate::{plan::Plan, targets::Target};
 
 static KERNEL_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtap"));
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error(
         "the kernel refused flowtap's eBPF programs: {} (run `flowtap check`)",
         first_line(.0)
@@ -77,7 +77,7 @@ fn stats_capacity() -> u32 {
 }
 
 /// The loaded programs and their links: dropping this detaches every probe.
-pub struct Probes {
+pub(crate) struct Probes {
     ebpf: Ebpf,
     pub attached: usize,
 }
@@ -86,7 +86,7 @@ impl Probes {
     /// Loads and attaches; `sample_rate` is the fraction of traces whose spans are emitted
     /// (0: no spans at all). `empty_programs` attaches programs that do nothing (the kernel
     /// floor, for benchmarks).
-    pub fn load(
+    pub(crate) fn load(
         plan: &Plan,
         target: &Target,
         sample_rate: f64,
@@ -213,7 +213,7 @@ impl Probes {
     }
 
     /// Counts these processes from now on (binary mode).
-    pub fn enrol(&mut self, pids: &[u32]) -> Result<(), LoadError> {
+    pub(crate) fn enrol(&mut self, pids: &[u32]) -> Result<(), LoadError> {
         let map_error = |source| LoadError::Map {
             name: "TRACED",
             source,
@@ -224,7 +224,7 @@ impl Probes {
             traced.insert(&pid, &1, 0).map_err(map_error)?;
             // A process that exited after /proc was read had its exit cleanup run before this
             // insert: take it out again, or it would stay forever.
-            if crate::target::process::check_traceable(pid).is_err() {
+            if crate::targets::process::check_traceable(pid).is_err() {
                 let _ = traced.remove(&pid);
             }
         }
@@ -232,7 +232,7 @@ impl Probes {
     }
 
     /// The ring buffer of sampled spans, which the reader owns from then on.
-    pub fn take_span_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+    pub(crate) fn take_span_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self
             .ebpf
             .take_map("SPANS")
@@ -244,12 +244,12 @@ impl Probes {
     }
 
     /// Processes enrolled in the kernel's TRACED set (binary mode).
-    pub fn traced_processes(&self) -> Result<u64, MapError> {
+    pub(crate) fn traced_processes(&self) -> Result<u64, MapError> {
         self.count_entries::<u32, u8>("TRACED")
     }
 
     /// Entries of the kernel maps that grow with the target's threads, processes and labels.
-    pub fn map_entries(&self) -> Result<[(&'static str, u64); 4], MapError> {
+    pub(crate) fn map_entries(&self) -> Result<[(&'static str, u64); 4], MapError> {
         Ok([
             (
                 "thread_stacks",
@@ -272,7 +272,7 @@ impl Probes {
         Ok(map.keys().filter(Result::is_ok).count() as u64)
     }
 
-    pub fn kernel_map(&self, name: &str) -> &Map {
+    pub(crate) fn kernel_map(&self, name: &str) -> &Map {
         self.ebpf
             .map(name)
             .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))

@@ -53,11 +53,9 @@ impl SymbolSelector {
 }
 
 #[derive(Debug, Clone)]
-pub struct PlannedProbe {
+pub(crate) struct PlannedProbe {
     pub id: u32,
     pub function: String,
-    /// The name as in the symbol table.
-    pub raw_name: String,
     /// Index into [`Plan::objects`].
     pub object: usize,
     pub file_offset: u64,
@@ -67,13 +65,13 @@ pub struct PlannedProbe {
 }
 
 #[derive(Debug, Clone)]
-pub struct PlannedObject {
+pub(crate) struct PlannedObject {
     pub path: PathBuf,
     pub name: String,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub objects: Vec<PlannedObject>,
     pub probes: Vec<PlannedProbe>,
     /// Selected functions the kernel cannot probe (see [`crate::symbols::Function::probeable`]).
@@ -81,7 +79,7 @@ pub struct Plan {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error(
         "{target} does not export the workflow runtime's functions: choose functions with --symbols GLOB (list them with `flowtap symbols`) or --profile (`flowtap profile list`)"
     )]
@@ -107,7 +105,7 @@ pub enum PlanError {
 }
 
 /// What to probe: functions the profiles give meaning to, and plain `--symbols` selections.
-pub struct Selection {
+pub(crate) struct Selection {
     pub profiles: Vec<Profile>,
     pub symbols: Vec<SymbolSelector>,
     /// How the user wrote them, for messages.
@@ -117,7 +115,7 @@ pub struct Selection {
 }
 
 impl Plan {
-    pub fn build(
+    pub(crate) fn build(
         objects: &[ElfObject],
         selection: &Selection,
         target: &str,
@@ -191,7 +189,7 @@ impl Plan {
             return Err(PlanError::GoBinary { object: name });
         }
         let index = self.objects.len();
-        for (function, raw_name, demangled, rule) in selected {
+        for (function, _raw_name, demangled, rule) in selected {
             if !function.probeable {
                 self.unprobeable.push(demangled);
                 continue;
@@ -199,7 +197,6 @@ impl Plan {
             self.probes.push(PlannedProbe {
                 id: self.probes.len() as u32,
                 function: demangled,
-                raw_name,
                 object: index,
                 file_offset: function.file_offset,
                 spec: rule.as_ref().map(|rule| rule.spec).unwrap_or_default(),
@@ -214,7 +211,7 @@ impl Plan {
     }
 
     /// The probes of one object, in id order.
-    pub fn probes_of(&self, object: usize) -> impl Iterator<Item = &PlannedProbe> {
+    pub(crate) fn probes_of(&self, object: usize) -> impl Iterator<Item = &PlannedProbe> {
         self.probes
             .iter()
             .filter(move |probe| probe.object == object)

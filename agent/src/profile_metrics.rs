@@ -4,22 +4,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    metrics::{AggregateRow, FunctionStats, Snapshot},
+    kernel_counters::{AggregateRow, FunctionStats, Snapshot},
     plan::{Plan, PlannedProbe},
     profile::{FunctionRule, MetricDef, MetricKind, Part, Template, When},
+    workloads::{Labels, Workloads},
 };
 
 /// Distinct values a string label may take per metric before further ones become `other`.
-pub const LABEL_VALUES_CAP: usize = 256;
-pub const OTHER: &str = "other";
+pub(crate) const LABEL_VALUES_CAP: usize = 256;
+pub(crate) const OTHER: &str = "other";
 
-pub const SUCCESS: &str = "success";
-pub const FAILURE: &str = "failure";
+pub(crate) const SUCCESS: &str = "success";
+pub(crate) const FAILURE: &str = "failure";
 
 /// Label values admitted so far, per metric. Kept across scrapes so that the values admitted
 /// (first come, first served) stay the same series.
 #[derive(Debug, Default)]
-pub struct LabelCap {
+pub(crate) struct LabelCap {
     admitted: BTreeMap<String, BTreeSet<String>>,
     refused: BTreeMap<String, BTreeSet<String>>,
 }
@@ -42,23 +43,21 @@ impl LabelCap {
     }
 
     /// Distinct values folded into `other`, per metric.
-    pub fn refused(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+    pub(crate) fn refused(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         self.refused
             .iter()
             .map(|(metric, values)| (metric.as_str(), values.len() as u64))
     }
 }
 
-pub type Labels = Vec<(String, String)>;
-
 #[derive(Debug, Clone)]
-pub enum Series {
+pub(crate) enum Series {
     Counter(f64),
     Histogram(FunctionStats),
 }
 
 #[derive(Debug, Clone)]
-pub struct Family {
+pub(crate) struct Family {
     pub help: String,
     pub is_counter: bool,
     pub series: BTreeMap<Labels, Series>,
@@ -66,20 +65,17 @@ pub struct Family {
 
 /// Every declared metric, by name.
 #[derive(Debug, Default)]
-pub struct ProfileMetrics {
+pub(crate) struct ProfileMetrics {
     pub families: BTreeMap<String, Family>,
 }
 
-/// The labels of the workload a cgroup holds (the pod's, in Kubernetes; none for cgroup 0), or
-/// None when its calls are not reported.
-pub type Workloads<'a> = dyn FnMut(u64) -> Option<Labels> + 'a;
-
 impl ProfileMetrics {
-    pub fn derive(
+    /// Series are labelled with their cgroup's workload, and left out where it is not reported.
+    pub(crate) fn derive(
         snapshot: &Snapshot,
         plan: &Plan,
         labels: &mut LabelCap,
-        workloads: &mut Workloads,
+        workloads: &dyn Workloads,
     ) -> Self {
         let mut metrics = Self::default();
         // Grouped once: the loop below visits every planned probe.
@@ -105,7 +101,7 @@ impl ProfileMetrics {
                 .remove(&probe.id)
                 .unwrap_or_else(|| BTreeMap::from([(0, None)]));
             for (cgroup, stats) in cgroups {
-                let Some(workload) = workloads(cgroup) else {
+                let Some(workload) = workloads.metric_labels(cgroup) else {
                     continue;
                 };
                 let rows = rows.get(&(probe.id, cgroup)).map_or(&[][..], Vec::as_slice);
@@ -145,7 +141,7 @@ impl ProfileMetrics {
         family
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.families.is_empty()
     }
 }

@@ -6,19 +6,20 @@ use serde::Serialize;
 
 use crate::{
     export::otlp::SpanCounts,
-    metrics::{FunctionStats, Snapshot},
+    kernel_counters::{FunctionStats, Snapshot},
     profile_metrics::{ProfileMetrics, Series},
     spans::TreeSpan,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormat {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ReportFormat {
+    #[default]
     Table,
     Json,
 }
 
 /// Everything the end-of-run report shows.
-pub struct Report<'a> {
+pub(crate) struct Report<'a> {
     pub snapshot: &'a Snapshot,
     /// The metrics the profiles declare.
     pub declared: &'a ProfileMetrics,
@@ -32,7 +33,7 @@ pub struct Report<'a> {
 
 /// What became of the spans, and the slowest trace seen.
 #[derive(Debug, Serialize)]
-pub struct SpanSummary {
+pub(crate) struct SpanSummary {
     pub received: u64,
     pub exported: u64,
     pub dropped: u64,
@@ -42,7 +43,7 @@ pub struct SpanSummary {
 }
 
 impl SpanSummary {
-    pub fn new(counts: &SpanCounts, slowest_trace: Option<Vec<TreeSpan>>) -> Self {
+    pub(crate) fn new(counts: &SpanCounts, slowest_trace: Option<Vec<TreeSpan>>) -> Self {
         Self {
             received: SpanCounts::get(&counts.received),
             exported: SpanCounts::get(&counts.exported),
@@ -132,7 +133,7 @@ impl<'a> From<&'a FunctionStats> for JsonFunction<'a> {
 }
 
 impl Report<'_> {
-    pub fn write(&self, out: &mut dyn Write, format: ReportFormat) -> std::io::Result<()> {
+    pub(crate) fn write(&self, out: &mut dyn Write, format: ReportFormat) -> std::io::Result<()> {
         match format {
             ReportFormat::Json => {
                 let report = JsonReport {
@@ -382,6 +383,10 @@ fn write_table(
             }
         )?;
     }
+    write_losses(out, snapshot)
+}
+
+fn write_losses(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> {
     let lost = snapshot.lost_events();
     if lost > 0 {
         let detail: Vec<String> = snapshot
@@ -398,7 +403,7 @@ fn write_table(
 }
 
 /// 950ns, 12.3µs, 20.1ms, 1.50s.
-pub fn human_duration(ns: u64) -> String {
+pub(crate) fn human_duration(ns: u64) -> String {
     let value = ns as f64;
     match ns {
         0..1_000 => format!("{ns}ns"),

@@ -6,6 +6,7 @@ use std::{
     borrow::Cow,
     collections::HashMap,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -21,15 +22,16 @@ use opentelemetry_sdk::{
 };
 
 use crate::{
-    events::SpanRecord,
     plan::{Plan, PlannedProbe},
     profile::{Part, Slot},
+    span_ring::SpanRecord,
+    workloads::Workloads,
 };
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time, with an offset measured
 /// once at start.
 #[derive(Debug, Clone, Copy)]
-pub struct WallClock {
+pub(crate) struct WallClock {
     realtime_minus_monotonic_ns: i128,
 }
 
@@ -44,7 +46,7 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl WallClock {
-    pub fn measure() -> Self {
+    pub(crate) fn measure() -> Self {
         let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
         let realtime = clock_ns(libc::CLOCK_REALTIME);
         Self {
@@ -52,7 +54,7 @@ impl WallClock {
         }
     }
 
-    pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
+    pub(crate) fn wall(&self, monotonic_ns: u64) -> SystemTime {
         let ns = (i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns).max(0);
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
     }
@@ -106,35 +108,31 @@ fn captured(probe: &PlannedProbe, record: &SpanRecord, n: usize) -> opentelemetr
     }
 }
 
-pub fn trace_id(event: &SpanEvent) -> TraceId {
+pub(crate) fn trace_id(event: &SpanEvent) -> TraceId {
     TraceId::from((u128::from(event.trace_id[0]) << 64) | u128::from(event.trace_id[1]))
 }
 
 /// Builds spans and their processes' resources.
-pub struct SpanFactory {
+pub(crate) struct SpanFactory {
     clock: WallClock,
     scope: InstrumentationScope,
     service_name: Option<String>,
     /// The target's program, for processes that exited before their spans were read.
     executable: Option<PathBuf>,
     resources: HashMap<u32, Resource>,
-    /// Extra resource attributes per process (Kubernetes pod metadata), when set.
-    resource_attributes: Option<ResourceAttributes>,
-    /// Which cgroups' spans are reported (a pod selector), when set; decided once per cgroup.
-    process_filter: Option<ProcessFilter>,
+    /// Extra resource attributes per process (pod metadata), and which cgroups are reported.
+    workloads: Arc<dyn Workloads>,
+    /// Whether each cgroup's spans are reported, decided once per cgroup.
     reported: HashMap<u64, bool>,
 }
 
-/// Gives extra resource attributes for a process id.
-/// Gets the process id and the cgroup id its spans came from (0 when not known).
-pub type ResourceAttributes = Box<dyn FnMut(u32, u64) -> Vec<KeyValue> + Send>;
-
-/// Whether the spans of a cgroup are reported.
-pub type ProcessFilter = Box<dyn FnMut(u64) -> bool + Send>;
-
 impl SpanFactory {
     /// `service_name` overrides `unknown_service:<executable name>` for every process.
-    pub fn new(service_name: Option<String>, executable: Option<PathBuf>) -> Self {
+    pub(crate) fn new(
+        service_name: Option<String>,
+        executable: Option<PathBuf>,
+        workloads: Arc<dyn Workloads>,
+    ) -> Self {
         Self {
             clock: WallClock::measure(),
             scope: InstrumentationScope::builder("flowtap")
@@ -143,35 +141,20 @@ impl SpanFactory {
             service_name,
             executable,
             resources: HashMap::new(),
-            resource_attributes: None,
-            process_filter: None,
+            workloads,
             reported: HashMap::new(),
         }
     }
 
-    /// Reports only the spans of the cgroups `filter` keeps.
-    pub fn with_process_filter(mut self, filter: ProcessFilter) -> Self {
-        self.process_filter = Some(filter);
-        self
-    }
-
     fn reports(&mut self, cgroup: u64) -> bool {
-        let Some(filter) = &mut self.process_filter else {
-            return true;
-        };
+        let workloads = &self.workloads;
         *self
             .reported
             .entry(cgroup)
-            .or_insert_with(|| filter(cgroup))
+            .or_insert_with(|| workloads.reports(cgroup))
     }
 
-    /// Adds `attributes(pid)` to the resource of each process.
-    pub fn with_resource_attributes(mut self, attributes: ResourceAttributes) -> Self {
-        self.resource_attributes = Some(attributes);
-        self
-    }
-
-    pub fn span(&self, record: &SpanRecord, plan: &Plan) -> Option<SpanData> {
+    pub(crate) fn span(&self, record: &SpanRecord, plan: &Plan) -> Option<SpanData> {
         let event = &record.event;
         let probe = plan.probes.get(event.probe_id as usize)?;
         let object = &plan.objects[probe.object].name;
@@ -213,16 +196,14 @@ impl SpanFactory {
 
     /// The resource of process `pid`: semantic-convention process attributes, the service name,
     /// the host, and `OTEL_RESOURCE_ATTRIBUTES`.
-    pub fn resource(&mut self, pid: u32, cgroup: u64) -> Resource {
+    pub(crate) fn resource(&mut self, pid: u32, cgroup: u64) -> Resource {
         let service_name = self.service_name.clone();
         let fallback = self.executable.clone();
-        let attributes = &mut self.resource_attributes;
+        let workloads = &self.workloads;
         self.resources
             .entry(pid)
             .or_insert_with(|| {
-                let extra = attributes
-                    .as_mut()
-                    .map_or_else(Vec::new, |extra| extra(pid, cgroup));
+                let extra = workloads.resource_attributes(pid, cgroup);
                 process_resource(pid, service_name, fallback, extra)
             })
             .clone()
@@ -268,7 +249,7 @@ fn process_resource(
 
 /// One span of the slowest trace, for the report's tree.
 #[derive(Debug, Clone)]
-pub struct TreeSpan {
+pub(crate) struct TreeSpan {
     pub span_id: u64,
     pub parent_span_id: u64,
     pub name: String,
@@ -278,7 +259,7 @@ pub struct TreeSpan {
 
 /// Keeps the spans of traces still in progress (bounded) and the slowest finished one.
 #[derive(Debug, Default)]
-pub struct SlowestTrace {
+pub(crate) struct SlowestTrace {
     open: HashMap<[u64; 2], Vec<TreeSpan>>,
     open_spans: usize,
     pub slowest: Option<Vec<TreeSpan>>,
@@ -289,7 +270,7 @@ pub struct SlowestTrace {
 const MAX_OPEN_SPANS: usize = 100_000;
 
 impl SlowestTrace {
-    pub fn add(&mut self, record: &SpanRecord, plan: &Plan) {
+    pub(crate) fn add(&mut self, record: &SpanRecord, plan: &Plan) {
         let event = &record.event;
         let name = plan
             .probes
@@ -324,8 +305,8 @@ impl SlowestTrace {
 
 /// Moves spans from the kernel to their sinks every few milliseconds: the OTLP queue, the
 /// `--spans-out` file, and the report's slowest trace.
-pub struct SpanPump {
-    pub stream: crate::events::SpanStream,
+pub(crate) struct SpanPump {
+    pub stream: crate::span_ring::SpanStream,
     pub factory: SpanFactory,
     pub queue: Option<std::sync::Arc<crate::export::otlp::SpanQueue>>,
     pub file: Option<crate::export::spans_file::SpansFile>,
@@ -338,8 +319,8 @@ pub struct SpanPump {
 const PUMP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl SpanPump {
-    pub fn new(
-        stream: crate::events::SpanStream,
+    pub(crate) fn new(
+        stream: crate::span_ring::SpanStream,
         factory: SpanFactory,
         queue: Option<std::sync::Arc<crate::export::otlp::SpanQueue>>,
         file: Option<crate::export::spans_file::SpansFile>,
@@ -357,7 +338,7 @@ impl SpanPump {
     }
 
     /// Pumps until the future is dropped.
-    pub async fn run(&mut self, plan: &Plan) -> std::io::Result<()> {
+    pub(crate) async fn run(&mut self, plan: &Plan) -> std::io::Result<()> {
         let mut interval = tokio::time::interval(PUMP_INTERVAL);
         loop {
             interval.tick().await;
@@ -366,7 +347,7 @@ impl SpanPump {
     }
 
     /// Moves every span available now.
-    pub fn pump(&mut self, plan: &Plan) -> std::io::Result<()> {
+    pub(crate) fn pump(&mut self, plan: &Plan) -> std::io::Result<()> {
         self.events.clear();
         self.stream.drain(&mut self.events);
         if self.events.is_empty() {

@@ -11,7 +11,7 @@ use object::{
 
 /// A function that can carry a probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Function {
+pub(crate) struct Function {
     /// The demangled name (the raw one for C symbols).
     pub name: String,
     /// The name as stored in the symbol table.
@@ -26,7 +26,7 @@ pub struct Function {
 
 impl Function {
     /// Every (raw, demangled) name this function answers to, its primary name first.
-    pub fn names(&self) -> impl Iterator<Item = (&str, String)> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = (&str, String)> {
         std::iter::once((self.raw_name.as_str(), self.name.clone()))
             .chain(self.aliases.iter().map(|raw| (raw.as_str(), demangle(raw))))
     }
@@ -36,20 +36,20 @@ impl Function {
 #[derive(Debug, Clone)]
 pub struct ElfObject {
     /// Where the agent reads the file (through `/proc/PID/root` for a process's objects).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The functions, sorted by name, one per address (aliases collapsed).
-    pub functions: Vec<Function>,
+    pub(crate) functions: Vec<Function>,
     /// File offset of the entry point, for executables.
-    pub entry_offset: Option<u64>,
+    pub(crate) entry_offset: Option<u64>,
     /// Whether it asks for a program interpreter, i.e. is an executable rather than a library.
-    pub is_executable: bool,
-    pub needed: Vec<String>,
+    pub(crate) is_executable: bool,
+    pub(crate) needed: Vec<String>,
     /// DT_RUNPATH, or DT_RPATH when there is no RUNPATH, split on ':'.
-    pub search_path: Vec<String>,
+    pub(crate) search_path: Vec<String>,
     /// Go binaries move their stacks, which uretprobes corrupt.
-    pub is_go: bool,
+    pub(crate) is_go: bool,
     /// Names of defined data symbols, to tell a user who selected one that it is not code.
-    pub data_symbols: Vec<String>,
+    pub(crate) data_symbols: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ pub enum SymbolError {
 }
 
 impl ElfObject {
-    pub fn read(path: &Path) -> Result<Self, SymbolError> {
+    pub(crate) fn read(path: &Path) -> Result<Self, SymbolError> {
         let data = std::fs::read(path).map_err(|source| SymbolError::Read {
             path: path.to_path_buf(),
             source,
@@ -120,12 +120,12 @@ impl ElfObject {
     }
 
     /// The file name, as users scope symbols with it (`libwfrt.so:wf_*`).
-    pub fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         file_name(&self.path)
     }
 }
 
-pub fn file_name(path: &Path) -> String {
+pub(crate) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
@@ -290,7 +290,7 @@ fn dynamic_dependencies(elf: &ElfFile64<Endianness>) -> object::Result<(Vec<Stri
 /// Whether `pattern` matches a function by its raw or demangled name, or by the short form of its
 /// name: a C++ name without its parameter list (`ns::Cls::g` for `ns::Cls::g(int)`), a Rust name
 /// without its hash suffix.
-pub fn matches(pattern: &glob::Pattern, raw: &str, demangled: &str) -> bool {
+pub(crate) fn matches(pattern: &glob::Pattern, raw: &str, demangled: &str) -> bool {
     pattern.matches(raw)
         || pattern.matches(demangled)
         || short_name(raw).is_some_and(|short| short != demangled && pattern.matches(&short))
@@ -298,7 +298,7 @@ pub fn matches(pattern: &glob::Pattern, raw: &str, demangled: &str) -> bool {
 
 /// The name without what a glob should not have to spell out: C++ parameter lists and
 /// qualifiers, Rust hashes. `None` for C names.
-pub fn short_name(raw: &str) -> Option<String> {
+fn short_name(raw: &str) -> Option<String> {
     if let Ok(rust) = rustc_demangle::try_demangle(raw) {
         return Some(format!("{rust:#}"));
     }
@@ -340,7 +340,7 @@ fn tell_apart(functions: &mut [Function]) {
 }
 
 /// Rust (legacy and v0) and Itanium C++ names, without Rust's hash suffix; others as they are.
-pub fn demangle(raw: &str) -> String {
+pub(crate) fn demangle(raw: &str) -> String {
     if let Ok(rust) = rustc_demangle::try_demangle(raw) {
         return format!("{rust:#}");
     }

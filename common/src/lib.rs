@@ -429,12 +429,20 @@ mod pod {
     // SAFETY: all are #[repr(C)] plain data with explicit padding and no pointers; every bit
     // pattern the kernel writes is a valid value (the enums are only written by the agent).
     unsafe impl aya::Pod for super::ShadowStack {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::StatsKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeSpec {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AggregateKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AggregateValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::TraceContext {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SpanEvent {}
 }

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = flowtap::symbols::ElfObject::parse(std::path::Path::new("fuzzed"), data);
+    let _ = flowtap::ElfObject::parse(std::path::Path::new("fuzzed"), data);
 });

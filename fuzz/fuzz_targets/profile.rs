@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    if let Err(error) = flowtap::profile::Profile::parse(text, "fuzz.toml") {
+    if let Err(error) = flowtap::Profile::parse(text, "fuzz.toml") {
         // Formatting the error walks the positions computed from the input.
         let _ = error.to_string();
     }

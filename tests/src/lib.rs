@@ -8,6 +8,7 @@ pub mod spans;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -145,40 +146,39 @@ pub fn assert_same_counts(expected: &Counts, actual: &Counts, what: &str) {
     }
 }
 
-/// Starts flowtap with stderr piped and waits (bounded) until its probes are attached.
-/// Its remaining stderr is collected on a thread and returned by [`Running::finish`].
+/// Starts flowtap with stderr piped and waits (bounded) until its probes are attached, which it
+/// tells on its ready descriptor (`--ready-fd`, here through `FLOWTAP_READY_FD`).
+/// Its stderr is collected on a thread and returned by [`Running::finish`].
 pub struct Running {
     pub child: Child,
-    /// Where it serves `/metrics`, from its "serving metrics on" line.
+    /// Where it serves `/metrics`, from its ready line.
     pub metrics_url: String,
+    /// Its ready line.
+    pub ready: String,
     stderr: mpsc::Receiver<String>,
 }
 
 impl Running {
     pub fn start(command: &mut Command) -> Self {
+        let (ready, ready_writer) = std::io::pipe().expect("a pipe for the ready line");
+        ready_to(command, &ready_writer);
         let mut child = command
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting flowtap");
+        // Only the agent holds the writing end now: its exit ends the line.
+        drop(ready_writer);
         let stderr = child.stderr.take().unwrap();
-        let (attached_tx, attached_rx) = mpsc::channel();
         let (rest_tx, rest_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut all = String::new();
-            let mut metrics_url = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("flowtap: serving metrics on ") {
-                    metrics_url = url.to_string();
-                }
-                if line.contains("attached") {
-                    let _ = attached_tx.send(metrics_url.clone());
-                }
                 all.push_str(&line);
                 all.push('\n');
             }
             let _ = rest_tx.send(all);
         });
-        let Ok(metrics_url) = attached_rx.recv_timeout(Duration::from_secs(60)) else {
+        let Some(ready) = read_ready_line(ready, Duration::from_secs(60)) else {
             let _ = child.kill();
             let stderr = rest_rx
                 .recv_timeout(Duration::from_secs(5))
@@ -187,7 +187,10 @@ impl Running {
         };
         Self {
             child,
-            metrics_url,
+            metrics_url: ready_field(&ready, "metrics")
+                .expect("a metrics URL in the ready line")
+                .to_string(),
+            ready,
             stderr: rest_rx,
         }
     }
@@ -212,6 +215,43 @@ impl Running {
             .unwrap_or_default();
         (status.code().unwrap_or(-1), stderr)
     }
+}
+
+/// Has the command started by `command` write its ready line to `writer` (see `--ready-fd`).
+pub fn ready_to(command: &mut Command, writer: &std::io::PipeWriter) {
+    let fd = writer.as_raw_fd();
+    command.env("FLOWTAP_READY_FD", fd.to_string());
+    let inherit = move || {
+        // SAFETY: fcntl on a descriptor of this (forked) process; it only changes its flags.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: between fork and exec the closure calls only fcntl, which is async-signal-safe,
+    // and allocates nothing.
+    unsafe { command.pre_exec(inherit) };
+}
+
+/// The ready line (`ready metrics=URL probes=N objects=M`), or None when the agent exited, or
+/// did not get ready within `limit`.
+pub fn read_ready_line(ready: std::io::PipeReader, limit: Duration) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(ready).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(limit).ok()?;
+    line.starts_with("ready ")
+        .then(|| line.trim_end().to_string())
+}
+
+/// The value of field `key` of a ready line.
+pub fn ready_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .skip(1)
+        .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// A test that fails midway must not leave its agent running.

@@ -196,6 +196,17 @@ fn no_target() {
 }
 
 #[test]
+fn ready_fd_that_is_not_open() {
+    let line = fails(&["run", "--pid", "1", "--ready-fd", "987"]);
+    assert!(
+        line.contains("--ready-fd 987 is not an open file descriptor"),
+        "{line}"
+    );
+    let line = fails(&["run", "--pid", "1", "--ready-fd", "1"]);
+    assert!(line.contains("--ready-fd 1 is a standard stream"), "{line}");
+}
+
+#[test]
 fn command_not_in_path() {
     let line = fails(&["run", "--", "no-such-command-flowtap"]);
     assert!(line.contains("not found in PATH"), "{line}");

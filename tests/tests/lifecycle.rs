@@ -128,6 +128,7 @@ fn overload_loses_spans_never_metrics() {
     // SAFETY: signalling a child we own.
     unsafe { libc::kill(flowtap.child.id() as i32, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: signalling a child we own.
     unsafe { libc::kill(flowtap.child.id() as i32, libc::SIGCONT) };
     let counts = demo_counts(&waiter.join().unwrap());
     let (code, stderr) = flowtap.finish();

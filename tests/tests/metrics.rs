@@ -40,6 +40,32 @@ const PRIMITIVES: [(&str, &str); 9] = [
 ];
 
 #[test]
+fn the_ready_line_tells_scripts_where_and_what() {
+    let dir = scratch_dir("ready");
+    let (flowtap, _) = trace_isolated_binary(&dir);
+    let line = flowtap.ready.clone();
+    let exposition = flowtap.scrape();
+    flowtap.interrupt();
+    let (code, stderr) = flowtap.finish();
+    assert_eq!(code, 0, "{stderr}");
+    // `ready` and the documented fields, in their order.
+    let keys: Vec<&str> = line
+        .split_whitespace()
+        .map(|field| field.split('=').next().unwrap())
+        .collect();
+    assert_eq!(keys, ["ready", "metrics", "probes", "objects"], "{line}");
+    let metrics = ready_field(&line, "metrics").unwrap();
+    assert!(
+        metrics.starts_with("http://127.0.0.1:") && metrics.ends_with("/metrics"),
+        "{line}"
+    );
+    let probes: f64 = ready_field(&line, "probes").unwrap().parse().unwrap();
+    assert_eq!(probes, sample(&exposition, "flowtap_probes_attached", &[]));
+    let objects: u64 = ready_field(&line, "objects").unwrap().parse().unwrap();
+    assert!(objects >= 1, "{line}");
+}
+
+#[test]
 fn promtool_accepts_a_live_scrape() {
     let dir = scratch_dir("promtool");
     let (flowtap, demo) = trace_isolated_binary(&dir);

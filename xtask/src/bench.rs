@@ -74,7 +74,7 @@ struct Sample {
     bench_seconds: f64,
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let agent = build_agent()?;
     let dir = fixture::build_bench()?;
     let bench = dir.join("bench");
@@ -317,18 +317,17 @@ impl Tracer {
     fn flowtap(agent: &Path, target: &Path, symbols: &str, flags: &[&str]) -> anyhow::Result<Self> {
         let report =
             std::env::temp_dir().join(format!("flowtap-bench-{}.json", std::process::id()));
-        let mut child = Command::new(agent)
-            .args(["run", "--exe"])
-            .arg(target)
-            .args(["--symbols", symbols, "--metrics-addr", "127.0.0.1:0"])
-            .args(["--report", "json", "--output"])
-            .arg(&report)
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().context("flowtap stderr")?;
-        wait_for_line(stderr, "attached")?;
+        let child = crate::fixture::start_until_ready(
+            Command::new(agent)
+                .args(["run", "--exe"])
+                .arg(target)
+                .args(["--symbols", symbols, "--metrics-addr", "127.0.0.1:0"])
+                .args(["--report", "json", "--output"])
+                .arg(&report)
+                .args(flags)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
         Ok(Self {
             child,
             report: Some(report),

@@ -31,7 +31,7 @@ const COMPOSE_SERVICES: [&str; 5] = ["demo", "flowtap", "jaeger", "prometheus", 
 /// Grafana's own variables, which dashboards use without defining them.
 const GRAFANA_VARIABLES: [&str; 3] = ["__rate_interval", "__range", "__interval"];
 
-pub fn check() -> anyhow::Result<()> {
+pub(crate) fn check() -> anyhow::Result<()> {
     let deploy = workspace_root().join("deploy");
     let venv = install_validators()?;
     let out = workspace_root().join("target/deploy-check");

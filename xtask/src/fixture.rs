@@ -2,8 +2,11 @@
 
 use std::{
     io::{BufRead, BufReader},
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::PathBuf,
     process::{Child, Command},
+    sync::mpsc,
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
@@ -11,7 +14,7 @@ use anyhow::{Context, bail};
 use crate::{run, workspace_root};
 
 /// Builds `libwfrt.so` and `wfdemo` into `target/fixture`; returns that directory.
-pub fn build() -> anyhow::Result<PathBuf> {
+pub(crate) fn build() -> anyhow::Result<PathBuf> {
     let source = workspace_root().join("tests/fixture");
     let out = workspace_root().join("target/fixture");
     std::fs::create_dir_all(&out)?;
@@ -43,7 +46,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
 
 /// Builds the benchmark's programs into `target/bench`: `bench` (a tight loop over one tiny
 /// function) and `libsyms.so` (10,000 functions, for attach times); returns that directory.
-pub fn build_bench() -> anyhow::Result<PathBuf> {
+pub(crate) fn build_bench() -> anyhow::Result<PathBuf> {
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     run(Command::new("cc")
@@ -63,23 +66,43 @@ pub fn build_bench() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// Passes flowtap's stderr through until it says its probes are attached.
-pub fn wait_for_attach(flowtap: &mut Child) -> anyhow::Result<()> {
-    let stderr = flowtap.stderr.take().context("flowtap's stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        eprintln!("{line}");
-        if line.contains("attached") {
-            std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
-            return Ok(());
+/// Starts flowtap and waits (60 s at most) until it tells, on the descriptor `--ready-fd` names
+/// (here through FLOWTAP_READY_FD), that its probes are attached.
+pub(crate) fn start_until_ready(command: &mut Command) -> anyhow::Result<Child> {
+    let (ready, writer) = std::io::pipe().context("a pipe for flowtap's ready line")?;
+    let fd = writer.as_raw_fd();
+    command.env("FLOWTAP_READY_FD", fd.to_string());
+    let inherit = move || {
+        // SAFETY: fcntl on a descriptor of this (forked) process; it only changes its flags.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: between fork and exec the closure calls only fcntl, which is async-signal-safe,
+    // and allocates nothing.
+    unsafe { command.pre_exec(inherit) };
+    let mut child = command.spawn().context("starting flowtap")?;
+    // Only flowtap holds the writing end now: its exit ends the line.
+    drop(writer);
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(ready).read_line(&mut line);
+        let _ = line_tx.send(line);
+    });
+    match line_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) if line.starts_with("ready ") => Ok(child),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("flowtap did not attach its probes (its messages say why)")
         }
     }
-    bail!("flowtap exited before attaching")
 }
 
 /// bpftrace, the reference the tests compare with, needs tracefs.
-pub fn mount_tracefs() -> anyhow::Result<()> {
+pub(crate) fn mount_tracefs() -> anyhow::Result<()> {
     if std::path::Path::new("/sys/kernel/tracing/uprobe_events").exists() {
         return Ok(());
     }

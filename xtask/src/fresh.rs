@@ -23,7 +23,7 @@ const PROXIES: &[&str] = &[
     "rustfmt",
 ];
 
-pub fn check() -> anyhow::Result<()> {
+pub(crate) fn check() -> anyhow::Result<()> {
     let command = readme_first_command()?;
     let scratch = std::env::temp_dir().join(format!("flowtap-fresh-clone-{}", std::process::id()));
     stage(&format!(

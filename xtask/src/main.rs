@@ -179,12 +179,11 @@ fn demo(runs: u32) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let mut flowtap = Command::new(&agent)
-        .args(["run", "--pid", &app.id().to_string()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("starting flowtap")?;
-    fixture::wait_for_attach(&mut flowtap)?;
+    let mut flowtap = fixture::start_until_ready(Command::new(&agent).args([
+        "run",
+        "--pid",
+        &app.id().to_string(),
+    ]))?;
     // The demo starts its workload when its stdin closes.
     drop(app.stdin.take());
     app.wait().context("waiting for the demo app")?;

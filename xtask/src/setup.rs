@@ -6,14 +6,14 @@ use anyhow::{Context, bail};
 
 use crate::{run_quietly, stage};
 
-pub const RUST_TOOLCHAIN: &str = "1.98.0";
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
-pub const BPF_LINKER_VERSION: &str = "0.13.0";
-pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+pub(crate) const RUST_TOOLCHAIN: &str = "1.98.0";
+pub(crate) const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
+pub(crate) const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Build inputs of bpf-linker, the C compiler of the fixture (and C++ for the demangling test),
 /// and the reference tools the tests compare with (bpftrace; Prometheus and promtool), and Go for
 /// the Go-binary refusal test.
-pub const APT_PACKAGES: &[&str] = &[
+pub(crate) const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -25,7 +25,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "golang-go",
 ];
 
-pub fn install_all() -> anyhow::Result<()> {
+pub(crate) fn install_all() -> anyhow::Result<()> {
     stage(&format!(
         "prerequisites: Rust {RUST_TOOLCHAIN}, {EBPF_TOOLCHAIN}, LLVM 22, bpf-linker {BPF_LINKER_VERSION}, apt packages"
     ));
@@ -126,7 +126,7 @@ fn install_bpf_linker() -> anyhow::Result<()> {
 const CARGO_FUZZ_VERSION: &str = "0.13";
 
 /// cargo-fuzz, built with the nightly toolchain it runs on.
-pub fn install_cargo_fuzz() -> anyhow::Result<()> {
+pub(crate) fn install_cargo_fuzz() -> anyhow::Result<()> {
     let version =
         output(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "cargo", "fuzz", "--version"]))
             .unwrap_or_default();

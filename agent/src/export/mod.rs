@@ -1,5 +1,5 @@
 //! Where measurements leave the agent.
 
-pub mod otlp;
-pub mod prometheus;
-pub mod spans_file;
+pub(crate) mod otlp;
+pub(crate) mod prometheus;
+pub(crate) mod spans_file;

@@ -15,24 +15,35 @@ use opentelemetry_sdk::{Resource, trace::SpanData, trace::SpanExporter as _};
 use tokio::sync::{Notify, watch};
 
 /// Spans waiting for export; beyond this, new spans are dropped (and counted).
-pub const QUEUE_CAPACITY: usize = 65_536;
+pub(crate) const QUEUE_CAPACITY: usize = 65_536;
 const BATCH_SIZE: usize = 512;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OtlpProtocol {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum OtlpProtocol {
+    #[default]
     Grpc,
-    #[value(name = "http/protobuf")]
     HttpProtobuf,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up OTLP export: {0}")]
-pub struct OtlpError(String);
+pub(crate) struct OtlpError(#[source] opentelemetry_otlp::ExporterBuildError);
+
+/// Whether spans go to a collector: `endpoint`, or one the environment names.
+pub(crate) fn endpoint_configured(endpoint: Option<&str>) -> bool {
+    endpoint.is_some()
+        || [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+}
 
 /// Counts of the span stream, shown on /metrics and in the report.
 #[derive(Debug, Default)]
-pub struct SpanCounts {
+pub(crate) struct SpanCounts {
     /// Read from the kernel.
     pub received: AtomicU64,
     pub exported: AtomicU64,
@@ -41,15 +52,18 @@ pub struct SpanCounts {
 }
 
 impl SpanCounts {
-    pub fn get(counter: &AtomicU64) -> u64 {
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
 }
 
 /// Builds the exporter: `endpoint` (else `OTEL_EXPORTER_OTLP_*`), headers from
 /// `OTEL_EXPORTER_OTLP_HEADERS`.
-pub fn exporter(endpoint: Option<&str>, protocol: OtlpProtocol) -> Result<SpanExporter, OtlpError> {
-    let error = |e: opentelemetry_otlp::ExporterBuildError| OtlpError(e.to_string());
+pub(crate) fn exporter(
+    endpoint: Option<&str>,
+    protocol: OtlpProtocol,
+) -> Result<SpanExporter, OtlpError> {
+    let error = OtlpError;
     match protocol {
         OtlpProtocol::Grpc => {
             let mut builder = SpanExporter::builder().with_tonic();
@@ -83,17 +97,17 @@ fn http_traces_url(endpoint: &str) -> String {
 }
 
 /// Spans of one process, sharing its resource.
-pub type ProcessSpans = (u32, Resource, SpanData);
+pub(crate) type ProcessSpans = (u32, Resource, SpanData);
 
 /// The queue between the span reader and the export task.
-pub struct SpanQueue {
+pub(crate) struct SpanQueue {
     queue: Mutex<VecDeque<ProcessSpans>>,
     ready: Notify,
     pub counts: Arc<SpanCounts>,
 }
 
 impl SpanQueue {
-    pub fn new(counts: Arc<SpanCounts>) -> Arc<Self> {
+    pub(crate) fn new(counts: Arc<SpanCounts>) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
@@ -102,7 +116,7 @@ impl SpanQueue {
     }
 
     /// Queues spans; those that do not fit are dropped and counted.
-    pub fn push(&self, spans: impl IntoIterator<Item = ProcessSpans>) {
+    pub(crate) fn push(&self, spans: impl IntoIterator<Item = ProcessSpans>) {
         let mut queue = self.queue.lock().expect("span queue lock");
         for span in spans {
             if queue.len() < QUEUE_CAPACITY {
@@ -127,7 +141,7 @@ impl SpanQueue {
 
     /// Exports until `stop` turns true and the queue is empty, or `stop` turned true
     /// `flush_limit` ago; whatever is left then is counted as dropped.
-    pub async fn run(
+    pub(crate) async fn run(
         self: Arc<Self>,
         mut exporter: SpanExporter,
         stop: watch::Receiver<bool>,

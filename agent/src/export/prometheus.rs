@@ -15,22 +15,41 @@ use prometheus::{
 
 use crate::{
     export::otlp::SpanCounts,
-    kubernetes::{SharedKubernetes, Workload},
+    kernel_counters::{FunctionStats, Snapshot},
     loader::Probes,
-    metrics::{FunctionStats, Snapshot},
     plan::Plan,
-    profile_metrics::{FAILURE, LabelCap, Labels, ProfileMetrics, SUCCESS, Series},
+    profile_metrics::{FAILURE, LabelCap, ProfileMetrics, SUCCESS, Series},
+    workloads::Workloads,
 };
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve metrics on {addr}: {error}; choose another address with --metrics-addr")]
-pub struct BindError {
+pub(crate) struct BindError {
     addr: SocketAddr,
+    #[source]
     error: std::io::Error,
 }
 
+impl BindError {
+    #[cfg(test)]
+    pub(crate) fn new(addr: SocketAddr, error: std::io::Error) -> Self {
+        Self { addr, error }
+    }
+}
+
+/// Why a scrape failed; the scraper gets it as the body of a 500.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScrapeError {
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Encode(#[from] prometheus::Error),
+    #[error(transparent)]
+    Utf8(#[from] std::string::FromUtf8Error),
+}
+
 /// Binds early, before probes are attached, so a busy port fails fast.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     let listener = std::net::TcpListener::bind(addr).map_err(|error| BindError { addr, error })?;
     listener
         .set_nonblocking(true)
@@ -39,7 +58,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
 }
 
 /// What a scrape reads.
-pub struct Exporter {
+pub(crate) struct Exporter {
     pub probes: Arc<Mutex<Probes>>,
     pub plan: Arc<Plan>,
     pub labels: Arc<Mutex<LabelCap>>,
@@ -49,20 +68,20 @@ pub struct Exporter {
     pub fixed_processes: Option<u64>,
     /// The span stream's counts, when spans are exported.
     pub span_counts: Option<Arc<SpanCounts>>,
-    /// Labels series with the pod of the cgroup the kernel counted them in.
-    pub kubernetes: Option<SharedKubernetes>,
+    /// Labels series with the workload (pod) of the cgroup the kernel counted them in.
+    pub workloads: Arc<dyn Workloads>,
     last_scrape_seconds: Mutex<f64>,
 }
 
 impl Exporter {
-    pub fn new(
+    pub(crate) fn new(
         probes: Arc<Mutex<Probes>>,
         plan: Arc<Plan>,
         labels: Arc<Mutex<LabelCap>>,
         service: String,
         fixed_processes: Option<u64>,
         span_counts: Option<Arc<SpanCounts>>,
-        kubernetes: Option<SharedKubernetes>,
+        workloads: Arc<dyn Workloads>,
     ) -> Self {
         Self {
             probes,
@@ -71,13 +90,16 @@ impl Exporter {
             service,
             fixed_processes,
             span_counts,
-            kubernetes,
+            workloads,
             last_scrape_seconds: Mutex::new(0.0),
         }
     }
 
     /// Serves `/metrics` until the future is dropped.
-    pub async fn serve(self: Arc<Self>, listener: std::net::TcpListener) -> std::io::Result<()> {
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let app = Router::new()
             .route("/metrics", get(scrape))
@@ -87,7 +109,7 @@ impl Exporter {
     }
 
     /// The whole exposition, as text.
-    pub fn render(&self) -> anyhow::Result<String> {
+    pub(crate) fn render(&self) -> Result<String, ScrapeError> {
         let started = Instant::now();
         let (snapshot, processes, map_entries) = {
             let probes = self.probes.lock().expect("probes lock");
@@ -99,8 +121,8 @@ impl Exporter {
             (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
         };
         let mut labels = self.labels.lock().expect("labels lock");
-        let mut workloads = |cgroup| self.workload_labels(cgroup);
-        let declared = ProfileMetrics::derive(&snapshot, &self.plan, &mut labels, &mut workloads);
+        let declared =
+            ProfileMetrics::derive(&snapshot, &self.plan, &mut labels, self.workloads.as_ref());
         let mut families = self.function_families(&snapshot);
         families.extend(self.profile_families(&declared));
         families.extend(self.health_families(&snapshot, &labels, processes));
@@ -128,28 +150,11 @@ impl Exporter {
         labels
     }
 
-    /// The `k8s_*` labels of the pod in cgroup `cgroup` (none outside Kubernetes), or None for
-    /// a pod the selector leaves out.
-    fn workload_labels(&self, cgroup: u64) -> Option<Labels> {
-        let Some(cluster) = &self.kubernetes else {
-            return Some(Vec::new());
-        };
-        match cluster
-            .lock()
-            .expect("kubernetes lock")
-            .workload_of_cgroup(cgroup)
-        {
-            Workload::Unlabelled => Some(Vec::new()),
-            Workload::Pod(pod) => Some(pod.metric_labels()),
-            Workload::Excluded => None,
-        }
-    }
-
     fn function_families(&self, snapshot: &Snapshot) -> Vec<MetricFamily> {
         let mut calls = Vec::new();
         let mut durations = Vec::new();
         for f in &snapshot.functions {
-            let Some(workload) = self.workload_labels(f.cgroup) else {
+            let Some(workload) = self.workloads.metric_labels(f.cgroup) else {
                 continue;
             };
             let mut base = vec![
@@ -318,7 +323,7 @@ async fn scrape(State(exporter): State<Arc<Exporter>>) -> (StatusCode, String) {
         Ok(text) => (StatusCode::OK, text),
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("flowtap: scrape failed: {error:#}\n"),
+            format!("flowtap: scrape failed: {error}\n"),
         ),
     }
 }
@@ -362,7 +367,7 @@ fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
 
 /// Exposed bucket bounds: four per power of two (`16, 20, 24, 28 << k` ns, each a boundary of the
 /// kernel's 16-per-octave buckets, so cumulative counts are exact), from about 1 µs to 69 s.
-pub fn exposed_bounds_ns() -> Vec<u64> {
+pub(crate) fn exposed_bounds_ns() -> Vec<u64> {
     let mut bounds: Vec<u64> = (6..32)
         .flat_map(|shift| [16u64, 20, 24, 28].map(|m| m << shift))
         .collect();

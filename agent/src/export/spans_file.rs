@@ -12,19 +12,23 @@ use opentelemetry_proto::{
 };
 use opentelemetry_sdk::{Resource, trace::SpanData};
 
-pub struct SpansFile {
+pub(crate) struct SpansFile {
     file: std::io::BufWriter<File>,
 }
 
 impl SpansFile {
-    pub fn create(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn create(path: &Path) -> std::io::Result<Self> {
         Ok(Self {
             file: std::io::BufWriter::new(File::create(path)?),
         })
     }
 
     /// Writes the spans of one process as one line.
-    pub fn write(&mut self, resource: &Resource, spans: Vec<SpanData>) -> std::io::Result<()> {
+    pub(crate) fn write(
+        &mut self,
+        resource: &Resource,
+        spans: Vec<SpanData>,
+    ) -> std::io::Result<()> {
         let request = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(
                 spans,

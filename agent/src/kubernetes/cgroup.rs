@@ -5,7 +5,7 @@
 /// The container runtime a cgroup path names. The cgroupfs driver's paths
 /// (`/kubepods/<qos>/pod<uid>/<id>`) name none: the pod list's `containerID` says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runtime {
+pub(crate) enum Runtime {
     Containerd,
     CriO,
     Docker,
@@ -13,7 +13,7 @@ pub enum Runtime {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerCgroup {
+pub(crate) struct ContainerCgroup {
     /// 64 hex digits, as the runtime and the pod's `status.containerStatuses[].containerID` say.
     pub container_id: String,
     pub runtime: Runtime,
@@ -24,7 +24,7 @@ pub struct ContainerCgroup {
 
 /// The container of the first line whose path names one. Hybrid hosts list both the v1
 /// controllers and the v2 `0::` line; any of them may be the one the runtime placed.
-pub fn parse(text: &str) -> Option<ContainerCgroup> {
+pub(crate) fn parse(text: &str) -> Option<ContainerCgroup> {
     text.lines().find_map(|line| {
         let mut fields = line.splitn(3, ':');
         let (_hierarchy, _controllers, path) = (fields.next()?, fields.next()?, fields.next()?);

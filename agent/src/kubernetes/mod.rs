@@ -2,8 +2,8 @@
 //! the API server's pod list), as OpenTelemetry `k8s.*` resource attributes, and a pod selector
 //! (namespace and labels) that picks the process to trace.
 
-pub mod cgroup;
-pub mod pods;
+pub(crate) mod cgroup;
+pub(crate) mod pods;
 
 use std::{
     collections::HashMap,
@@ -11,29 +11,35 @@ use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use clap::Args;
 use opentelemetry::KeyValue;
 
+use crate::workloads::{Labels, Workloads};
 use pods::{ApiServer, Pod, PodIndex};
 
 #[derive(Debug, thiserror::Error)]
-pub enum KubeError {
+pub(crate) enum KubeError {
     #[error(
         "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod): give the API server with --k8s-api URL, e.g. from `kubectl proxy`"
     )]
     NotInCluster,
-    #[error("cannot read the service account's {path}: {reason}")]
-    ServiceAccount { path: PathBuf, reason: String },
+    #[error("cannot read the service account's {path}: {source}")]
+    ServiceAccount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the service account's ca.crt is not a PEM certificate bundle: {0}")]
-    BadCa(String),
+    BadCa(#[source] reqwest::Error),
     #[error("cannot set up the HTTP client for the API server: {0}")]
-    Client(String),
-    #[error("cannot reach the Kubernetes API server at {url}: {reason}")]
-    Request { url: String, reason: String },
+    Client(#[source] reqwest::Error),
+    #[error(
+        "cannot reach the Kubernetes API server at {url}: {}",
+        pods::with_causes(.source)
+    )]
+    Request { url: String, source: reqwest::Error },
     #[error(
         "the Kubernetes API server answered {status} to GET {url}: {message} (flowtap's service account needs `list` on `pods`)"
     )]
@@ -70,52 +76,28 @@ pub enum KubeError {
     Internal(&'static str),
 }
 
-/// The `flowtap run` flags for Kubernetes.
-#[derive(Args, Debug, Clone, Default)]
-#[command(next_help_heading = "Kubernetes")]
-pub struct KubernetesArgs {
-    /// Trace pods of this namespace on this node (with --k8s-selector, those it matches too):
-    /// alone, the one matching container; with --exe PATH|NAME, every process of that
-    /// executable in the matching pods, other pods left out. Needs the node's processes
-    /// (hostPID).
-    #[arg(
-        long = "k8s-namespace",
-        value_name = "NAMESPACE",
-        conflicts_with_all = ["pid", "command"]
-    )]
+/// What `flowtap run` asks of Kubernetes: none of it, by default.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KubernetesConfig {
+    /// Trace pods of this namespace on this node.
     pub namespace: Option<String>,
-    /// Pick the pods to trace by labels: key=value,key2!=value2 (all must hold); see
-    /// --k8s-namespace for what is traced.
-    #[arg(
-        long = "k8s-selector",
-        value_name = "LABELS",
-        value_parser = parse_labels,
-        conflicts_with_all = ["pid", "command"]
-    )]
+    /// Trace pods these labels pick.
     pub selector: Option<LabelSelector>,
-    /// This node's name, to list only its pods; set it from the downward API (spec.nodeName)
-    /// in a DaemonSet. Turns on k8s.* span resource attributes.
-    #[arg(long = "k8s-node", value_name = "NODE", env = "FLOWTAP_NODE_NAME")]
+    /// This node's name, to list only its pods.
     pub node: Option<String>,
-    /// The API server (e.g. http://127.0.0.1:8001 from `kubectl proxy`); default: the in-cluster
-    /// address, with the pod's service account token and CA.
-    #[arg(long = "k8s-api", value_name = "URL")]
+    /// The API server; default: the in-cluster address.
     pub api: Option<String>,
 }
 
 /// Equality-based label requirements, as `kubectl -l` takes them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LabelSelector(pub Vec<LabelRequirement>);
+pub(crate) struct LabelSelector(pub Vec<LabelRequirement>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelRequirement {
+pub(crate) struct LabelRequirement {
     pub key: String,
     pub value: String,
     pub equal: bool,
-}
-
-fn parse_labels(text: &str) -> Result<LabelSelector, String> {
-    text.parse()
 }
 
 impl FromStr for LabelSelector {
@@ -155,13 +137,13 @@ impl FromStr for LabelSelector {
 
 /// Which pods to trace: a namespace, labels, or both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodSelector {
+pub(crate) struct PodSelector {
     pub namespace: Option<String>,
     pub labels: LabelSelector,
 }
 
 impl PodSelector {
-    pub fn matches(&self, pod: &Pod) -> bool {
+    pub(crate) fn matches(&self, pod: &Pod) -> bool {
         let namespace = self
             .namespace
             .as_ref()
@@ -210,7 +192,7 @@ impl PodSelector {
 
 /// Where a process runs in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodMetadata {
+pub(crate) struct PodMetadata {
     pub namespace: String,
     pub pod_name: String,
     pub pod_uid: String,
@@ -231,7 +213,7 @@ impl PodMetadata {
     }
 
     /// The OpenTelemetry semantic-convention `k8s.*` resource attributes.
-    pub fn resource_attributes(&self) -> Vec<KeyValue> {
+    pub(crate) fn resource_attributes(&self) -> Vec<KeyValue> {
         let mut attributes = vec![
             KeyValue::new("k8s.namespace.name", self.namespace.clone()),
             KeyValue::new("k8s.pod.name", self.pod_name.clone()),
@@ -247,7 +229,7 @@ impl PodMetadata {
     }
 
     /// The same as Prometheus labels (`k8s_namespace_name`, ...: no dots in label names).
-    pub fn metric_labels(&self) -> Vec<(String, String)> {
+    pub(crate) fn metric_labels(&self) -> Vec<(String, String)> {
         self.resource_attributes()
             .into_iter()
             .map(|kv| (kv.key.as_str().replace('.', "_"), kv.value.to_string()))
@@ -259,7 +241,7 @@ impl PodMetadata {
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The pods of this node, refreshed when a process's container is not in the cached list.
-pub struct Kubernetes {
+pub(crate) struct Kubernetes {
     api: ApiServer,
     node: Option<String>,
     index: PodIndex,
@@ -280,7 +262,7 @@ pub struct Kubernetes {
 
 /// Where a process or cgroup runs, as far as reporting goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Workload {
+pub(crate) enum Workload {
     /// Not in a known pod (and no pod selector): reported without pod metadata.
     Unlabelled,
     Pod(PodMetadata),
@@ -288,10 +270,7 @@ pub enum Workload {
     Excluded,
 }
 
-/// One resolver for spans and metrics.
-pub type SharedKubernetes = Arc<Mutex<Kubernetes>>;
-
-impl KubernetesArgs {
+impl KubernetesConfig {
     /// Whether any Kubernetes flag (or FLOWTAP_NODE_NAME) asks for Kubernetes metadata.
     fn wanted(&self) -> bool {
         self.namespace.is_some()
@@ -300,7 +279,7 @@ impl KubernetesArgs {
             || self.api.is_some()
     }
 
-    pub fn pod_selector(&self) -> Option<PodSelector> {
+    pub(crate) fn pod_selector(&self) -> Option<PodSelector> {
         (self.namespace.is_some() || self.selector.is_some()).then(|| PodSelector {
             namespace: self.namespace.clone(),
             labels: self.selector.clone().unwrap_or_default(),
@@ -308,7 +287,7 @@ impl KubernetesArgs {
     }
 
     /// Lists the node's pods once, so that a wrong address or missing permission fails now.
-    pub fn connect(&self) -> Result<Option<Kubernetes>, KubeError> {
+    pub(crate) fn connect(&self) -> Result<Option<Kubernetes>, KubeError> {
         if !self.wanted() {
             return Ok(None);
         }
@@ -318,7 +297,7 @@ impl KubernetesArgs {
 }
 
 impl Kubernetes {
-    pub fn new(
+    pub(crate) fn new(
         api: ApiServer,
         node: Option<String>,
         proc_root: PathBuf,
@@ -340,12 +319,12 @@ impl Kubernetes {
     }
 
     /// Reports only pods `selector` matches from now on.
-    pub fn restrict_to(&mut self, selector: PodSelector) {
+    pub(crate) fn restrict_to(&mut self, selector: PodSelector) {
         self.selector = Some(selector);
     }
 
     /// How to report the calls counted under cgroup `id`.
-    pub fn workload_of_cgroup(&mut self, id: u64) -> Workload {
+    pub(crate) fn workload_of_cgroup(&mut self, id: u64) -> Workload {
         let container = if id == 0 {
             None
         } else {
@@ -374,7 +353,7 @@ impl Kubernetes {
     /// `/proc/PID/root/...` of the executable `exe` (a path inside the container, or a file
     /// name) of the first process running it in a pod `selector` matches: binary mode on it
     /// traces every process of that file.
-    pub fn select_executable(
+    pub(crate) fn select_executable(
         &self,
         selector: &PodSelector,
         exe: &Path,
@@ -410,7 +389,7 @@ impl Kubernetes {
     }
 
     /// The pod and container of process `pid`; None outside a container or a known pod.
-    pub fn pod_of(&mut self, pid: u32) -> Option<PodMetadata> {
+    pub(crate) fn pod_of(&mut self, pid: u32) -> Option<PodMetadata> {
         let text = std::fs::read_to_string(self.proc_root.join(format!("{pid}/cgroup"))).ok()?;
         let container = cgroup::parse(&text)?;
         self.pod_of_container(&container)
@@ -462,7 +441,7 @@ impl Kubernetes {
 
     /// The `k8s.*` resource attributes of process `pid` (none when it is in no known pod),
     /// found through its cgroup `cgroup` (0: unknown) when the process is gone.
-    pub fn resource_attributes(&mut self, pid: u32, cgroup: u64) -> Vec<KeyValue> {
+    pub(crate) fn resource_attributes(&mut self, pid: u32, cgroup: u64) -> Vec<KeyValue> {
         let pod = match self.early.remove(&pid) {
             Some(pod) => pod,
             None => self
@@ -473,15 +452,6 @@ impl Kubernetes {
                 }),
         };
         pod.map(|pod| pod.resource_attributes()).unwrap_or_default()
-    }
-
-    /// The hook that adds these attributes to each process's span resource. The `target`
-    /// process is looked up now: it may have exited before its spans are read.
-    pub fn into_resource_attributes(
-        self,
-        target: Option<NonZeroU32>,
-    ) -> crate::spans::ResourceAttributes {
-        resource_attributes_hook(Arc::new(Mutex::new(self)), target)
     }
 
     /// A new pod list, at most once per [`MIN_REFRESH_INTERVAL`]; a failure is reported once and
@@ -506,7 +476,7 @@ impl Kubernetes {
 
     /// The PID to trace for `selector`: the first process (lowest PID) of the one running
     /// container whose pod matches.
-    pub fn select_pid(&self, selector: &PodSelector) -> Result<u32, KubeError> {
+    pub(crate) fn select_pid(&self, selector: &PodSelector) -> Result<u32, KubeError> {
         let mut matches: Vec<(&Pod, &str, u32)> = Vec::new();
         for (pid, container) in self.containers_on_node() {
             let Some((pod, name)) = self.index.by_container(&container) else {
@@ -565,33 +535,55 @@ const MIN_CGROUP_SCAN: Duration = Duration::from_secs(1);
 /// Cgroup directories deeper than this are not looked at (kubelet's are 4 to 6 deep).
 const MAX_CGROUP_DEPTH: usize = 8;
 
-/// [`Kubernetes::into_resource_attributes`] for a resolver the metrics share.
-pub fn resource_attributes_hook(
-    cluster: SharedKubernetes,
-    target: Option<NonZeroU32>,
-) -> crate::spans::ResourceAttributes {
-    if let Some(pid) = target.map(NonZeroU32::get) {
-        let mut locked = cluster.lock().expect("kubernetes lock");
-        let pod = locked.pod_of(pid);
-        locked.early.insert(pid, pod);
-    }
-    Box::new(move |pid, cgroup| {
-        cluster
-            .lock()
-            .expect("kubernetes lock")
-            .resource_attributes(pid, cgroup)
-    })
+/// The pods of this node as the [`Workloads`] of spans, metrics and the report.
+pub(crate) struct PodWorkloads {
+    cluster: Mutex<Kubernetes>,
 }
 
-/// Whether the spans of a cgroup are reported: not when a pod selector leaves it out.
-pub fn span_filter(cluster: SharedKubernetes) -> crate::spans::ProcessFilter {
-    Box::new(move |cgroup| {
-        cluster
+impl PodWorkloads {
+    /// The `target` process is looked up now: it may have exited before its spans are read.
+    pub(crate) fn new(mut cluster: Kubernetes, target: Option<NonZeroU32>) -> Self {
+        if let Some(pid) = target.map(NonZeroU32::get) {
+            let pod = cluster.pod_of(pid);
+            cluster.early.insert(pid, pod);
+        }
+        Self {
+            cluster: Mutex::new(cluster),
+        }
+    }
+
+    fn workload_of_cgroup(&self, cgroup: u64) -> Workload {
+        self.cluster
             .lock()
             .expect("kubernetes lock")
             .workload_of_cgroup(cgroup)
-            != Workload::Excluded
-    })
+    }
+}
+
+impl Workloads for PodWorkloads {
+    fn resource_attributes(&self, pid: u32, cgroup: u64) -> Vec<KeyValue> {
+        self.cluster
+            .lock()
+            .expect("kubernetes lock")
+            .resource_attributes(pid, cgroup)
+    }
+
+    fn metric_labels(&self, cgroup: u64) -> Option<Labels> {
+        match self.workload_of_cgroup(cgroup) {
+            Workload::Unlabelled => Some(Vec::new()),
+            Workload::Pod(pod) => Some(pod.metric_labels()),
+            Workload::Excluded => None,
+        }
+    }
+
+    fn reports(&self, cgroup: u64) -> bool {
+        self.workload_of_cgroup(cgroup) != Workload::Excluded
+    }
+
+    /// Per-pod metrics: the kernel keeps stats per cgroup, which this maps to pods.
+    fn per_cgroup(&self) -> bool {
+        true
+    }
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on

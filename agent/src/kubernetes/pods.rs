@@ -18,7 +18,7 @@ struct PodList {
 
 /// The parts of a `v1.Pod` flowtap uses.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Pod {
+pub(crate) struct Pod {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: PodSpec,
@@ -27,7 +27,7 @@ pub struct Pod {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct ObjectMeta {
+pub(crate) struct ObjectMeta {
     pub name: String,
     pub namespace: String,
     pub uid: String,
@@ -37,13 +37,13 @@ pub struct ObjectMeta {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PodSpec {
+pub(crate) struct PodSpec {
     pub node_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PodStatus {
+pub(crate) struct PodStatus {
     #[serde(default)]
     pub container_statuses: Vec<ContainerStatus>,
     #[serde(default)]
@@ -51,7 +51,7 @@ pub struct PodStatus {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ContainerStatus {
+pub(crate) struct ContainerStatus {
     pub name: String,
     /// `containerd://<id>`, `cri-o://<id>`, `docker://<id>`; absent until the container starts.
     #[serde(rename = "containerID")]
@@ -75,14 +75,14 @@ impl Pod {
 
 /// One pod list, with lookups by container id and by pod UID.
 #[derive(Debug, Default)]
-pub struct PodIndex {
+pub(crate) struct PodIndex {
     pods: Vec<Pod>,
     by_container: HashMap<String, (usize, String)>,
     by_uid: HashMap<String, usize>,
 }
 
 impl PodIndex {
-    pub fn new(pods: Vec<Pod>) -> Self {
+    pub(crate) fn new(pods: Vec<Pod>) -> Self {
         let mut by_container = HashMap::new();
         let mut by_uid = HashMap::new();
         for (i, pod) in pods.iter().enumerate() {
@@ -99,19 +99,19 @@ impl PodIndex {
     }
 
     /// The pod and the container's name.
-    pub fn by_container(&self, container_id: &str) -> Option<(&Pod, &str)> {
+    pub(crate) fn by_container(&self, container_id: &str) -> Option<(&Pod, &str)> {
         let (i, name) = self.by_container.get(container_id)?;
         Some((&self.pods[*i], name))
     }
 
-    pub fn by_uid(&self, uid: &str) -> Option<&Pod> {
+    pub(crate) fn by_uid(&self, uid: &str) -> Option<&Pod> {
         self.by_uid.get(uid).map(|i| &self.pods[*i])
     }
 }
 
 /// Where the API server is and how to authenticate to it.
 #[derive(Debug, Clone)]
-pub struct ApiServer {
+pub(crate) struct ApiServer {
     base: String,
     token: Option<String>,
     ca: Option<Vec<u8>>,
@@ -126,7 +126,7 @@ impl ApiServer {
     /// `url` (e.g. `kubectl proxy`'s http://127.0.0.1:8001) or, without it, the in-cluster
     /// address from `KUBERNETES_SERVICE_HOST`/`_PORT`. The service account's token and CA are
     /// used whenever they are mounted.
-    pub fn locate(url: Option<&str>) -> Result<Self, KubeError> {
+    pub(crate) fn locate(url: Option<&str>) -> Result<Self, KubeError> {
         let base = match url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => in_cluster_url()?,
@@ -151,7 +151,7 @@ impl ApiServer {
     }
 
     /// The pods on `node` (every pod when no node is given).
-    pub fn list_pods(&self, node: Option<&str>) -> Result<Vec<Pod>, KubeError> {
+    pub(crate) fn list_pods(&self, node: Option<&str>) -> Result<Vec<Pod>, KubeError> {
         let url = self.pods_url(node);
         let client = self.client()?;
         let token = self.token.clone();
@@ -180,13 +180,11 @@ impl ApiServer {
             // Each request runs on a short-lived event loop: pooled connections would outlive it.
             .pool_max_idle_per_host(0);
         if let Some(ca) = &self.ca {
-            let certificates = reqwest::Certificate::from_pem_bundle(ca)
-                .map_err(|e| KubeError::BadCa(e.to_string()))?;
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(ca).map_err(KubeError::BadCa)?;
             builder = builder.tls_certs_only(certificates);
         }
-        builder
-            .build()
-            .map_err(|e| KubeError::Client(e.to_string()))
+        builder.build().map_err(KubeError::Client)
     }
 }
 
@@ -202,7 +200,7 @@ fn get(client: &reqwest::Client, url: &str, token: Option<&str>) -> Result<Vec<u
         }
         let request_error = |source: reqwest::Error| KubeError::Request {
             url: url.to_string(),
-            reason: with_causes(&source),
+            source,
         };
         let response = request.send().await.map_err(request_error)?;
         let status = response.status();
@@ -219,7 +217,7 @@ fn get(client: &reqwest::Client, url: &str, token: Option<&str>) -> Result<Vec<u
 }
 
 /// reqwest's own message names only the step ("error sending request"); the causes say why.
-fn with_causes(error: &dyn std::error::Error) -> String {
+pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {
@@ -262,9 +260,9 @@ fn read_optional(path: &Path) -> Result<Option<String>, KubeError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(KubeError::ServiceAccount {
+        Err(source) => Err(KubeError::ServiceAccount {
             path: path.to_path_buf(),
-            reason: error.to_string(),
+            source,
         }),
     }
 }

@@ -341,8 +341,8 @@ fn span_resources_carry_the_pod_of_their_process() {
         &[(4_000_001, &testdata("crio-systemd-v1-besteffort.cgroup"))],
     );
     let kubernetes = connect(&api, &proc_root).unwrap();
-    let mut factory = crate::spans::SpanFactory::new(Some("svc".into()), None)
-        .with_resource_attributes(kubernetes.into_resource_attributes(None));
+    let workloads = std::sync::Arc::new(PodWorkloads::new(kubernetes, None));
+    let mut factory = crate::spans::SpanFactory::new(Some("svc".into()), None, workloads);
     let resource = factory.resource(4_000_001, 0);
     let get = |key: &'static str| {
         resource
@@ -364,10 +364,11 @@ fn the_target_is_looked_up_before_it_can_exit() {
         &[(4_000_002, &testdata("crio-systemd-v1-besteffort.cgroup"))],
     );
     let kubernetes = connect(&api, &proc_root).unwrap();
-    let mut attributes = kubernetes.into_resource_attributes(std::num::NonZeroU32::new(4_000_002));
+    let workloads = PodWorkloads::new(kubernetes, std::num::NonZeroU32::new(4_000_002));
     // The process exits before its first span is read.
     std::fs::remove_dir_all(proc_root.join("4000002")).unwrap();
-    let pod_name = attributes(4_000_002, 0)
+    let pod_name = workloads
+        .resource_attributes(4_000_002, 0)
         .into_iter()
         .find(|kv| kv.key.as_str() == "k8s.pod.name")
         .map(|kv| kv.value.to_string());

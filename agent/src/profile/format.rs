@@ -28,6 +28,7 @@ pub enum ProfileError {
     #[error("cannot read profile {path}: {error}")]
     Read {
         path: PathBuf,
+        #[source]
         error: std::io::Error,
     },
     #[error("no built-in profile `{name}` (built in: {known}); give a path to use a profile file")]
@@ -145,7 +146,7 @@ impl Source<'_> {
 
 type Result<T> = std::result::Result<T, ProfileError>;
 
-pub fn compile(text: &str, origin: &str) -> Result<Profile> {
+pub(super) fn compile(text: &str, origin: &str) -> Result<Profile> {
     let source = Source { text, origin };
     let raw: RawProfile = toml::from_str(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
@@ -183,7 +184,6 @@ pub fn compile(text: &str, origin: &str) -> Result<Profile> {
 }
 
 fn compile_function(source: &Source, raw: &Spanned<RawFunction>) -> Result<FunctionRule> {
-    let span = raw.span();
     let raw = raw.get_ref();
     let glob = |text: &Spanned<String>| {
         Pattern::new(text.get_ref())
@@ -228,7 +228,6 @@ fn compile_function(source: &Source, raw: &Spanned<RawFunction>) -> Result<Funct
     }));
     check_captures_used(source, raw, &captures, &span_name, &metrics, &spec)?;
     Ok(FunctionRule {
-        origin: format!("{}:{}", source.origin, source.line(span.start)),
         pattern: glob(&raw.pattern)?,
         object: raw.object.as_ref().map(glob).transpose()?,
         span_name,
@@ -305,71 +304,8 @@ fn compile_captures(
                 ),
             ));
         }
-        let arg = *capture.arg.get_ref();
-        if !(0..ARGUMENT_REGISTERS).contains(&arg) {
-            return Err(source.error(
-                capture.arg.span(),
-                format!(
-                    "argument {arg} is not passed in a register: expected 0 to {} (the first integer arguments)",
-                    ARGUMENT_REGISTERS - 1
-                ),
-            ));
-        }
-        let mut kind = parse_type(source, &capture.kind, true)?;
-        let offset = capture
-            .offset
-            .as_ref()
-            .map(|offset| {
-                u32::try_from(*offset.get_ref()).map_err(|_| {
-                    source.error(
-                        offset.span(),
-                        "expected an offset from 0 to 4294967295 bytes",
-                    )
-                })
-            })
-            .transpose()?;
-        if let Some(max_len) = &capture.max_len {
-            let ValueType::Text { .. } = kind else {
-                return Err(source.error(max_len.span(), "`max_len` applies to strings only"));
-            };
-            let n = *max_len.get_ref();
-            if !(1..TEXT_LEN as i64).contains(&n) {
-                return Err(source.error(
-                    max_len.span(),
-                    format!("expected a max_len from 1 to {}", TEXT_LEN - 1),
-                ));
-            }
-            kind = ValueType::Text {
-                max_len: n as usize,
-            };
-        }
-        let register = Capture {
-            arg: arg as u8,
-            deref: u8::from(offset.is_some()),
-            width: kind.bytes(),
-            _pad: 0,
-            offset: offset.unwrap_or(0),
-        };
-        let slot = if let ValueType::Text { .. } = kind {
-            if spec.text.arg != NO_ARG {
-                return Err(source.error(
-                    span,
-                    "a function can capture one string: this is the second",
-                ));
-            }
-            spec.text = register;
-            Slot::Text
-        } else {
-            if values == CAPTURES {
-                return Err(source.error(
-                    span,
-                    format!("a function can capture {CAPTURES} integers: this is one more"),
-                ));
-            }
-            spec.captures[values] = register;
-            values += 1;
-            Slot::Value(values - 1)
-        };
+        let (register, kind) = capture_register(source, capture)?;
+        let slot = assign_slot(source, span, spec, register, &kind, &mut values)?;
         let attribute = capture
             .attribute
             .as_ref()
@@ -383,6 +319,96 @@ fn compile_captures(
         });
     }
     Ok(captures)
+}
+
+/// What the kernel reads for a capture (argument register, optional dereference, width), and
+/// its type.
+fn capture_register(source: &Source, capture: &RawCapture) -> Result<(Capture, ValueType)> {
+    let arg = *capture.arg.get_ref();
+    if !(0..ARGUMENT_REGISTERS).contains(&arg) {
+        return Err(source.error(
+            capture.arg.span(),
+            format!(
+                "argument {arg} is not passed in a register: expected 0 to {} (the first integer arguments)",
+                ARGUMENT_REGISTERS - 1
+            ),
+        ));
+    }
+    let kind = parse_type(source, &capture.kind, true)?;
+    let offset = capture
+        .offset
+        .as_ref()
+        .map(|offset| {
+            u32::try_from(*offset.get_ref()).map_err(|_| {
+                source.error(
+                    offset.span(),
+                    "expected an offset from 0 to 4294967295 bytes",
+                )
+            })
+        })
+        .transpose()?;
+    let kind = match &capture.max_len {
+        Some(max_len) => text_with_max_len(source, kind, max_len)?,
+        None => kind,
+    };
+    let register = Capture {
+        arg: arg as u8,
+        deref: u8::from(offset.is_some()),
+        width: kind.bytes(),
+        _pad: 0,
+        offset: offset.unwrap_or(0),
+    };
+    Ok((register, kind))
+}
+
+fn text_with_max_len(
+    source: &Source,
+    kind: ValueType,
+    max_len: &Spanned<i64>,
+) -> Result<ValueType> {
+    let ValueType::Text { .. } = kind else {
+        return Err(source.error(max_len.span(), "`max_len` applies to strings only"));
+    };
+    let n = *max_len.get_ref();
+    if !(1..TEXT_LEN as i64).contains(&n) {
+        return Err(source.error(
+            max_len.span(),
+            format!("expected a max_len from 1 to {}", TEXT_LEN - 1),
+        ));
+    }
+    Ok(ValueType::Text {
+        max_len: n as usize,
+    })
+}
+
+/// Puts the capture in the probe's one string slot, or its next integer slot.
+fn assign_slot(
+    source: &Source,
+    span: Range<usize>,
+    spec: &mut ProbeSpec,
+    register: Capture,
+    kind: &ValueType,
+    values: &mut usize,
+) -> Result<Slot> {
+    if let ValueType::Text { .. } = kind {
+        if spec.text.arg != NO_ARG {
+            return Err(source.error(
+                span,
+                "a function can capture one string: this is the second",
+            ));
+        }
+        spec.text = register;
+        return Ok(Slot::Text);
+    }
+    if *values == CAPTURES {
+        return Err(source.error(
+            span,
+            format!("a function can capture {CAPTURES} integers: this is one more"),
+        ));
+    }
+    spec.captures[*values] = register;
+    *values += 1;
+    Ok(Slot::Value(*values - 1))
 }
 
 fn attribute_name(source: &Source, name: &Spanned<String>) -> Result<String> {
@@ -575,26 +601,12 @@ fn reference(
     Ok(Part::Capture(n))
 }
 
-fn compile_metric(
+fn metric_labels(
     source: &Source,
-    raw: &Spanned<RawMetric>,
+    raw: &RawMetric,
     captures: &[CaptureDef],
-    spec: &mut ProbeSpec,
-    returns_declared: bool,
-) -> Result<MetricDef> {
-    let span = raw.span();
-    let raw = raw.get_ref();
-    let (name, is_counter) = match (&raw.counter, &raw.histogram) {
-        (Some(name), None) => (name, true),
-        (None, Some(name)) => (name, false),
-        _ => {
-            return Err(source.error(
-                span,
-                "expected exactly one of `counter = \"name_total\"` or `histogram = \"name_seconds\"`",
-            ));
-        }
-    };
-    check_metric_name(source, name, is_counter)?;
+    is_counter: bool,
+) -> Result<Vec<(String, Template)>> {
     let mut labels = Vec::new();
     for (label, value) in &raw.labels {
         if !is_label_name(label) {
@@ -617,23 +629,50 @@ fn compile_metric(
         }
         labels.push((label.clone(), template));
     }
+    Ok(labels)
+}
+
+fn histogram_has_no_counter_fields(source: &Source, raw: &RawMetric) -> Result<()> {
+    for (field, present) in [
+        ("add", raw.add.as_ref().map(Spanned::span)),
+        ("when", raw.when.as_ref().map(Spanned::span)),
+        ("scale", raw.scale.as_ref().map(Spanned::span)),
+    ] {
+        if let Some(span) = present {
+            return Err(source.error(
+                span,
+                format!("`{field}` applies to counters: a histogram records every call's duration"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compile_metric(
+    source: &Source,
+    raw: &Spanned<RawMetric>,
+    captures: &[CaptureDef],
+    spec: &mut ProbeSpec,
+    returns_declared: bool,
+) -> Result<MetricDef> {
+    let span = raw.span();
+    let raw = raw.get_ref();
+    let (name, is_counter) = match (&raw.counter, &raw.histogram) {
+        (Some(name), None) => (name, true),
+        (None, Some(name)) => (name, false),
+        _ => {
+            return Err(source.error(
+                span,
+                "expected exactly one of `counter = \"name_total\"` or `histogram = \"name_seconds\"`",
+            ));
+        }
+    };
+    check_metric_name(source, name, is_counter)?;
+    let labels = metric_labels(source, raw, captures, is_counter)?;
     let kind = if is_counter {
         counter_kind(source, raw, captures, spec, returns_declared)?
     } else {
-        for (field, present) in [
-            ("add", raw.add.as_ref().map(Spanned::span)),
-            ("when", raw.when.as_ref().map(Spanned::span)),
-            ("scale", raw.scale.as_ref().map(Spanned::span)),
-        ] {
-            if let Some(span) = present {
-                return Err(source.error(
-                    span,
-                    format!(
-                        "`{field}` applies to counters: a histogram records every call's duration"
-                    ),
-                ));
-            }
-        }
+        histogram_has_no_counter_fields(source, raw)?;
         MetricKind::Histogram
     };
     Ok(MetricDef {

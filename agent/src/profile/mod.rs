@@ -10,12 +10,12 @@ use std::{path::Path, sync::Arc};
 use flowtap_common::ProbeSpec;
 use glob::Pattern;
 
-pub use format::ProfileError;
+pub(crate) use format::ProfileError;
 
 use crate::symbols::ElfObject;
 
 /// The profiles shipped in the binary: (name, TOML source).
-pub const BUILTIN: [(&str, &str); 4] = [
+pub(crate) const BUILTIN: [(&str, &str); 4] = [
     ("workflow", include_str!("builtin/workflow.toml")),
     ("sqlite", include_str!("builtin/sqlite.toml")),
     ("libc", include_str!("builtin/libc.toml")),
@@ -23,24 +23,22 @@ pub const BUILTIN: [(&str, &str); 4] = [
 ];
 
 /// The profile applied when neither `--profile` nor `--symbols` is given.
-pub const DEFAULT: &str = "workflow";
+pub(crate) const DEFAULT: &str = "workflow";
 
 /// A compiled profile.
 #[derive(Debug)]
 pub struct Profile {
-    pub name: String,
-    pub description: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
     /// Only objects exporting this symbol are probed (the runtime's signature).
-    pub marker: Option<String>,
+    pub(crate) marker: Option<String>,
     /// In order: the first rule matching a function gives it its meaning.
-    pub functions: Vec<Arc<FunctionRule>>,
+    pub(crate) functions: Vec<Arc<FunctionRule>>,
 }
 
 /// What the functions one `[[function]]` table matches mean.
 #[derive(Debug)]
-pub struct FunctionRule {
-    /// Where it was declared (`profile:line`), for messages.
-    pub origin: String,
+pub(crate) struct FunctionRule {
     pub pattern: Pattern,
     pub object: Option<Pattern>,
     /// Default: the function's name.
@@ -55,7 +53,7 @@ pub struct FunctionRule {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueType {
+pub(crate) enum ValueType {
     Int { signed: bool, bytes: u8 },
     Bool,
     Pointer,
@@ -64,7 +62,7 @@ pub enum ValueType {
 
 /// Where a captured value is kept between entry and exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
+pub(crate) enum Slot {
     /// An integer slot of the frame, `ProbeSpec::captures[n]`.
     Value(usize),
     /// The one string a probe may capture.
@@ -72,7 +70,7 @@ pub enum Slot {
 }
 
 #[derive(Debug, Clone)]
-pub struct CaptureDef {
+pub(crate) struct CaptureDef {
     pub name: String,
     pub kind: ValueType,
     pub slot: Slot,
@@ -81,19 +79,19 @@ pub struct CaptureDef {
 }
 
 #[derive(Debug, Clone)]
-pub struct ReturnDef {
+pub(crate) struct ReturnDef {
     pub kind: ValueType,
     pub attribute: Option<String>,
 }
 
 /// A span name or label value: literal text and `{name}` references.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Template {
+pub(crate) struct Template {
     pub parts: Vec<Part>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Part {
+pub(crate) enum Part {
     Literal(String),
     Capture(usize),
     /// `success` or `failure`.
@@ -102,7 +100,7 @@ pub enum Part {
 }
 
 #[derive(Debug, Clone)]
-pub struct MetricDef {
+pub(crate) struct MetricDef {
     pub name: String,
     pub help: String,
     pub kind: MetricKind,
@@ -110,7 +108,7 @@ pub struct MetricDef {
 }
 
 #[derive(Debug, Clone)]
-pub enum MetricKind {
+pub(crate) enum MetricKind {
     /// Counts calls, or adds a value (`add`, by `ProbeSpec::sums[sum]`), when `when` holds.
     Counter {
         sum: Option<usize>,
@@ -122,7 +120,7 @@ pub enum MetricKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum When {
+pub(crate) enum When {
     Always,
     Ok,
     Error,
@@ -132,7 +130,7 @@ pub enum When {
 
 impl ValueType {
     /// A captured register or field as this type, for spans.
-    pub fn value(self, raw: u64) -> opentelemetry::Value {
+    pub(crate) fn value(self, raw: u64) -> opentelemetry::Value {
         match self {
             ValueType::Int { signed, bytes } => {
                 let value = flowtap_common::widen(raw, bytes, signed);
@@ -153,12 +151,12 @@ impl ValueType {
     }
 
     /// A captured string, cut to the declared length.
-    pub fn text(self, text: &str) -> opentelemetry::Value {
+    pub(crate) fn text(self, text: &str) -> opentelemetry::Value {
         opentelemetry::Value::from(self.cut(text).to_string())
     }
 
     /// `text` without the bytes past the declared length (and no split character).
-    pub fn cut(self, text: &str) -> &str {
+    pub(crate) fn cut(self, text: &str) -> &str {
         let ValueType::Text { max_len } = self else {
             return text;
         };
@@ -172,7 +170,7 @@ impl ValueType {
 
 impl MetricDef {
     /// Whether the probe's per-call stats cannot answer it, so the kernel must aggregate.
-    pub fn needs_aggregates(&self, captures: &[CaptureDef]) -> bool {
+    pub(crate) fn needs_aggregates(&self, captures: &[CaptureDef]) -> bool {
         match &self.kind {
             MetricKind::Histogram => false,
             MetricKind::Counter { sum, when, .. } => {
@@ -189,14 +187,14 @@ impl MetricDef {
 
 impl Template {
     /// Whether it refers to the captured string.
-    pub fn uses_text(&self, captures: &[CaptureDef]) -> bool {
+    pub(crate) fn uses_text(&self, captures: &[CaptureDef]) -> bool {
         self.parts
             .iter()
             .any(|part| matches!(part, Part::Capture(n) if matches!(captures[*n].slot, Slot::Text)))
     }
 
     /// The text, with each reference replaced by `resolve(part)`.
-    pub fn render(&self, mut resolve: impl FnMut(&Part) -> String) -> String {
+    pub(crate) fn render(&self, mut resolve: impl FnMut(&Part) -> String) -> String {
         self.parts
             .iter()
             .map(|part| match part {
@@ -213,7 +211,7 @@ impl Profile {
         format::compile(text, origin)
     }
 
-    pub fn builtin(name: &str) -> Result<Self, ProfileError> {
+    pub(crate) fn builtin(name: &str) -> Result<Self, ProfileError> {
         let (_, text) = BUILTIN
             .iter()
             .find(|(builtin, _)| *builtin == name)
@@ -224,7 +222,7 @@ impl Profile {
         Self::parse(text, &format!("builtin:{name}"))
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, ProfileError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, ProfileError> {
         let text = std::fs::read_to_string(path).map_err(|error| ProfileError::Read {
             path: path.to_path_buf(),
             error,
@@ -233,7 +231,7 @@ impl Profile {
     }
 
     /// `--profile NAME|FILE`: a path when it looks like one, else a built-in name.
-    pub fn load(name_or_path: &str) -> Result<Self, ProfileError> {
+    pub(crate) fn load(name_or_path: &str) -> Result<Self, ProfileError> {
         let path = Path::new(name_or_path);
         if name_or_path.contains('/') || name_or_path.ends_with(".toml") || path.is_file() {
             Self::from_file(path)
@@ -243,7 +241,7 @@ impl Profile {
     }
 
     /// Whether the profile's functions are looked for in `object`.
-    pub fn applies_to(&self, object: &ElfObject) -> bool {
+    pub(crate) fn applies_to(&self, object: &ElfObject) -> bool {
         self.marker.as_ref().is_none_or(|marker| {
             object
                 .functions
@@ -253,7 +251,7 @@ impl Profile {
     }
 
     /// The rule giving a function of `object_name` its meaning, if any.
-    pub fn rule_for(
+    pub(crate) fn rule_for(
         &self,
         object_name: &str,
         raw: &str,
@@ -267,7 +265,7 @@ impl Profile {
 }
 
 /// The TOML of a built-in profile, for `flowtap profile show`.
-pub fn builtin_source(name: &str) -> Option<&'static str> {
+pub(crate) fn builtin_source(name: &str) -> Option<&'static str> {
     BUILTIN
         .iter()
         .find(|(builtin, _)| *builtin == name)

@@ -10,13 +10,13 @@ use super::TargetError;
 
 /// A file's identity across mount namespaces: the same binary seen by different paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileId {
+pub(crate) struct FileId {
     pub dev: u64,
     pub ino: u64,
 }
 
 impl FileId {
-    pub fn of(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn of(path: &Path) -> std::io::Result<Self> {
         let metadata = std::fs::metadata(path)?;
         Ok(Self {
             dev: metadata.dev(),
@@ -26,7 +26,7 @@ impl FileId {
 }
 
 /// Checks that `pid` is a live user-space process we may inspect.
-pub fn check_traceable(pid: u32) -> Result<(), TargetError> {
+pub(crate) fn check_traceable(pid: u32) -> Result<(), TargetError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|_| TargetError::NoSuchProcess { pid })?;
     // The state follows the command name, which is parenthesised and may contain spaces.
@@ -48,7 +48,7 @@ pub fn check_traceable(pid: u32) -> Result<(), TargetError> {
 }
 
 /// The executable files mapped by `pid`, as paths the agent can open.
-pub fn mapped_objects(pid: u32) -> Result<Vec<PathBuf>, TargetError> {
+pub(crate) fn mapped_objects(pid: u32) -> Result<Vec<PathBuf>, TargetError> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|error| match error
         .kind()
     {
@@ -73,7 +73,7 @@ pub fn mapped_objects(pid: u32) -> Result<Vec<PathBuf>, TargetError> {
 }
 
 /// Every process whose executable is the file `binary`.
-pub fn processes_running(binary: FileId) -> Vec<u32> {
+pub(crate) fn processes_running(binary: FileId) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -8,24 +8,24 @@ use crate::loader::{LoadError, Probes};
 
 /// A finished call of a sampled trace, with the string its probe captured, if it captures one.
 #[derive(Debug, Clone)]
-pub struct SpanRecord {
+pub(crate) struct SpanRecord {
     pub event: SpanEvent,
     pub text: Option<String>,
 }
 
-pub struct SpanStream {
+pub(crate) struct SpanStream {
     ring: RingBuf<MapData>,
 }
 
 impl SpanStream {
-    pub fn take(probes: &mut Probes) -> Result<Self, LoadError> {
+    pub(crate) fn take(probes: &mut Probes) -> Result<Self, LoadError> {
         Ok(Self {
             ring: probes.take_span_ring()?,
         })
     }
 
     /// Appends every span available now.
-    pub fn drain(&mut self, out: &mut Vec<SpanRecord>) {
+    pub(crate) fn drain(&mut self, out: &mut Vec<SpanRecord>) {
         while let Some(item) = self.ring.next() {
             if item.len() < size_of::<SpanEvent>() {
                 continue;

@@ -9,10 +9,10 @@ use flowtap_common::{
     histogram,
 };
 
-use crate::{loader::Probes, plan::Plan};
+use crate::{loader::Probes, plan::Plan, workloads::Workloads};
 
 #[derive(Debug, Clone)]
-pub struct FunctionStats {
+pub(crate) struct FunctionStats {
     pub probe_id: u32,
     /// The cgroup the calls were made in, when the kernel keeps stats per cgroup; else 0.
     pub cgroup: u64,
@@ -29,7 +29,7 @@ pub struct FunctionStats {
 impl FunctionStats {
     /// Stats of these durations, as the kernel would have counted them.
     #[cfg(test)]
-    pub fn from_durations(durations: &[u64]) -> Self {
+    pub(crate) fn from_durations(durations: &[u64]) -> Self {
         let mut buckets = vec![0; histogram::BUCKETS];
         for &d in durations {
             buckets[histogram::bucket_index(d)] += 1;
@@ -48,7 +48,7 @@ impl FunctionStats {
     }
 
     /// Adds another function's calls, as one histogram of both.
-    pub fn merge(&mut self, other: &FunctionStats) {
+    pub(crate) fn merge(&mut self, other: &FunctionStats) {
         self.calls += other.calls;
         self.errors += other.errors;
         self.total_ns += other.total_ns;
@@ -58,12 +58,12 @@ impl FunctionStats {
         }
     }
 
-    pub fn mean_ns(&self) -> u64 {
+    pub(crate) fn mean_ns(&self) -> u64 {
         self.total_ns.checked_div(self.calls).unwrap_or(0)
     }
 
     /// The `q` quantile (0..=1), interpolated inside its bucket and capped by the true maximum.
-    pub fn quantile_ns(&self, q: f64) -> u64 {
+    pub(crate) fn quantile_ns(&self, q: f64) -> u64 {
         let total: u64 = self.buckets.iter().sum();
         if total == 0 {
             return 0;
@@ -85,7 +85,7 @@ impl FunctionStats {
 
 /// Calls of one probe with one outcome and label (see [`flowtap_common::ProbeSpec::outcome`]).
 #[derive(Debug, Clone)]
-pub struct AggregateRow {
+pub(crate) struct AggregateRow {
     pub probe_id: u32,
     pub cgroup: u64,
     pub outcome: i32,
@@ -96,7 +96,7 @@ pub struct AggregateRow {
 
 /// Everything the kernel counted so far.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Functions that were called at least once, most total time first.
     pub functions: Vec<FunctionStats>,
     pub aggregates: Vec<AggregateRow>,
@@ -104,7 +104,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn read(probes: &Probes, plan: &Plan) -> Result<Self, MapError> {
+    pub(crate) fn read(probes: &Probes, plan: &Plan) -> Result<Self, MapError> {
         let stats: PerCpuHashMap<_, StatsKey, ProbeStats> =
             PerCpuHashMap::try_from(probes.kernel_map("STATS"))?;
         let mut functions = Vec::new();
@@ -149,16 +149,14 @@ impl Snapshot {
         })
     }
 
-    /// Keeps the calls made in the cgroups `keep` accepts.
-    pub fn retain_cgroups(&mut self, mut keep: impl FnMut(u64) -> bool) {
-        self.functions.retain(|stats| keep(stats.cgroup));
-        self.aggregates.retain(|row| keep(row.cgroup));
-    }
-
-    /// One entry per function, over all cgroups: what the report shows.
-    pub fn per_function(&self) -> Snapshot {
+    /// One entry per function, over the cgroups `workloads` reports: what the report shows.
+    pub(crate) fn per_function(&self, workloads: &dyn Workloads) -> Snapshot {
         let mut merged: BTreeMap<u32, FunctionStats> = BTreeMap::new();
-        for stats in &self.functions {
+        let reported = self
+            .functions
+            .iter()
+            .filter(|s| workloads.reports(s.cgroup));
+        for stats in reported {
             merged
                 .entry(stats.probe_id)
                 .and_modify(|total| total.merge(stats))
@@ -169,21 +167,34 @@ impl Snapshot {
         }
         let mut functions: Vec<FunctionStats> = merged.into_values().collect();
         sort_by_time(&mut functions);
+        let aggregates = self
+            .aggregates
+            .iter()
+            .filter(|row| workloads.reports(row.cgroup))
+            // Per function: rows of every cgroup add up, as the stats do.
+            .map(|row| AggregateRow {
+                cgroup: 0,
+                ..row.clone()
+            })
+            .collect();
         Snapshot {
             functions,
-            aggregates: self.aggregates.clone(),
+            aggregates,
             losses: self.losses.clone(),
         }
     }
 
-    pub fn lost_events(&self) -> u64 {
+    pub(crate) fn lost_events(&self) -> u64 {
         self.losses.iter().map(|(_, count)| count).sum()
     }
 }
 
 /// Calls entered and not returned yet, by function: the frames on the traced threads' stacks
 /// (a frame nested deeper than the stack holds is not attributed to a function).
-pub fn calls_in_progress(probes: &Probes, plan: &Plan) -> Result<Vec<(String, u64)>, MapError> {
+pub(crate) fn calls_in_progress(
+    probes: &Probes,
+    plan: &Plan,
+) -> Result<Vec<(String, u64)>, MapError> {
     let stacks: HashMap<_, u32, ShadowStack> = HashMap::try_from(probes.kernel_map("STACKS"))?;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for entry in stacks.iter() {

@@ -15,7 +15,7 @@ use super::TargetError;
 
 /// A forked child waiting for [`HeldChild::release`] before it executes the command.
 #[derive(Debug)]
-pub struct HeldChild {
+pub(crate) struct HeldChild {
     pub pid: u32,
     release: OwnedFd,
 }
@@ -23,7 +23,7 @@ pub struct HeldChild {
 impl HeldChild {
     /// Forks; the child waits on a pipe, then `execv`s `program`. Call before the agent starts
     /// threads: between fork and exec the child only calls async-signal-safe functions.
-    pub fn spawn(program: &Path, args: &[OsString]) -> Result<Self, TargetError> {
+    pub(crate) fn spawn(program: &Path, args: &[OsString]) -> Result<Self, TargetError> {
         let to_c = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| TargetError::BadCommand {
                 reason: "an argument contains a NUL byte".into(),
@@ -49,6 +49,8 @@ impl HeldChild {
         // prepared before the fork.
         match unsafe { libc::fork() } {
             -1 => Err(TargetError::Launch(io::Error::last_os_error())),
+            // SAFETY: in the child, only async-signal-safe calls on descriptors it owns and on
+            // memory prepared before the fork.
             0 => unsafe {
                 libc::close(release_end.as_raw_fd());
                 let mut byte = 0u8;
@@ -66,7 +68,7 @@ impl HeldChild {
     }
 
     /// Lets the child execute the command.
-    pub fn release(self) -> io::Result<()> {
+    pub(crate) fn release(self) -> io::Result<()> {
         let byte = 1u8;
         // SAFETY: writing one byte from a valid buffer to a descriptor we own.
         let written = unsafe { libc::write(self.release.as_raw_fd(), (&raw const byte).cast(), 1) };
@@ -79,7 +81,7 @@ impl HeldChild {
 }
 
 /// Finds a command the way a shell does: as given when it has a '/', else in `PATH`.
-pub fn find_command(command: &OsString) -> Result<PathBuf, TargetError> {
+pub(crate) fn find_command(command: &OsString) -> Result<PathBuf, TargetError> {
     let as_path = Path::new(command);
     if command.as_bytes().contains(&b'/') {
         return if as_path.is_file() {
@@ -100,7 +102,7 @@ pub fn find_command(command: &OsString) -> Result<PathBuf, TargetError> {
 }
 
 /// Waits for the child and returns its exit code (128 + signal when killed, as shells do).
-pub fn wait_exit_code(pid: u32) -> io::Result<i32> {
+pub(crate) fn wait_exit_code(pid: u32) -> io::Result<i32> {
     let mut status = 0;
     loop {
         // SAFETY: status is a valid out-pointer.

@@ -1,9 +1,9 @@
 //! Resolving what to trace — a running process, a binary, or a command to launch — into the ELF
 //! objects to probe and the scope in which probes count.
 
-pub mod launch;
-pub mod libraries;
-pub mod process;
+pub(crate) mod launch;
+pub(crate) mod libraries;
+pub(crate) mod process;
 
 use std::{
     ffi::OsString,
@@ -16,7 +16,7 @@ use launch::HeldChild;
 use process::FileId;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     #[error("no process with PID {pid}: check it with `ps -p {pid}` or find one with `pgrep`")]
     NoSuchProcess { pid: u32 },
     #[error("process {pid} has already exited (zombie): nothing left to trace")]
@@ -34,14 +34,14 @@ pub enum TargetError {
     #[error("cannot launch the command: {reason}")]
     BadCommand { reason: String },
     #[error("cannot launch the command: {0}")]
-    Launch(std::io::Error),
+    Launch(#[source] std::io::Error),
     #[error(transparent)]
     Symbols(#[from] SymbolError),
 }
 
 /// What the user pointed flowtap at, before anything is resolved.
 #[derive(Debug, Clone)]
-pub enum TargetSpec {
+pub(crate) enum TargetSpec {
     Pid(u32),
     Binary(PathBuf),
     Launch(Vec<OsString>),
@@ -49,7 +49,7 @@ pub enum TargetSpec {
 
 /// A resolved target: its objects, and how probes on them are scoped.
 #[derive(Debug)]
-pub struct Target {
+pub(crate) struct Target {
     pub kind: TargetKind,
     /// The objects to look for symbols in; the program's executable first when there is one.
     pub objects: Vec<ElfObject>,
@@ -58,7 +58,7 @@ pub struct Target {
 }
 
 #[derive(Debug)]
-pub enum TargetKind {
+pub(crate) enum TargetKind {
     Process {
         pid: NonZeroU32,
     },
@@ -75,7 +75,7 @@ pub enum TargetKind {
 }
 
 impl Target {
-    pub fn resolve(spec: &TargetSpec) -> Result<Self, TargetError> {
+    pub(crate) fn resolve(spec: &TargetSpec) -> Result<Self, TargetError> {
         match spec {
             TargetSpec::Pid(pid) => Self::process(*pid),
             TargetSpec::Binary(path) => Self::binary(path),
@@ -159,7 +159,7 @@ impl Target {
     }
 
     /// The process probes fire for; `None` means every process (filtered in kernel if needed).
-    pub fn pid(&self) -> Option<NonZeroU32> {
+    pub(crate) fn pid(&self) -> Option<NonZeroU32> {
         match &self.kind {
             TargetKind::Process { pid } => Some(*pid),
             TargetKind::Launch { child, .. } => NonZeroU32::new(child.pid),
@@ -169,7 +169,7 @@ impl Target {
 
     /// Whether probes must count only enrolled processes: a binary's libraries are shared with
     /// unrelated processes, which must not be counted.
-    pub fn filters_by_process(&self) -> bool {
+    pub(crate) fn filters_by_process(&self) -> bool {
         matches!(
             self.kind,
             TargetKind::Binary {
@@ -180,7 +180,7 @@ impl Target {
     }
 
     /// The program traced, when there is one (a library target has none).
-    pub fn executable(&self) -> Option<PathBuf> {
+    pub(crate) fn executable(&self) -> Option<PathBuf> {
         match &self.kind {
             TargetKind::Binary {
                 path, is_library, ..
@@ -191,7 +191,7 @@ impl Target {
     }
 
     /// `unknown_service:<executable name>`, as OpenTelemetry names a service nobody named.
-    pub fn default_service_name(&self) -> String {
+    pub(crate) fn default_service_name(&self) -> String {
         let executable = self
             .executable()
             .map_or_else(|| "unknown".into(), |path| crate::symbols::file_name(&path));
@@ -199,7 +199,7 @@ impl Target {
     }
 
     /// A short description for messages: "PID 42", "/usr/bin/app", "command ./demo".
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.kind {
             TargetKind::Process { pid } => format!("PID {pid}"),
             TargetKind::Binary { path, .. } => path.display().to_string(),

@@ -21,7 +21,7 @@ const DEFAULT_DIRS: &[&str] = &[
 
 /// The executable and every library it needs, transitively, each read once. Libraries that
 /// cannot be found are left out: the program would not start either, and ld.so will say so.
-pub fn load_closure(executable: &Path) -> Result<Vec<ElfObject>, SymbolError> {
+pub(crate) fn load_closure(executable: &Path) -> Result<Vec<ElfObject>, SymbolError> {
     let cache = LdSoCache::read();
     let mut objects = vec![ElfObject::read(executable)?];
     let mut seen: HashSet<String> = HashSet::new();

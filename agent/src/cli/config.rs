@@ -8,38 +8,30 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::{Arg, ArgAction, Args, Command, CommandFactory};
+use clap::{Arg, ArgAction, Command};
 use toml::de::{DeTable, DeValue};
 
-use crate::cli::Cli;
-
 /// Read, when present and no `--config` is given, from the directory flowtap runs in.
-pub const DEFAULT_FILE: &str = "flowtap.toml";
+const DEFAULT_FILE: &str = "flowtap.toml";
 /// The key of the command to launch (what follows `--` on the command line).
 const COMMAND_KEY: &str = "command";
 
-/// The `--config` flag of `flowtap run`. It is read by [`apply`], before clap parses the
-/// command line; this declares it for `--help` and so that clap accepts it.
-#[derive(Args, Debug, Clone, Default)]
-pub struct ConfigArgs {
-    /// Read settings from this TOML file: keys are these long flags (`report = "json"`,
-    /// `symbols = ["wf_*"]`, `command = ["./app", "--x"]`); flags given here win. Default:
-    /// ./flowtap.toml when it exists.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-}
-
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read the config file {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+pub(crate) enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{location}: {message}")]
     Invalid { location: String, message: String },
 }
 
 /// `argv` with the config file's settings inserted after `run`: the file given by `--config`,
-/// else `./flowtap.toml` when it exists. Other subcommands are left alone.
-pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
+/// else `./flowtap.toml` when it exists. Other subcommands are left alone. `cli` is flowtap's
+/// command line, whose `run` flags are the file's keys.
+pub(super) fn apply(argv: Vec<OsString>, cli: &Command) -> Result<Vec<OsString>, ConfigError> {
     if argv.get(1).map(OsString::as_os_str) != Some(OsStr::new("run")) {
         return Ok(argv);
     }
@@ -52,11 +44,14 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
         }
         None => return Ok(argv),
     };
-    let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
         path: path.clone(),
-        reason: error.to_string(),
+        source,
     })?;
-    let (options, command) = to_args(&text, &path.display().to_string(), &user)?;
+    let run = cli
+        .find_subcommand("run")
+        .expect("flowtap has a run subcommand");
+    let (options, command) = to_args(&text, &path.display().to_string(), &user, run)?;
     let mut result = argv[..2].to_vec();
     result.extend(options);
     result.extend(argv[2..].iter().cloned());
@@ -108,16 +103,13 @@ fn to_args(
     text: &str,
     file: &str,
     user: &UserArgs,
+    run: &Command,
 ) -> Result<(Vec<OsString>, Option<Vec<OsString>>), ConfigError> {
     let at = |span: std::ops::Range<usize>| location(file, text, span.start);
     let table = DeTable::parse(text).map_err(|error| ConfigError::Invalid {
         location: at(error.span().unwrap_or(0..0)),
         message: first_line(error.message()),
     })?;
-    let cli = Cli::command();
-    let run = cli
-        .find_subcommand("run")
-        .expect("flowtap has a run subcommand");
     let mut options = Vec::new();
     let mut command = None;
     let mut seen: Vec<&Arg> = Vec::new();
@@ -279,10 +271,17 @@ fn first_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    fn cli() -> Command {
+        super::super::args::Cli::command()
+    }
 
     fn args(text: &str, user: &[&str]) -> Result<Vec<String>, String> {
         let user = UserArgs::of(&user.iter().map(OsString::from).collect::<Vec<_>>());
-        let (options, command) = to_args(text, "f.toml", &user).map_err(|e| e.to_string())?;
+        let cli = cli();
+        let run = cli.find_subcommand("run").unwrap();
+        let (options, command) = to_args(text, "f.toml", &user, run).map_err(|e| e.to_string())?;
         let mut all: Vec<String> = options
             .into_iter()
             .map(|a| a.into_string().unwrap())
@@ -447,7 +446,7 @@ mod tests {
             .iter()
             .map(OsString::from)
             .collect();
-        assert_eq!(apply(argv.clone()).unwrap(), argv);
+        assert_eq!(apply(argv.clone(), &cli()).unwrap(), argv);
     }
 
     #[test]
@@ -456,7 +455,7 @@ mod tests {
             .iter()
             .map(OsString::from)
             .collect();
-        let error = apply(argv).unwrap_err().to_string();
+        let error = apply(argv, &cli()).unwrap_err().to_string();
         assert!(
             error
                 .starts_with("cannot read the config file /nonexistent/flowtap.toml: No such file"),

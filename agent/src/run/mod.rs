@@ -1,0 +1,489 @@
+//! `flowtap run`: four phases in data-flow order. *prepare* resolves the target, plans the
+//! probes and opens the outputs; *attach* loads the kernel programs and sets up the sinks;
+//! *serve* moves spans and answers scrapes until the run ends; *finish* reads the final
+//! counts and writes the report.
+
+mod wait;
+
+use std::{
+    fs::File,
+    io::Write,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use opentelemetry_otlp::SpanExporter;
+use tokio::runtime::Runtime;
+
+use crate::{
+    console::{print, status},
+    export::{
+        otlp::{self, OtlpProtocol, SpanCounts, SpanQueue},
+        prometheus::{self, Exporter},
+        spans_file::SpansFile,
+    },
+    host,
+    kernel_counters::{Snapshot, calls_in_progress},
+    kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
+    loader::Probes,
+    plan::{Plan, Selection, SymbolSelector},
+    profile::{self, Profile},
+    profile_metrics::{LabelCap, ProfileMetrics},
+    report::{Report, ReportFormat, SpanSummary},
+    span_ring::SpanStream,
+    spans::{SpanFactory, SpanPump},
+    targets::{Target, TargetSpec},
+    workloads::{NoWorkloads, Workloads},
+};
+
+/// What a run does, in the agent's terms (the command line's flags are one way to fill it).
+#[derive(Debug)]
+pub(crate) struct RunConfig {
+    /// What to trace; None only when a pod selector picks it.
+    pub(crate) target: Option<TargetSpec>,
+    /// Built-in profile names or profile files; none, with no `symbols` either: the default.
+    pub(crate) profiles: Vec<String>,
+    /// `GLOB` or `OBJECT:GLOB` selectors of functions to time without a profile.
+    pub(crate) symbols: Vec<String>,
+    /// Stop after this long.
+    pub(crate) duration: Option<Duration>,
+    pub(crate) report: ReportFormat,
+    /// The report's file, else standard output.
+    pub(crate) output: Option<PathBuf>,
+    /// Where `/metrics` is served.
+    pub(crate) metrics_addr: SocketAddr,
+    pub(crate) service_name: Option<String>,
+    /// The OTLP collector, else the one the environment names, if any.
+    pub(crate) otlp_endpoint: Option<String>,
+    pub(crate) otlp_protocol: OtlpProtocol,
+    /// Fraction of traces whose spans are exported.
+    pub(crate) sample_rate: f64,
+    /// Spans as OTLP JSON lines.
+    pub(crate) spans_out: Option<PathBuf>,
+    /// Gets the ready line once the probes are attached, then is closed.
+    pub(crate) ready: Option<File>,
+    /// Attach programs that do nothing (the kernel's own cost, for benchmarks).
+    pub(crate) empty_programs: bool,
+    pub(crate) kubernetes: KubernetesConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            target: None,
+            profiles: Vec::new(),
+            symbols: Vec::new(),
+            duration: None,
+            report: ReportFormat::default(),
+            output: None,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            service_name: None,
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            sample_rate: 1.0,
+            spans_out: None,
+            ready: None,
+            empty_programs: false,
+            kubernetes: KubernetesConfig::default(),
+        }
+    }
+}
+
+/// Runs to the end; returns the process exit code (the launched command's, in launch mode).
+pub(crate) fn run(mut config: RunConfig) -> anyhow::Result<i32> {
+    let ready = config.ready.take();
+    let prepared = prepare(&config)?;
+    let (mut attached, target) = attach(&config, prepared)?;
+    let exit_code = serve(&config, &mut attached, target, ready)?;
+    finish(&config, attached, exit_code)
+}
+
+/// The target resolved, its probes planned, the outputs open.
+struct Prepared {
+    target: Target,
+    plan: Arc<Plan>,
+    workloads: Arc<dyn Workloads>,
+    report_file: Option<File>,
+    listener: TcpListener,
+}
+
+fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
+    let (spec, cluster) = target_spec(config)?;
+    let selection = selection(config)?;
+    host::check_privileges()?;
+    // Fail now, not after a long run, if the report cannot be written.
+    let report_file = config
+        .output
+        .as_deref()
+        .map(|path| {
+            File::create(path)
+                .with_context(|| format!("cannot write the report to {}", path.display()))
+        })
+        .transpose()?;
+    let listener = prometheus::bind(config.metrics_addr)?;
+    // Launch mode forks here, so this comes before any thread is started.
+    let target = Target::resolve(&spec)?;
+    let plan = Arc::new(Plan::build(
+        &target.objects,
+        &selection,
+        &target.describe(),
+    )?);
+    if !plan.unprobeable.is_empty() {
+        eprintln!(
+            "flowtap: warning: not tracing {} (uprobes refuse a first instruction with a LOCK prefix)",
+            plan.unprobeable.join(", ")
+        );
+    }
+    let workloads: Arc<dyn Workloads> = match cluster {
+        Some(cluster) => Arc::new(PodWorkloads::new(cluster, target.pid())),
+        None => Arc::new(NoWorkloads),
+    };
+    Ok(Prepared {
+        target,
+        plan,
+        workloads,
+        report_file,
+        listener,
+    })
+}
+
+/// What to trace, and the cluster when Kubernetes is asked for: a pod selector picks the
+/// target, or narrows `--exe` to its pods.
+fn target_spec(config: &RunConfig) -> anyhow::Result<(TargetSpec, Option<Kubernetes>)> {
+    let mut cluster = config.kubernetes.connect()?;
+    let selector = config.kubernetes.pod_selector();
+    let spec = match (&mut cluster, selector, &config.target) {
+        (Some(cluster), Some(selector), Some(TargetSpec::Binary(exe))) => {
+            let binary = cluster.select_executable(&selector, exe)?;
+            cluster.restrict_to(selector);
+            TargetSpec::Binary(binary)
+        }
+        (Some(cluster), Some(selector), None) => TargetSpec::Pid(cluster.select_pid(&selector)?),
+        (_, _, Some(spec)) => spec.clone(),
+        (_, _, None) => {
+            bail!("give exactly one target: --pid PID, --exe PATH, or -- CMD [ARGS...]")
+        }
+    };
+    Ok((spec, cluster))
+}
+
+/// The profiles asked for (or the default one) and the plain selectors.
+fn selection(config: &RunConfig) -> anyhow::Result<Selection> {
+    let symbols = config
+        .symbols
+        .iter()
+        .map(|text| text.parse::<SymbolSelector>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| anyhow::anyhow!("--symbols: {error}"))?;
+    let defaulted = config.profiles.is_empty() && config.symbols.is_empty();
+    let names = if defaulted {
+        vec![profile::DEFAULT.to_string()]
+    } else {
+        config.profiles.clone()
+    };
+    let profiles = names
+        .iter()
+        .map(|name| Profile::load(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let texts = profiles
+        .iter()
+        .map(|p| format!("profile {}", p.name))
+        .chain(config.symbols.iter().cloned())
+        .collect();
+    Ok(Selection {
+        profiles,
+        symbols,
+        texts,
+        defaulted,
+    })
+}
+
+/// The probes attached and every sink ready: what serving and finishing use.
+struct Attached {
+    runtime: Runtime,
+    plan: Arc<Plan>,
+    workloads: Arc<dyn Workloads>,
+    probes: Arc<Mutex<Probes>>,
+    /// OTLP export: the exporter and the queue the pump fills.
+    otlp: Option<(SpanExporter, Arc<SpanQueue>)>,
+    pump: Option<SpanPump>,
+    counts: Arc<SpanCounts>,
+    labels: Arc<Mutex<LabelCap>>,
+    metrics: Arc<Exporter>,
+    listener: Option<TcpListener>,
+    report_file: Option<File>,
+}
+
+fn attach(config: &RunConfig, prepared: Prepared) -> anyhow::Result<(Attached, Target)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let (otlp, spans_file) = span_outputs(config, &runtime)?;
+    let spans_wanted = otlp.is_some() || spans_file.is_some();
+    let mut probes = load(config, &prepared, spans_wanted)?;
+    let counts = Arc::new(SpanCounts::default());
+    let otlp = otlp.map(|exporter| (exporter, SpanQueue::new(counts.clone())));
+    let sinks = SpanSinks {
+        queue: otlp.as_ref().map(|(_, queue)| queue.clone()),
+        file: spans_file,
+        counts: counts.clone(),
+    };
+    let pump = spans_wanted
+        .then(|| span_pump(config, &prepared, &mut probes, sinks))
+        .transpose()?;
+    let probes = Arc::new(Mutex::new(probes));
+    let labels = Arc::new(Mutex::new(LabelCap::default()));
+    let span_counts = spans_wanted.then(|| counts.clone());
+    let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts);
+    let Prepared {
+        target,
+        plan,
+        workloads,
+        report_file,
+        listener,
+    } = prepared;
+    let attached = Attached {
+        runtime,
+        plan,
+        workloads,
+        probes,
+        otlp,
+        pump,
+        counts,
+        labels,
+        metrics,
+        listener: Some(listener),
+        report_file,
+    };
+    Ok((attached, target))
+}
+
+/// Loads the kernel programs and attaches the planned probes.
+fn load(config: &RunConfig, prepared: &Prepared, spans_wanted: bool) -> anyhow::Result<Probes> {
+    let sample_rate = if spans_wanted {
+        config.sample_rate
+    } else {
+        0.0
+    };
+    Ok(Probes::load(
+        &prepared.plan,
+        &prepared.target,
+        sample_rate,
+        prepared.workloads.per_cgroup(),
+        config.empty_programs,
+    )?)
+}
+
+/// Where the pump sends spans, and their counts.
+struct SpanSinks {
+    queue: Option<Arc<SpanQueue>>,
+    file: Option<SpansFile>,
+    counts: Arc<SpanCounts>,
+}
+
+/// The span pump, which owns the kernel's span ring from now on.
+fn span_pump(
+    config: &RunConfig,
+    prepared: &Prepared,
+    probes: &mut Probes,
+    sinks: SpanSinks,
+) -> anyhow::Result<SpanPump> {
+    let factory = SpanFactory::new(
+        config.service_name.clone(),
+        prepared.target.executable(),
+        prepared.workloads.clone(),
+    );
+    let stream = SpanStream::take(probes)?;
+    Ok(SpanPump::new(
+        stream,
+        factory,
+        sinks.queue,
+        sinks.file,
+        sinks.counts,
+    ))
+}
+
+/// What `/metrics` serves: the kernel's counts, read at each scrape.
+fn metrics_exporter(
+    config: &RunConfig,
+    prepared: &Prepared,
+    probes: &Arc<Mutex<Probes>>,
+    labels: &Arc<Mutex<LabelCap>>,
+    span_counts: Option<Arc<SpanCounts>>,
+) -> Arc<Exporter> {
+    let target = &prepared.target;
+    let service = config
+        .service_name
+        .clone()
+        .unwrap_or_else(|| target.default_service_name());
+    Arc::new(Exporter::new(
+        probes.clone(),
+        prepared.plan.clone(),
+        labels.clone(),
+        service,
+        // Processes traced when it is not the kernel's TRACED set that says (PID, launch).
+        (!target.filters_by_process()).then_some(1),
+        span_counts,
+        prepared.workloads.clone(),
+    ))
+}
+
+/// The OTLP exporter, when a collector is configured, and the spans file, when asked for.
+fn span_outputs(
+    config: &RunConfig,
+    runtime: &Runtime,
+) -> anyhow::Result<(Option<SpanExporter>, Option<SpansFile>)> {
+    let endpoint = config.otlp_endpoint.as_deref();
+    // The gRPC exporter needs the event loop to exist when it is built.
+    let otlp = otlp::endpoint_configured(endpoint)
+        .then(|| runtime.block_on(async { otlp::exporter(endpoint, config.otlp_protocol) }))
+        .transpose()?;
+    let spans_file = config
+        .spans_out
+        .as_deref()
+        .map(|path| {
+            SpansFile::create(path)
+                .with_context(|| format!("cannot write spans to {}", path.display()))
+        })
+        .transpose()?;
+    Ok((otlp, spans_file))
+}
+
+/// How long the end of a run waits for queued spans to reach the collector.
+const SPAN_FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// Serves `/metrics` and pumps spans until the target is done; then flushes the spans.
+fn serve(
+    config: &RunConfig,
+    attached: &mut Attached,
+    target: Target,
+    ready: Option<File>,
+) -> anyhow::Result<Option<i32>> {
+    let listener = attached.listener.take().context("metrics listener")?;
+    let address = listener.local_addr().context("metrics address")?;
+    let plan = &attached.plan;
+    status(format_args!("serving metrics on http://{address}/metrics"));
+    status(format_args!(
+        "attached {} probes in {} objects of {}; Ctrl-C to stop",
+        plan.probes.len(),
+        plan.objects.len(),
+        target.describe()
+    ));
+    if let Some(ready) = ready {
+        signal_ready(ready, address, plan);
+    }
+    let Attached {
+        runtime,
+        probes,
+        otlp,
+        pump,
+        metrics,
+        ..
+    } = attached;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    runtime.block_on(async {
+        let export = otlp
+            .take()
+            .map(|(exporter, queue)| tokio::spawn(queue.run(exporter, stopped, SPAN_FLUSH_LIMIT)));
+        let exit_code = tokio::select! {
+            result = metrics.clone().serve(listener) => {
+                result.context("serving metrics")?;
+                unreachable!("the metrics server runs until stopped")
+            }
+            result = pump_spans(pump.as_mut(), plan) => {
+                result.context("writing spans")?;
+                unreachable!("the span pump runs until stopped")
+            }
+            result = wait::until_done(target, config.duration, probes) => result?,
+        };
+        if let Some(pump) = pump {
+            pump.pump(plan).context("writing spans")?;
+        }
+        let _ = stop.send(true);
+        if let Some(export) = export {
+            export.await.context("exporting spans")?;
+        }
+        anyhow::Ok(exit_code)
+    })
+}
+
+/// The line `--ready-fd` promises scripts, in a format kept stable for them.
+fn signal_ready(mut ready: File, address: SocketAddr, plan: &Plan) {
+    let line = format!(
+        "ready metrics=http://{address}/metrics probes={} objects={}\n",
+        plan.probes.len(),
+        plan.objects.len()
+    );
+    if let Err(error) = ready.write_all(line.as_bytes()) {
+        eprintln!("flowtap: warning: cannot write the ready line: {error}");
+    }
+}
+
+async fn pump_spans(pump: Option<&mut SpanPump>, plan: &Plan) -> std::io::Result<()> {
+    match pump {
+        Some(pump) => pump.run(plan).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the final counts and writes the report.
+fn finish(config: &RunConfig, attached: Attached, exit_code: Option<i32>) -> anyhow::Result<i32> {
+    let probes = attached.probes.lock().expect("probes lock");
+    let snapshot = Snapshot::read(&probes, &attached.plan)
+        .context("reading the kernel's counters")?
+        .per_function(attached.workloads.as_ref());
+    // Per function: the workloads' labels do not apply.
+    let declared = ProfileMetrics::derive(
+        &snapshot,
+        &attached.plan,
+        &mut attached.labels.lock().expect("labels"),
+        &NoWorkloads,
+    );
+    let spans = attached
+        .pump
+        .map(|pump| SpanSummary::new(&attached.counts, pump.slowest.slowest));
+    let in_progress =
+        calls_in_progress(&probes, &attached.plan).context("reading the threads' stacks")?;
+    let report = Report {
+        snapshot: &snapshot,
+        declared: &declared,
+        spans: spans.as_ref(),
+        exit_code,
+        in_progress: &in_progress,
+    };
+    write_report(attached.report_file, config, &report)?;
+    Ok(exit_code.unwrap_or(0))
+}
+
+fn write_report(file: Option<File>, config: &RunConfig, report: &Report) -> anyhow::Result<()> {
+    match (file, &config.output) {
+        (Some(mut file), Some(path)) => {
+            report.write(&mut file, config.report)?;
+            status(format_args!("report written to {}", path.display()));
+        }
+        // The launched command owns standard output; the report goes where strace's would.
+        _ if matches!(config.target, Some(TargetSpec::Launch(_))) => {
+            report.write(&mut std::io::stderr().lock(), config.report)?
+        }
+        _ => print(|out| report.write(out, config.report))?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_without_a_target_says_how_to_give_one() {
+        let error = run(RunConfig::default()).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "give exactly one target: --pid PID, --exe PATH, or -- CMD [ARGS...]"
+        );
+    }
+}
