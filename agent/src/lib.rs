@@ -4,6 +4,7 @@
 //! phases, `cli` turns the command line into a run, `workloads` adds where processes run.
 
 pub mod cli;
+mod console;
 mod export;
 mod host;
 mod instructions;

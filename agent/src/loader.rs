@@ -462,8 +462,13 @@ impl Attach<'_> {
         }
         let uprobe: &mut UProbe = program_mut(ebpf, program, self.log)?;
         uprobe.load().map_err(refusal(program, self.log))?;
+        let total: usize = per_object.iter().map(|(_, points)| points.len()).sum();
+        let mut progress = crate::console::Progress::new();
+        let mut done = 0;
         for (object, points) in per_object {
             let path = &self.plan.objects[object].path;
+            done += points.len();
+            progress.show(total, format_args!("attaching {program} {done}/{total}"));
             uprobe
                 .attach(points, path, self.scope)
                 .map_err(|error| LoadError::Attach {

@@ -49,7 +49,7 @@ impl FromStr for SymbolSelector {
 impl SymbolSelector {
     fn matches(&self, object_name: &str, raw: &str, demangled: &str) -> bool {
         self.object.as_ref().is_none_or(|o| o.matches(object_name))
-            && (self.function.matches(raw) || self.function.matches(demangled))
+            && crate::symbols::matches(&self.function, raw, demangled)
     }
 }
 

@@ -316,6 +316,8 @@ fn collect_functions(
     }
     let mut functions: Vec<Function> = by_offset.into_values().collect();
     functions.sort_by(|a, b| a.name.cmp(&b.name));
+    tell_apart(&mut functions);
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
     functions
 }
 
@@ -465,6 +467,58 @@ fn dynamic_dependencies(elf: &ElfFile64<Endianness>) -> object::Result<(Vec<Stri
     Ok((needed, if runpath.is_empty() { rpath } else { runpath }))
 }
 
+/// Whether `pattern` matches a function by its raw or demangled name, or by the short form of its
+/// name: a C++ name without its parameter list (`ns::Cls::g` for `ns::Cls::g(int)`), a Rust name
+/// without its hash suffix.
+pub(crate) fn matches(pattern: &glob::Pattern, raw: &str, demangled: &str) -> bool {
+    pattern.matches(raw)
+        || pattern.matches(demangled)
+        || short_name(raw).is_some_and(|short| short != demangled && pattern.matches(&short))
+}
+
+/// The name without what a glob should not have to spell out: C++ parameter lists and
+/// qualifiers, Rust hashes. `None` for C names.
+fn short_name(raw: &str) -> Option<String> {
+    if let Ok(rust) = rustc_demangle::try_demangle(raw) {
+        return Some(format!("{rust:#}"));
+    }
+    let options = cpp_demangle::DemangleOptions::new()
+        .no_params()
+        .no_return_type();
+    raw.starts_with("_Z")
+        .then(|| cpp_demangle::Symbol::new(raw).ok()?.demangle(&options).ok())
+        .flatten()
+}
+
+/// Functions of one object whose names demangle to the same text are told apart in listings
+/// and reports: Rust's legacy mangling (monomorphizations carry no generic arguments) by the
+/// hash suffix; other distinct symbols (Rust v0 copies instantiated by different crates) by the
+/// raw name beside; copies under one raw name (local symbols of different codegen units, C
+/// `static` functions of different files) by their file offset.
+fn tell_apart(functions: &mut [Function]) {
+    let mut index = 0;
+    while index < functions.len() {
+        let same = functions[index..]
+            .iter()
+            .take_while(|f| f.name == functions[index].name)
+            .count();
+        let group = &mut functions[index..index + same];
+        let raw_names: Vec<String> = group.iter().map(|f| f.raw_name.clone()).collect();
+        for function in group.iter_mut().filter(|_| same > 1) {
+            let copies = raw_names
+                .iter()
+                .filter(|raw| **raw == function.raw_name)
+                .count();
+            function.name = match rustc_demangle::try_demangle(&function.raw_name) {
+                _ if copies > 1 => format!("{} @{:#x}", function.name, function.file_offset),
+                Ok(rust) if !function.raw_name.starts_with("_R") => format!("{rust}"),
+                _ => format!("{} [{}]", function.name, function.raw_name),
+            };
+        }
+        index += same;
+    }
+}
+
 /// Rust (legacy and v0) and Itanium C++ names, without Rust's hash suffix; others as they are.
 pub(crate) fn demangle(raw: &str) -> String {
     if let Ok(rust) = rustc_demangle::try_demangle(raw) {
@@ -491,6 +545,56 @@ mod tests {
         );
         assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
         assert_eq!(demangle("wf_cache_get"), "wf_cache_get");
+    }
+
+    #[test]
+    fn globs_match_cpp_names_without_parameters_and_rust_names_without_hashes() {
+        let glob = |text| glob::Pattern::new(text).unwrap();
+        // ns::Cls::g(int) const
+        let cpp = "_ZNK2ns3Cls1gEi";
+        assert_eq!(demangle(cpp), "ns::Cls::g(int) const");
+        assert!(matches(&glob("ns::Cls::g"), cpp, &demangle(cpp)));
+        assert!(matches(&glob("ns::Cls::g(int) const"), cpp, &demangle(cpp)));
+        assert!(!matches(&glob("ns::Cls::h"), cpp, &demangle(cpp)));
+        let rust = "_ZN4core3fmt5write17h0123456789abcdefE";
+        assert!(matches(
+            &glob("core::fmt::write"),
+            rust,
+            "core::fmt::write::h0123456789abcdef"
+        ));
+        assert!(!matches(&glob("wf_*"), "printf", "printf"));
+    }
+
+    #[test]
+    fn functions_that_demangle_alike_are_told_apart() {
+        let function = |raw: &str| new_function(raw, 0, 0, &[]);
+        let mut functions = vec![
+            function("_ZN3app5parse17h0000000000000001E"),
+            function("_ZN3app5parse17h0000000000000002E"),
+            function("_ZN3app3run17h0000000000000003E"),
+            // A C `static` function of two files.
+            Function {
+                file_offset: 0x1234,
+                ..function("helper")
+            },
+            Function {
+                file_offset: 0x5678,
+                ..function("helper")
+            },
+        ];
+        functions.sort_by(|a, b| a.name.cmp(&b.name));
+        tell_apart(&mut functions);
+        let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "app::parse::h0000000000000001",
+                "app::parse::h0000000000000002",
+                "app::run",
+                "helper @0x1234",
+                "helper @0x5678"
+            ]
+        );
     }
 
     #[test]

@@ -22,11 +22,23 @@ use crate::{
     targets::TargetSpec,
 };
 
+/// `flowtap -V`: the version and the commit it was built from (`--version` adds the kernel's
+/// features).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLOWTAP_GIT_COMMIT"),
+    ")"
+);
+
 /// Exact per-function timing of native workflow runtimes with eBPF, without touching the
 /// application: no code change, rebuild, restart or library to link.
 #[derive(Parser, Debug)]
-#[command(name = "flowtap", version, propagate_version = true)]
+#[command(name = "flowtap", version = VERSION, propagate_version = true)]
 pub(crate) struct Cli {
+    /// No status or progress lines on stderr (warnings and errors remain).
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -35,6 +47,10 @@ pub(crate) struct Cli {
 #[allow(clippy::large_enum_variant, reason = "parsed once per run")]
 pub(crate) enum Command {
     /// Trace a process, a binary or a command, and print a latency report at the end.
+    ///
+    /// The report goes to --output FILE if given; else, with --pid or --exe, to standard output;
+    /// in launch mode (-- CMD), to standard error, so that the command's standard output stays
+    /// its own (`flowtap run -- curl URL > page.html`).
     ///
     /// Examples:
     ///   flowtap run --pid 4242
@@ -119,7 +135,8 @@ pub(crate) struct RunArgs {
     /// Report format printed at the end.
     #[arg(long, value_enum, default_value = "table")]
     report: ReportFormat,
-    /// Write the report to this file instead of standard output.
+    /// Write the report to this file (default: standard output with --pid/--exe, standard
+    /// error in launch mode, which leaves standard output to the command).
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Serve Prometheus metrics on this address while running (port 0: any free port).

@@ -19,6 +19,7 @@ use opentelemetry_otlp::SpanExporter;
 use tokio::runtime::Runtime;
 
 use crate::{
+    console::{print, status},
     export::{
         otlp::{self, OtlpProtocol, SpanCounts, SpanQueue},
         prometheus::{self, Exporter},
@@ -373,13 +374,13 @@ fn serve(
     let listener = attached.listener.take().context("metrics listener")?;
     let address = listener.local_addr().context("metrics address")?;
     let plan = &attached.plan;
-    eprintln!("flowtap: serving metrics on http://{address}/metrics");
-    eprintln!(
-        "flowtap: attached {} probes in {} objects of {}; Ctrl-C to stop",
+    status(format_args!("serving metrics on http://{address}/metrics"));
+    status(format_args!(
+        "attached {} probes in {} objects of {}; Ctrl-C to stop",
         plan.probes.len(),
         plan.objects.len(),
         target.describe()
-    );
+    ));
     if let Some(ready) = ready {
         signal_ready(ready, address, plan);
     }
@@ -467,9 +468,13 @@ fn write_report(file: Option<File>, config: &RunConfig, report: &Report) -> anyh
     match (file, &config.output) {
         (Some(mut file), Some(path)) => {
             report.write(&mut file, config.report)?;
-            eprintln!("flowtap: report written to {}", path.display());
+            status(format_args!("report written to {}", path.display()));
         }
-        _ => report.write(&mut std::io::stdout().lock(), config.report)?,
+        // The launched command owns standard output; the report goes where strace's would.
+        _ if matches!(config.target, Some(TargetSpec::Launch(_))) => {
+            report.write(&mut std::io::stderr().lock(), config.report)?
+        }
+        _ => print(|out| report.write(out, config.report))?,
     }
     Ok(())
 }
