@@ -203,6 +203,15 @@ impl Snapshot {
     pub(crate) fn lost_events(&self) -> u64 {
         self.losses.iter().map(|(_, count)| count).sum()
     }
+
+    /// Calls entered and not ended when tracing stopped, by function.
+    pub(crate) fn in_progress(&self) -> Vec<(String, u64)> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for function in self.functions.iter().filter(|f| f.in_flight > 0) {
+            *counts.entry(function.function.clone()).or_default() += function.in_flight;
+        }
+        counts.into_iter().collect()
+    }
 }
 
 /// The stats of one probe (and cgroup), summed over CPUs; `None` when it was never called.

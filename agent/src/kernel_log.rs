@@ -1,7 +1,10 @@
 //! The kernel programs' diagnostics (aya-log), printed on stderr when `--kernel-log LEVEL` asks
 //! for them; off, the programs skip logging at their first branch.
 
-use std::os::fd::AsRawFd;
+use std::{
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex},
+};
 
 use aya::Ebpf;
 use aya_log::EbpfLogger;
@@ -26,26 +29,47 @@ impl log::Log for Stderr {
     fn flush(&self) {}
 }
 
-/// Forwards the programs' records from now on, from a thread of its own.
-/// The level was set at load ([`LEVEL_GLOBAL`]): the kernel sends only what is wanted.
-pub(crate) fn forward(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let mut logger = EbpfLogger::init_with_logger(ebpf, Stderr).map_err(LoadError::KernelLog)?;
+/// The programs' records, forwarded from a thread of its own; the rest is flushed when this is
+/// dropped (at the end of a run).
+pub(crate) struct KernelLog {
+    logger: Arc<Mutex<EbpfLogger<Stderr>>>,
+}
+
+impl Drop for KernelLog {
+    fn drop(&mut self) {
+        if let Ok(mut logger) = self.logger.lock() {
+            logger.flush();
+        }
+    }
+}
+
+/// Forwards the programs' records from now on. The level was set at load ([`LEVEL_GLOBAL`]):
+/// the kernel sends only what is wanted.
+pub(crate) fn forward(ebpf: &mut Ebpf) -> Result<KernelLog, LoadError> {
+    let logger = EbpfLogger::init_with_logger(ebpf, Stderr).map_err(LoadError::KernelLog)?;
+    let fd = logger.as_raw_fd();
+    let logger = Arc::new(Mutex::new(logger));
+    let reader = logger.clone();
     std::thread::Builder::new()
         .name("flowtap-kernel-log".into())
         .spawn(move || {
             loop {
                 let mut poll = libc::pollfd {
-                    fd: logger.as_raw_fd(),
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                // SAFETY: one valid pollfd, for the duration of the call.
-                if unsafe { libc::poll(&mut poll, 1, 1000) } < 0 {
+                // SAFETY: one valid pollfd, for the duration of the call; the descriptor stays
+                // open while `reader` holds the logger.
+                if unsafe { libc::poll(&mut poll, 1, 100) } < 0 {
                     return;
                 }
-                logger.flush();
+                match reader.lock() {
+                    Ok(mut logger) => logger.flush(),
+                    Err(_) => return,
+                }
             }
         })
         .map_err(LoadError::KernelLogThread)?;
-    Ok(())
+    Ok(KernelLog { logger })
 }

@@ -4,8 +4,10 @@
 //! phases, `cli` turns the command line into a run, `workloads` adds where processes run.
 
 pub mod cli;
+mod console;
 mod export;
 mod host;
+mod instructions;
 mod kernel_counters;
 mod kernel_log;
 #[cfg(test)]

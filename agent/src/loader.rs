@@ -183,6 +183,8 @@ pub(crate) struct Probes {
     ebpf: Ebpf,
     /// The benchmark's empty programs, attached instead of the production ones.
     floor: Option<Ebpf>,
+    /// Forwards the programs' diagnostics (`--kernel-log`); flushes the rest when dropped.
+    _kernel_log: Option<crate::kernel_log::KernelLog>,
     verifier_log: Option<PathBuf>,
     /// Whether stats are kept per cgroup (the `STATS` map) or per probe (`PROBE_STATS`).
     pub(crate) by_cgroup: bool,
@@ -198,12 +200,13 @@ impl Probes {
         let mut probes = Self {
             ebpf: load_object(plan, target, options)?,
             floor: None,
+            _kernel_log: None,
             verifier_log: options.verifier_log.clone(),
             by_cgroup: options.by_cgroup,
             attached: 0,
         };
         if options.kernel_log.is_some() {
-            crate::kernel_log::forward(&mut probes.ebpf)?;
+            probes._kernel_log = Some(crate::kernel_log::forward(&mut probes.ebpf)?);
         }
         probes.write_specs(plan)?;
         probes.attach_lifecycle(target.filters_by_process())?;
@@ -538,8 +541,13 @@ impl Attach<'_> {
         }
         let uprobe: &mut UProbe = program_mut(ebpf, program, self.log)?;
         uprobe.load().map_err(refusal(program, self.log))?;
+        let total: usize = per_object.iter().map(|(_, points)| points.len()).sum();
+        let mut progress = crate::console::Progress::new();
+        let mut done = 0;
         for (object, points) in per_object {
             let path = &self.plan.objects[object].path;
+            done += points.len();
+            progress.show(total, format_args!("attaching {program} {done}/{total}"));
             uprobe
                 .attach(points, path, self.scope)
                 .map_err(|error| LoadError::Attach {

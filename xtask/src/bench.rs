@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 
 use crate::{build_agent, fixture, workspace_root};
 
+mod probe_points;
+
 const ROUNDS: usize = 3;
 const CALLS: u64 = 200_000;
 
@@ -98,22 +100,25 @@ pub(crate) fn run() -> anyhow::Result<()> {
             samples.push((config, sample));
         }
     }
+    let placement = probe_points::measure(&agent, &dir.join("probe_cost"))?;
+    println!("{}", probe_points::render(&placement));
     let (calls_per_second, lost) = throughput(&agent, &bench)?;
     let attach_1k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_0*")?;
     let attach_10k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_*")?;
     let (rss_kib, exported) = rss_after_exporting(&agent, &bench, 1_000_000)?;
-    let results = summarize(
+    let mut results = summarize(
         &samples,
         (calls_per_second, lost),
         (attach_1k, attach_10k),
         (rss_kib, exported),
     );
+    results["probe_points"] = placement;
     let out = workspace_root().join("target/bench");
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let table = render(&results);
+    let table = render(&results) + &probe_points::render(&results["probe_points"]);
     std::fs::write(out.join("results.md"), &table)?;
     println!("\n{table}");
     println!("written: target/bench/results.json, target/bench/results.md");

@@ -19,6 +19,7 @@ use opentelemetry_otlp::SpanExporter;
 use tokio::runtime::Runtime;
 
 use crate::{
+    console::{print, status},
     export::{
         otlp::{self, OtlpProtocol, SpanCounts, SpanQueue},
         prometheus::{self, Exporter},
@@ -28,7 +29,7 @@ use crate::{
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
     loader::{KernelLogLevel, LoadOptions, Probes},
-    plan::{Plan, Selection, SymbolSelector},
+    plan::{ExitPolicy, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
     report::{Report, ReportFormat, SpanSummary},
@@ -49,6 +50,8 @@ pub(crate) struct RunConfig {
     pub(crate) profiles: Vec<String>,
     /// `GLOB` or `OBJECT:GLOB` selectors of functions to time without a profile.
     pub(crate) symbols: Vec<String>,
+    /// How each object's returns are observed.
+    pub(crate) exit_probes: ExitPolicy,
     /// Stop after this long.
     pub(crate) duration: Option<Duration>,
     pub(crate) report: ReportFormat,
@@ -82,6 +85,7 @@ impl Default for RunConfig {
             children: None,
             profiles: Vec::new(),
             symbols: Vec::new(),
+            exit_probes: ExitPolicy::default(),
             duration: None,
             report: ReportFormat::default(),
             output: None,
@@ -140,11 +144,8 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         &selection,
         &target.describe(),
     )?);
-    if !plan.unprobeable.is_empty() {
-        eprintln!(
-            "flowtap: warning: not tracing {} (uprobes refuse a first instruction with a LOCK prefix)",
-            plan.unprobeable.join(", ")
-        );
+    for note in plan.notes() {
+        eprintln!("flowtap: note: {note}");
     }
     let workloads: Arc<dyn Workloads> = match cluster {
         Some(cluster) => Arc::new(PodWorkloads::new(cluster, target.pid())),
@@ -207,6 +208,7 @@ fn selection(config: &RunConfig) -> anyhow::Result<Selection> {
         symbols,
         texts,
         defaulted,
+        exit_probes: config.exit_probes.clone(),
     })
 }
 
@@ -376,13 +378,13 @@ fn serve(
     let listener = attached.listener.take().context("metrics listener")?;
     let address = listener.local_addr().context("metrics address")?;
     let plan = &attached.plan;
-    eprintln!("flowtap: serving metrics on http://{address}/metrics");
-    eprintln!(
-        "flowtap: attached {} probes in {} objects of {}; Ctrl-C to stop",
+    status(format_args!("serving metrics on http://{address}/metrics"));
+    status(format_args!(
+        "attached {} probes in {} objects of {}; Ctrl-C to stop",
         plan.probes.len(),
         plan.objects.len(),
         target.describe()
-    );
+    ));
     if let Some(ready) = ready {
         signal_ready(ready, address, plan);
     }
@@ -470,9 +472,13 @@ fn write_report(file: Option<File>, config: &RunConfig, report: &Report) -> anyh
     match (file, &config.output) {
         (Some(mut file), Some(path)) => {
             report.write(&mut file, config.report)?;
-            eprintln!("flowtap: report written to {}", path.display());
+            status(format_args!("report written to {}", path.display()));
         }
-        _ => report.write(&mut std::io::stdout().lock(), config.report)?,
+        // The launched command owns standard output; the report goes where strace's would.
+        _ if matches!(config.target, Some(TargetSpec::Launch(_))) => {
+            report.write(&mut std::io::stderr().lock(), config.report)?
+        }
+        _ => print(|out| report.write(out, config.report))?,
     }
     Ok(())
 }

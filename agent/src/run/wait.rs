@@ -70,7 +70,7 @@ async fn run_child(
         tokio::select! {
             code = &mut exited => {
                 let code = code.context("waiting for the command")?.context("waiting for the command")?;
-                eprintln!("flowtap: command exited with code {code}");
+                crate::console::status(format_args!("command exited with code {code}"));
                 return Ok(code);
             }
             // The command shares our terminal and gets Ctrl-C too; pass on other stops.
@@ -80,7 +80,9 @@ async fn run_child(
                 interrupt.set(interrupted());
             }
             _ = &mut deadline => {
-                eprintln!("flowtap: duration reached; command {pid} keeps running untraced");
+                crate::console::status(format_args!(
+                    "duration reached; command {pid} keeps running untraced"
+                ));
                 return Ok(0);
             }
         }

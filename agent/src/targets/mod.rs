@@ -55,6 +55,8 @@ pub(crate) struct Target {
     pub objects: Vec<ElfObject>,
     /// Whether the processes the target forks are traced too (always, for a binary).
     children: bool,
+    /// Mapped files that could not be read as ELF objects, and why.
+    pub skipped: Vec<SymbolError>,
 }
 
 #[derive(Debug)]
@@ -86,14 +88,34 @@ impl Target {
     fn process(pid: u32) -> Result<Self, TargetError> {
         let pid = NonZeroU32::new(pid).ok_or(TargetError::NoSuchProcess { pid })?;
         process::check_traceable(pid.get())?;
-        let objects = process::mapped_objects(pid.get())?
+        let mut skipped = Vec::new();
+        let paths = process::mapped_objects(pid.get())?;
+        let mut progress = crate::console::Progress::new();
+        let mut functions = 0;
+        let objects = paths
             .iter()
-            .filter_map(|path| ElfObject::read(path).ok())
+            .enumerate()
+            .filter_map(|(index, path)| {
+                let object = ElfObject::read(path)
+                    .map_err(|error| skipped.push(error))
+                    .ok()?;
+                functions += object.functions.len();
+                progress.show(
+                    functions,
+                    format_args!(
+                        "reading symbols: {}/{} objects, {functions} functions",
+                        index + 1,
+                        paths.len()
+                    ),
+                );
+                Some(object)
+            })
             .collect();
         Ok(Self {
             kind: TargetKind::Process { pid },
             objects,
             children: false,
+            skipped,
         })
     }
 
@@ -122,6 +144,7 @@ impl Target {
                 objects
             },
             children: true,
+            skipped: Vec::new(),
         })
     }
 
@@ -136,6 +159,7 @@ impl Target {
             kind: TargetKind::Launch { child, program },
             objects,
             children: true,
+            skipped: Vec::new(),
         })
     }
 
