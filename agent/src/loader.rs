@@ -17,7 +17,7 @@ use aya::{
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Config, MAX_PROBES, ProbeSpec, TraceContext,
+    AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_TRACED, ProbeSpec, TraceContext,
     abi::{self, maps, programs},
 };
 
@@ -306,7 +306,7 @@ impl Probes {
         let mut traced: HashMap<_, u32, u8> =
             HashMap::try_from(self.kernel_map_mut(maps::TRACED)).map_err(map_error)?;
         for &pid in pids {
-            traced.insert(&pid, &1, 0).map_err(map_error)?;
+            traced.insert(&pid, &PROCESS_TRACED, 0).map_err(map_error)?;
             // A process that exited after /proc was read had its exit cleanup run before this
             // insert: take it out again, or it would stay forever.
             if crate::targets::process::check_traceable(pid).is_err() {
@@ -330,7 +330,15 @@ impl Probes {
 
     /// Processes enrolled in the kernel's TRACED set (binary mode).
     pub(crate) fn traced_processes(&self) -> Result<u64, MapError> {
-        self.count_entries::<u32, u8>(maps::TRACED)
+        let map: HashMap<_, u32, u8> = HashMap::try_from(self.kernel_map(maps::TRACED))?;
+        Ok(map
+            .iter()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .is_ok_and(|(_, state)| *state == PROCESS_TRACED)
+            })
+            .count() as u64)
     }
 
     /// Entries of the kernel maps that grow with the target's threads, processes and labels.
@@ -386,7 +394,8 @@ fn load_object(plan: &Plan, target: &Target, options: &LoadOptions) -> Result<Eb
         by_cgroup: u8::from(options.by_cgroup),
         new_task_pid_offset,
         new_task_flags_offset,
-        _pad: [0; 2],
+        enrol_any: u8::from(target.enrols_any_process()),
+        _pad: 0,
         sample_threshold: Config::sample_threshold(options.sample_rate),
     };
     let map_size = (plan.probes.len() as u32).clamp(1, MAX_PROBES);

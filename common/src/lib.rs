@@ -16,6 +16,11 @@ pub const MAX_PROBES: u32 = 1 << 16;
 
 /// Thread-group ids that may be counted when [`Config::filter_by_tgid`] is set.
 pub const MAX_TRACED_PROCESSES: u32 = 16_384;
+/// A `TRACED` value: the process is counted.
+pub const PROCESS_TRACED: u8 = 1;
+/// A `TRACED` value: the process was traced and has exec'd; it is counted again only if the
+/// new image is the traced program (its entry probe), and is not counted meanwhile.
+pub const PROCESS_EXECED: u8 = 2;
 
 /// Integer values a probe captures at entry: arguments, or fields behind pointer arguments.
 pub const CAPTURES: usize = 4;
@@ -469,7 +474,10 @@ pub struct Config {
     /// [`abi::NEW_TASK_TRACEPOINT`] (its format file says; records change between kernels).
     pub new_task_pid_offset: u16,
     pub new_task_flags_offset: u16,
-    pub _pad: [u8; 2],
+    /// Any process that starts the traced program is enrolled at its entry point (binary
+    /// mode); otherwise only one already traced before it exec'd (launch and PID modes).
+    pub enrol_any: u8,
+    pub _pad: u8,
     /// A new trace is sampled when a random u32 is below this: 0 emits no spans at all,
     /// `u32::MAX` all of them (see [`Config::sample_threshold`]).
     pub sample_threshold: u32,

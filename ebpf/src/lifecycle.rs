@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use flowtap_common::{
-    Loss, STACK_TRACED,
+    Loss, PROCESS_EXECED, PROCESS_TRACED, STACK_TRACED,
     abi::{programs, same},
 };
 
@@ -22,12 +22,16 @@ const _: () = assert!(same(programs::THREAD_EXIT, "thread_exit"));
 const _: () = assert!(same(programs::PROCESS_EXEC, "process_exec"));
 const _: () = assert!(same(programs::PROCESS_FORK, "process_fork"));
 
-/// Attached to the traced binary's entry point: a process that starts running it is counted
-/// from its first call into any probed library.
+/// Attached to the traced program's entry point: a process that starts running it is counted
+/// from its first call into any probed library; in launch and PID modes, only one that was
+/// traced before it exec'd (another process may run the same program).
 #[uprobe]
 pub(crate) fn enrol_process(_ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = TRACED.insert(&tgid, &1, 0);
+    // SAFETY: a lookup whose value is only tested for presence.
+    if config().enrol_any != 0 || unsafe { TRACED.get(&tgid) }.is_some() {
+        let _ = TRACED.insert(&tgid, &PROCESS_TRACED, 0);
+    }
     0
 }
 
@@ -37,8 +41,8 @@ pub(crate) fn enrol_process(_ctx: ProbeContext) -> u32 {
 #[tracepoint]
 pub(crate) fn process_fork(ctx: TracePointContext) -> u32 {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: a lookup whose value is only tested for presence.
-    if unsafe { TRACED.get(&parent) }.is_none() {
+    // SAFETY: a lookup in a map of plain values.
+    if unsafe { TRACED.get(&parent) } != Some(&PROCESS_TRACED) {
         return 0;
     }
     let config = config();
@@ -52,7 +56,7 @@ pub(crate) fn process_fork(ctx: TracePointContext) -> u32 {
     let (Ok(flags), Ok(child)) = (flags, child) else {
         return 0;
     };
-    if flags & CLONE_THREAD == 0 && TRACED.insert(&child, &1, 0).is_err() {
+    if flags & CLONE_THREAD == 0 && TRACED.insert(&child, &PROCESS_TRACED, 0).is_err() {
         count_loss(Loss::TracedMapFull);
     }
     0
@@ -77,12 +81,19 @@ pub(crate) fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
 }
 
 /// After exec the process runs another binary: the old one's calls are over, and it is enrolled
-/// again only if the new binary is traced (its entry probe fires after this).
+/// again only if the new binary is traced (its entry probe fires after this). In launch and PID
+/// modes it stays known as exec'd, the entry probe's only way to tell it from strangers.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub(crate) fn process_exec(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     close_all();
-    let _ = TRACED.remove(&((pid_tgid >> 32) as u32));
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: a lookup whose value is only tested for presence.
+    if config().enrol_any != 0 || unsafe { TRACED.get(&tgid) }.is_none() {
+        let _ = TRACED.remove(&tgid);
+    } else {
+        let _ = TRACED.insert(&tgid, &PROCESS_EXECED, 0);
+    }
     0
 }
 

@@ -23,7 +23,8 @@ static CONFIG: Config = Config {
     by_cgroup: 0,
     new_task_pid_offset: 0,
     new_task_flags_offset: 0,
-    _pad: [0; 2],
+    enrol_any: 0,
+    _pad: 0,
     sample_threshold: 0,
 };
 

@@ -9,8 +9,8 @@ use aya_ebpf::{
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use flowtap_common::{
-    FRAME_RETURN_PROBE, FRAME_SAMPLED, Frame, Loss, MAX_DEPTH, SPAN_FAILED, SPAN_UNWOUND,
-    STACK_COUNTED, STACK_TRACED, ShadowStack, SpanEvent, text_key,
+    FRAME_RETURN_PROBE, FRAME_SAMPLED, Frame, Loss, MAX_DEPTH, PROCESS_TRACED, SPAN_FAILED,
+    SPAN_UNWOUND, STACK_COUNTED, STACK_TRACED, ShadowStack, SpanEvent, text_key,
 };
 
 use crate::{
@@ -43,7 +43,7 @@ pub(crate) fn current_thread(create: bool) -> Thread {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a lookup in a map of plain values.
-    if filter && unsafe { TRACED.get(&tgid) }.is_none() {
+    if filter && unsafe { TRACED.get(&tgid) }.is_none_or(|state| *state != PROCESS_TRACED) {
         return Thread::Untraced;
     }
     match current(create) {

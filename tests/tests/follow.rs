@@ -101,6 +101,39 @@ fn children_that_exec_another_program_are_not_traced() {
     assert_eq!(fk_calls(&traced.report), 100, "only the parent's calls");
 }
 
+#[test]
+fn other_processes_running_the_launched_program_are_not_counted() {
+    let dir = scratch_dir("follow-launch-stranger");
+    let demo = forkdemo_copy(&dir);
+    let report = dir.join("report.json");
+    // The launched command inherits the agent's stdin: it waits until that closes.
+    let mut flowtap = Running::start(
+        flowtap()
+            .args(["run", "--report", "json", "--output"])
+            .arg(&report)
+            .args(SELECT)
+            .arg("--")
+            .arg(&demo)
+            .args(args(true))
+            .arg("--wait-start")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    // Started after the probes are in place: it runs through the program's entry probe.
+    let stranger = Command::new(&demo).args(args(true)).output().unwrap();
+    made(&String::from_utf8_lossy(&stranger.stdout));
+    drop(flowtap.child.stdin.take());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut flowtap.child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let (code, stderr) = flowtap.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        fk_calls(&report),
+        made(&stdout),
+        "the stranger's calls counted"
+    );
+}
+
 /// The fixture held until its stdin closes, once it is running.
 fn spawn_held_forkdemo(demo: &Path, exec: bool) -> Child {
     let child = Command::new(demo)

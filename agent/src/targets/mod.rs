@@ -203,6 +203,18 @@ impl Target {
         }
     }
 
+    /// Whether every process that starts the program is enrolled (binary mode), not only one
+    /// traced before it exec'd.
+    pub(crate) fn enrols_any_process(&self) -> bool {
+        matches!(
+            self.kind,
+            TargetKind::Binary {
+                is_library: false,
+                ..
+            }
+        )
+    }
+
     /// The program traced, when there is one (a library target has none).
     pub(crate) fn executable(&self) -> Option<PathBuf> {
         match &self.kind {
