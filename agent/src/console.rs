@@ -26,6 +26,22 @@ pub(crate) fn status(message: impl std::fmt::Display) {
     }
 }
 
+/// The error and its causes, `: `-separated, leaving out a cause whose text the message
+/// already shows (many messages place it before their advice).
+pub(crate) fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let more = error.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = error.source();
+    }
+    text
+}
+
 /// Standard output's reader went away: the command ends quietly, as `head` expects.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PrintError {

@@ -197,8 +197,9 @@ impl Probes {
         target: &Target,
         options: &LoadOptions,
     ) -> Result<Self, LoadError> {
+        let fork_fields = fork_fields(target);
         let mut probes = Self {
-            ebpf: load_object(plan, target, options)?,
+            ebpf: load_object(plan, target, options, fork_fields)?,
             floor: None,
             _kernel_log: None,
             verifier_log: options.verifier_log.clone(),
@@ -209,7 +210,7 @@ impl Probes {
             probes._kernel_log = Some(crate::kernel_log::forward(&mut probes.ebpf)?);
         }
         probes.write_specs(plan)?;
-        probes.attach_lifecycle(target.filters_by_process())?;
+        probes.attach_lifecycle(fork_fields.is_some())?;
         // Enrolled before its probes go live: it counts from the moment they do.
         if target.filters_by_process()
             && let Some(pid) = target.pid()
@@ -383,12 +384,13 @@ impl Probes {
 }
 
 /// Loads the production object with its configuration and map sizes (programs not yet).
-fn load_object(plan: &Plan, target: &Target, options: &LoadOptions) -> Result<Ebpf, LoadError> {
-    let (new_task_pid_offset, new_task_flags_offset) = if target.filters_by_process() {
-        new_task_offsets()?
-    } else {
-        (0, 0)
-    };
+fn load_object(
+    plan: &Plan,
+    target: &Target,
+    options: &LoadOptions,
+    fork_fields: Option<(u16, u16)>,
+) -> Result<Ebpf, LoadError> {
+    let (new_task_pid_offset, new_task_flags_offset) = fork_fields.unwrap_or((0, 0));
     let config = Config {
         filter_by_tgid: u8::from(target.filters_by_process()),
         by_cgroup: u8::from(options.by_cgroup),
@@ -416,6 +418,24 @@ fn load_object(plan: &Plan, target: &Target, options: &LoadOptions) -> Result<Eb
         .map_max_entries(maps::SPECS, map_size)
         .load(KERNEL_PROGRAMS)
         .map_err(LoadError::Load)
+}
+
+/// Where the new-task tracepoint's record keeps the child's id and clone flags, when processes
+/// are followed. Without tracefs (hosts and containers often do not mount it) a run still goes
+/// on, said once: children are then traced only when they exec a target program (and, with
+/// `--exe`, when the periodic scan finds them).
+fn fork_fields(target: &Target) -> Option<(u16, u16)> {
+    if !target.filters_by_process() {
+        return None;
+    }
+    new_task_offsets()
+        .inspect_err(|error| {
+            eprintln!(
+                "flowtap: warning: forked children are followed only when they exec the target: {}",
+                crate::console::one_line(error)
+            );
+        })
+        .ok()
 }
 
 /// Where the new task's id and clone flags lie in the new-task tracepoint's record, from its

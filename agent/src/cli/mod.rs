@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use args::{Cli, Command};
 
-use crate::console::PrintError;
+use crate::console::{PrintError, one_line};
 
 /// Runs flowtap with the process's arguments; returns the process exit code.
 pub fn main() -> i32 {
@@ -44,22 +44,6 @@ pub fn main() -> i32 {
             2
         }
     }
-}
-
-/// The error and its causes, `: `-separated, leaving out a cause whose text the message
-/// already shows (many messages place it before their advice).
-fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        let more = error.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = error.source();
-    }
-    text
 }
 
 fn execute(cli: Cli) -> anyhow::Result<i32> {
