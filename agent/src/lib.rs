@@ -6,9 +6,11 @@
 pub mod cli;
 mod export;
 mod host;
+mod invoker;
 mod kernel_counters;
 mod kubernetes;
 mod loader;
+mod output_file;
 mod plan;
 mod profile;
 mod profile_metrics;

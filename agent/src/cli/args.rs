@@ -162,6 +162,10 @@ pub(crate) struct RunArgs {
     /// Attach programs that do nothing: the kernel's own cost, for `cargo xtask bench`.
     #[arg(long, hide = true)]
     empty_programs: bool,
+    /// Under sudo, launch the command as root rather than as the user who ran sudo
+    /// (`SUDO_UID`/`SUDO_GID`).
+    #[arg(long)]
+    as_root: bool,
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -235,7 +239,10 @@ impl RunArgs {
         let target = match (self.pid, self.exe, self.command.is_empty()) {
             (Some(pid), None, true) => Some(TargetSpec::Pid(pid)),
             (None, Some(exe), true) => Some(TargetSpec::Binary(exe)),
-            (None, None, false) => Some(TargetSpec::Launch(self.command)),
+            (None, None, false) => Some(TargetSpec::Launch {
+                command: self.command,
+                as_root: self.as_root,
+            }),
             // clap's conflicts leave only "no target at all" here, which `run` reports.
             _ => None,
         };

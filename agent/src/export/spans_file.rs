@@ -1,7 +1,7 @@
 //! `--spans-out FILE`: spans as OTLP JSON, one `ExportTraceServiceRequest` per line, for when
 //! there is no collector.
 
-use std::{fs::File, io::Write, path::Path};
+use std::{fs::File, io::Write};
 
 use opentelemetry_proto::{
     tonic::collector::trace::v1::ExportTraceServiceRequest,
@@ -17,10 +17,11 @@ pub(crate) struct SpansFile {
 }
 
 impl SpansFile {
-    pub(crate) fn create(path: &Path) -> std::io::Result<Self> {
-        Ok(Self {
-            file: std::io::BufWriter::new(File::create(path)?),
-        })
+    /// Spans into `file`, opened and emptied by the run.
+    pub(crate) fn new(file: File) -> Self {
+        Self {
+            file: std::io::BufWriter::new(file),
+        }
     }
 
     /// Writes the spans of one process as one line.

@@ -28,6 +28,7 @@ use crate::{
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
     loader::Probes,
+    output_file::{self, OutputFile},
     plan::{Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
@@ -105,7 +106,8 @@ struct Prepared {
     target: Target,
     plan: Arc<Plan>,
     workloads: Arc<dyn Workloads>,
-    report_file: Option<File>,
+    report_file: Option<OutputFile>,
+    spans_file: Option<OutputFile>,
     listener: TcpListener,
 }
 
@@ -113,15 +115,23 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     let (spec, cluster) = target_spec(config)?;
     let selection = selection(config)?;
     host::check_privileges()?;
-    // Fail now, not after a long run, if the report cannot be written.
-    let report_file = config
-        .output
-        .as_deref()
-        .map(|path| {
-            File::create(path)
-                .with_context(|| format!("cannot write the report to {}", path.display()))
-        })
-        .transpose()?;
+    // Fail now, not after a long run, if an output cannot be written; empty none yet.
+    let outputs = [
+        ("--output", &config.output),
+        ("--spans-out", &config.spans_out),
+    ];
+    let named: Vec<_> = outputs
+        .iter()
+        .filter_map(|(flag, path)| Some((*flag, path.as_deref()?)))
+        .collect();
+    output_file::check_distinct(&named)?;
+    let open = |path: &Option<PathBuf>, what| {
+        path.as_deref()
+            .map(|path| OutputFile::open(path, what))
+            .transpose()
+    };
+    let report_file = open(&config.output, "the report")?;
+    let spans_file = open(&config.spans_out, "spans")?;
     let listener = prometheus::bind(config.metrics_addr)?;
     // Launch mode forks here, so this comes before any thread is started.
     let target = Target::resolve(&spec)?;
@@ -145,6 +155,7 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         plan,
         workloads,
         report_file,
+        spans_file,
         listener,
     })
 }
@@ -216,14 +227,17 @@ struct Attached {
     report_file: Option<File>,
 }
 
-fn attach(config: &RunConfig, prepared: Prepared) -> anyhow::Result<(Attached, Target)> {
+fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attached, Target)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let (otlp, spans_file) = span_outputs(config, &runtime)?;
-    let spans_wanted = otlp.is_some() || spans_file.is_some();
+    let otlp = otlp_exporter(config, &runtime)?;
+    let spans_wanted = otlp.is_some() || prepared.spans_file.is_some();
     let mut probes = load(config, &prepared, spans_wanted)?;
+    // The run has started: only now are the outputs emptied.
+    let spans_file = start(prepared.spans_file.take())?.map(SpansFile::new);
+    let report_file = start(prepared.report_file.take())?;
     let counts = Arc::new(SpanCounts::default());
     let otlp = otlp.map(|exporter| (exporter, SpanQueue::new(counts.clone())));
     let sinks = SpanSinks {
@@ -242,8 +256,8 @@ fn attach(config: &RunConfig, prepared: Prepared) -> anyhow::Result<(Attached, T
         target,
         plan,
         workloads,
-        report_file,
         listener,
+        ..
     } = prepared;
     let attached = Attached {
         runtime,
@@ -331,25 +345,25 @@ fn metrics_exporter(
     ))
 }
 
-/// The OTLP exporter, when a collector is configured, and the spans file, when asked for.
-fn span_outputs(
-    config: &RunConfig,
-    runtime: &Runtime,
-) -> anyhow::Result<(Option<SpanExporter>, Option<SpansFile>)> {
+/// The OTLP exporter, when a collector is configured.
+fn otlp_exporter(config: &RunConfig, runtime: &Runtime) -> anyhow::Result<Option<SpanExporter>> {
     let endpoint = config.otlp_endpoint.as_deref();
     // The gRPC exporter needs the event loop to exist when it is built.
-    let otlp = otlp::endpoint_configured(endpoint)
+    Ok(otlp::endpoint_configured(endpoint)
         .then(|| runtime.block_on(async { otlp::exporter(endpoint, config.otlp_protocol) }))
-        .transpose()?;
-    let spans_file = config
-        .spans_out
-        .as_deref()
-        .map(|path| {
-            SpansFile::create(path)
-                .with_context(|| format!("cannot write spans to {}", path.display()))
+        .transpose()?)
+}
+
+/// An output emptied for the run that now starts.
+fn start(output: Option<OutputFile>) -> anyhow::Result<Option<File>> {
+    output
+        .map(|output| {
+            let path = output.path().to_path_buf();
+            output
+                .start()
+                .with_context(|| format!("cannot write {}", path.display()))
         })
-        .transpose()?;
-    Ok((otlp, spans_file))
+        .transpose()
 }
 
 /// How long the end of a run waits for queued spans to reach the collector.

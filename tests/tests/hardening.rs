@@ -1,0 +1,293 @@
+//! flowtap runs as root or with capabilities: files other users control do not steer it, its
+//! outputs are not a way to overwrite files, and what it launches gets none of its privileges.
+
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+    process::Command,
+};
+
+use flowtap_tests::*;
+
+const NOBODY: u32 = 65534;
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+}
+
+/// A directory anyone may write to, as `/tmp` or a shared project directory.
+fn shared_dir(test: &str) -> std::path::PathBuf {
+    let dir = scratch_dir(test);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+#[test]
+fn a_config_file_planted_by_another_user_is_ignored() {
+    let dir = shared_dir("planted-config");
+    let victim = dir.join("root-only");
+    std::fs::write(&victim, "root's data").unwrap();
+    let marker = dir.join("ran");
+    let config = dir.join("flowtap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "output = \"{}\"\ncommand = [\"/bin/sh\", \"-c\", \"touch {}\"]\n",
+            victim.display(),
+            marker.display()
+        ),
+    )
+    .unwrap();
+    chown(&config, NOBODY);
+    let output = flowtap()
+        .current_dir(&dir)
+        .args(["run", "--symbols", "libc.so.6:getpid"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ignoring ./flowtap.toml: it is owned by uid 65534"),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "the planted command ran");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's data");
+
+    // Owned by root but writable by others: the same.
+    chown(&config, 0);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let output = flowtap()
+        .current_dir(&dir)
+        .args(["run", "--symbols", "libc.so.6:getpid", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("writable by group or others (mode 666)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's data");
+}
+
+#[test]
+fn a_command_from_a_config_file_is_shown_before_it_runs() {
+    let dir = scratch_dir("config-command");
+    let config = dir.join("flowtap.toml");
+    std::fs::write(
+        &config,
+        "symbols = [\"libc.so.6:getpid\"]\ncommand = [\"/bin/true\", \"--from-config\"]\n",
+    )
+    .unwrap();
+    let output = flowtap().current_dir(&dir).arg("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("launching the command of flowtap.toml: /bin/true --from-config"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_refused_run_leaves_an_existing_output_as_it_was() {
+    let dir = scratch_dir("refused-output");
+    let report = dir.join("report.json");
+    let spans = dir.join("spans.jsonl");
+    std::fs::write(&report, "yesterday's report").unwrap();
+    let (code, _, stderr) = run_flowtap(&[
+        "run",
+        "--pid",
+        "999999999",
+        "--output",
+        report.to_str().unwrap(),
+        "--spans-out",
+        spans.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap(),
+        "yesterday's report"
+    );
+    assert!(!spans.exists(), "a refused run left a spans file behind");
+
+    // A run that starts writes the report, and a new file is private.
+    let fresh = dir.join("fresh.json");
+    let (code, _, stderr) = run_flowtap(&[
+        "run",
+        "--symbols",
+        "libc.so.6:getpid",
+        "--output",
+        fresh.to_str().unwrap(),
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(fresh.metadata().unwrap().mode() & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(&fresh)
+            .unwrap()
+            .starts_with("FUNCTION")
+    );
+}
+
+#[test]
+fn an_output_through_another_users_symlink_is_refused() {
+    let dir = shared_dir("output-symlink");
+    let victim = dir.join("root-only");
+    std::fs::write(&victim, "root's data").unwrap();
+    let link = dir.join("report.txt");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    chown(&link, NOBODY);
+    let (code, _, stderr) = run_flowtap(&[
+        "run",
+        "--symbols",
+        "libc.so.6:getpid",
+        "--output",
+        link.to_str().unwrap(),
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("is a symbolic link owned by uid 65534"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's data");
+}
+
+#[test]
+fn two_outputs_naming_the_same_file_are_refused() {
+    let dir = scratch_dir("same-output");
+    let path = dir.join("out");
+    let (code, _, stderr) = run_flowtap(&[
+        "run",
+        "--output",
+        path.to_str().unwrap(),
+        "--spans-out",
+        &format!("{}/./out", dir.display()),
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--output and --spans-out name the same file"),
+        "{stderr}"
+    );
+}
+
+/// The `Uid:` and `Cap*:` lines of a launched shell's own status; `flags` for `run`.
+fn launched_status(flowtap: &mut Command, flags: &[&str]) -> String {
+    let output = flowtap
+        .args(["run", "--symbols", "libc.so.6:getpid"])
+        .args(flags)
+        .arg("--")
+        .args(["/bin/sh", "-c", "grep -E '^(Uid|Cap)' /proc/$$/status"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .trim()
+}
+
+#[test]
+fn under_sudo_the_command_runs_as_the_user_without_capabilities() {
+    let status = launched_status(
+        flowtap()
+            .env("SUDO_UID", NOBODY.to_string())
+            .env("SUDO_GID", NOBODY.to_string()),
+        &[],
+    );
+    assert_eq!(status_field(&status, "Uid:"), "65534\t65534\t65534\t65534");
+    for key in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:", "CapBnd:"] {
+        assert_eq!(
+            status_field(&status, key),
+            "0000000000000000",
+            "{key} {status}"
+        );
+    }
+    // --as-root keeps root.
+    let status = launched_status(
+        flowtap()
+            .env("SUDO_UID", NOBODY.to_string())
+            .env("SUDO_GID", NOBODY.to_string()),
+        &["--as-root"],
+    );
+    assert!(status_field(&status, "Uid:").starts_with("0\t"), "{status}");
+}
+
+/// flowtap as user nobody holding exactly the four capabilities, as ambient ones (what a file
+/// attribute gives, and what a launched command could otherwise inherit).
+fn flowtap_as_user_with_capabilities() -> Command {
+    let flowtap = flowtap();
+    let caps = "+bpf,+perfmon,+sys_ptrace,+dac_read_search";
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+        ])
+        .arg(flowtap.get_program())
+        .envs(flowtap.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir("/");
+    command
+}
+
+#[test]
+fn a_user_with_capabilities_passes_none_on_and_reaches_only_their_own() {
+    let status = launched_status(&mut flowtap_as_user_with_capabilities(), &[]);
+    for key in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(
+            status_field(&status, key),
+            "0000000000000000",
+            "{key} {status}"
+        );
+    }
+
+    // A root process: the user could not ptrace it.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let output = flowtap_as_user_with_capabilities()
+        .args(["run", "--duration", "1", "--pid", &sleeper.id().to_string()])
+        .output()
+        .unwrap();
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("belongs to another user"), "{stderr}");
+
+    // A root-only file is not read, so its contents cannot show in an error.
+    let dir = scratch_dir("secret-config");
+    let secret = dir.join("secret.toml");
+    std::fs::write(&secret, "password = \"hunter2\"\n").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for flag in ["--config", "--profile"] {
+        let output = flowtap_as_user_with_capabilities()
+            .args(["run", flag, secret.to_str().unwrap(), "--", "/bin/true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("permission denied"), "{flag}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{flag}: {stderr}");
+    }
+
+    // --exe would trace every user's processes.
+    let output = flowtap_as_user_with_capabilities()
+        .args(["run", "--exe", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs root"));
+}
