@@ -291,3 +291,96 @@ fn a_user_with_capabilities_passes_none_on_and_reaches_only_their_own() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("needs root"));
 }
+
+/// Raises this process's descriptor limit so that a test can hold `wanted` connections.
+fn allow_descriptors(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0);
+    limit.rlim_cur = limit.rlim_max.min(wanted.max(limit.rlim_cur));
+    // SAFETY: valid in-pointer; a soft limit within the hard one.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    assert_eq!(set, 0);
+}
+
+#[test]
+fn idle_and_trickling_clients_do_not_keep_a_scrape_out() {
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+        time::{Duration, Instant},
+    };
+    allow_descriptors(4096);
+    let running = Running::start(flowtap().args([
+        "run",
+        "--symbols",
+        "libc.so.6:getpid",
+        "--duration",
+        "60",
+        "--",
+        "sleep",
+        "60",
+    ]));
+    let host = running
+        .metrics_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // A client sending its request one byte a second is closed within the header timeout.
+    let trickler = {
+        let host = host.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut stream = TcpStream::connect(&host).unwrap();
+            for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n" {
+                if stream.write_all(&[*byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                let mut probe = [0u8; 1];
+                stream.set_nonblocking(true).unwrap();
+                let closed = stream.read(&mut probe).is_ok();
+                stream.set_nonblocking(false).unwrap();
+                if closed {
+                    break;
+                }
+            }
+            started.elapsed()
+        })
+    };
+
+    let held = trickler.join().unwrap();
+    assert!(
+        held > Duration::from_secs(3) && held < Duration::from_secs(10),
+        "a trickling client held on for {held:?} (the header timeout is 5 s)"
+    );
+
+    // 1,100 connections that never send anything.
+    let idle: Vec<TcpStream> = (0..1100)
+        .map(|_| TcpStream::connect(&host).unwrap())
+        .collect();
+    let started = Instant::now();
+    let body = running.scrape();
+    let took = started.elapsed();
+    assert!(body.contains("flowtap_probes_attached 1"), "{body}");
+    assert!(took < Duration::from_secs(5), "a scrape took {took:?}");
+    let body = running.scrape();
+    let evicted = sample(
+        &body,
+        "flowtap_metrics_clients_turned_away_total",
+        &["reason=\"evicted\""],
+    );
+    assert!(evicted >= 1100.0 - 256.0, "{evicted} evicted\n{body}");
+    drop(idle);
+    running.interrupt();
+    let (code, stderr) = running.finish();
+    // The command's own code: `sleep` got the interrupt too.
+    assert_eq!(code, 130, "{stderr}");
+}

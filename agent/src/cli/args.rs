@@ -162,6 +162,10 @@ pub(crate) struct RunArgs {
     /// Attach programs that do nothing: the kernel's own cost, for `cargo xtask bench`.
     #[arg(long, hide = true)]
     empty_programs: bool,
+    /// Per-function series on /metrics; beyond it, the functions with the least total time fold
+    /// into one `function="other"` series (counted in flowtap_function_series_folded).
+    #[arg(long, value_name = "N", default_value_t = crate::export::prometheus::DEFAULT_MAX_FUNCTION_SERIES)]
+    max_function_series: usize,
     /// Under sudo, launch the command as root rather than as the user who ran sudo
     /// (`SUDO_UID`/`SUDO_GID`).
     #[arg(long)]
@@ -261,6 +265,7 @@ impl RunArgs {
             spans_out: self.spans_out,
             ready: self.ready_fd.map(ready_file).transpose()?,
             empty_programs: self.empty_programs,
+            max_function_series: self.max_function_series,
             kubernetes: KubernetesConfig {
                 namespace: self.kubernetes.namespace,
                 selector: self.kubernetes.selector,

@@ -1,5 +1,6 @@
 //! Where measurements leave the agent.
 
+pub(crate) mod metrics_server;
 pub(crate) mod otlp;
 pub(crate) mod prometheus;
 pub(crate) mod spans_file;

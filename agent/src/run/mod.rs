@@ -20,6 +20,7 @@ use tokio::runtime::Runtime;
 
 use crate::{
     export::{
+        metrics_server::MetricsServer,
         otlp::{self, OtlpProtocol, SpanCounts, SpanQueue},
         prometheus::{self, Exporter},
         spans_file::SpansFile,
@@ -68,6 +69,8 @@ pub(crate) struct RunConfig {
     /// Attach programs that do nothing (the kernel's own cost, for benchmarks).
     pub(crate) empty_programs: bool,
     pub(crate) kubernetes: KubernetesConfig,
+    /// Per-function series on `/metrics` beyond which the rest fold into `other`.
+    pub(crate) max_function_series: usize,
 }
 
 impl Default for RunConfig {
@@ -88,6 +91,7 @@ impl Default for RunConfig {
             ready: None,
             empty_programs: false,
             kubernetes: KubernetesConfig::default(),
+            max_function_series: prometheus::DEFAULT_MAX_FUNCTION_SERIES,
         }
     }
 }
@@ -333,16 +337,19 @@ fn metrics_exporter(
         .service_name
         .clone()
         .unwrap_or_else(|| target.default_service_name());
-    Arc::new(Exporter::new(
-        probes.clone(),
-        prepared.plan.clone(),
-        labels.clone(),
-        service,
-        // Processes traced when it is not the kernel's TRACED set that says (PID, launch).
-        (!target.filters_by_process()).then_some(1),
-        span_counts,
-        prepared.workloads.clone(),
-    ))
+    Arc::new(
+        Exporter::new(
+            probes.clone(),
+            prepared.plan.clone(),
+            labels.clone(),
+            service,
+            // Processes traced when it is not the kernel's TRACED set that says (PID, launch).
+            (!target.filters_by_process()).then_some(1),
+            span_counts,
+            prepared.workloads.clone(),
+        )
+        .with_max_function_series(config.max_function_series),
+    )
 }
 
 /// The OTLP exporter, when a collector is configured.
@@ -397,16 +404,14 @@ fn serve(
         metrics,
         ..
     } = attached;
+    // Its own thread: a large or slow scrape must not hold up the span reader.
+    let server = MetricsServer::start(metrics.clone(), listener).context("serving metrics")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let export = otlp
             .take()
             .map(|(exporter, queue)| tokio::spawn(queue.run(exporter, stopped, SPAN_FLUSH_LIMIT)));
         let exit_code = tokio::select! {
-            result = metrics.clone().serve(listener) => {
-                result.context("serving metrics")?;
-                unreachable!("the metrics server runs until stopped")
-            }
             result = pump_spans(pump.as_mut(), plan) => {
                 result.context("writing spans")?;
                 unreachable!("the span pump runs until stopped")
@@ -421,7 +426,9 @@ fn serve(
             export.await.context("exporting spans")?;
         }
         anyhow::Ok(exit_code)
-    })
+    });
+    server.stop();
+    result
 }
 
 /// The line `--ready-fd` promises scripts, in a format kept stable for them.
