@@ -10,6 +10,7 @@ mod invoker;
 mod kernel_counters;
 mod kubernetes;
 mod loader;
+mod mapped_file;
 mod output_file;
 mod plan;
 mod profile;

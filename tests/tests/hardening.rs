@@ -384,3 +384,95 @@ fn idle_and_trickling_clients_do_not_keep_a_scrape_out() {
     // The command's own code: `sleep` got the interrupt too.
     assert_eq!(code, 130, "{stderr}");
 }
+
+/// Runs flowtap with `args`, killed if it takes more than 20 s (a FIFO read would hang).
+fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = flowtap()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn fifos_devices_and_odd_paths_are_refused_without_reading() {
+    let dir = scratch_dir("odd-paths");
+    let fifo = dir.join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let looped = dir.join("loop");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    let dir_text = dir.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["run", "--exe", fifo], "is a FIFO, not a regular file"),
+        (
+            &["run", "--exe", "/dev/zero"],
+            "is a device, not a regular file",
+        ),
+        (&["symbols", "--exe", "/dev/zero"], "is a device, not a regular file"),
+        (&["run", "--", fifo], "is a FIFO, not a program"),
+        (&["run", "--", dir_text], "is a directory, not a program"),
+        (
+            &["run", "--", looped.to_str().unwrap()],
+            "is a loop of symbolic links",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, stderr) = run_bounded(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_huge_sparse_library_costs_only_its_tables() {
+    let dir = scratch_dir("sparse-library");
+    let library = dir.join("libsparse.so");
+    std::fs::copy(library_path(), &library).unwrap();
+    // 6 GB, nearly all of it a hole after the real library.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&library)
+        .unwrap()
+        .set_len(6 << 30)
+        .unwrap();
+    let output = flowtap()
+        .args(["symbols", "--exe", library.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("wf_workflow_run"));
+    let mut usage: libc::rusage = unsafe_zeroed_rusage();
+    // SAFETY: valid out-pointer.
+    let got = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(got, 0);
+    // ru_maxrss is in KiB; the largest child of this test process so far.
+    let peak_mib = usage.ru_maxrss / 1024;
+    assert!(peak_mib < 200, "peak RSS {peak_mib} MiB");
+}
+
+fn unsafe_zeroed_rusage() -> libc::rusage {
+    // SAFETY: rusage is plain integers, for which all zeroes is valid.
+    unsafe { std::mem::zeroed() }
+}

@@ -223,13 +223,7 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
 pub(crate) fn find_command(command: &OsString) -> Result<PathBuf, TargetError> {
     let as_path = Path::new(command);
     if command.as_bytes().contains(&b'/') {
-        return if as_path.is_file() {
-            Ok(as_path.to_path_buf())
-        } else {
-            Err(TargetError::PathNotFound {
-                path: as_path.to_path_buf(),
-            })
-        };
+        return check_command_path(as_path).map(|()| as_path.to_path_buf());
     }
     let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path_var)
@@ -238,6 +232,29 @@ pub(crate) fn find_command(command: &OsString) -> Result<PathBuf, TargetError> {
         .ok_or_else(|| TargetError::CommandNotFound {
             command: command.to_string_lossy().into_owned(),
         })
+}
+
+/// A command given as a path: a regular file, or what is wrong with it, told apart.
+fn check_command_path(path: &Path) -> Result<(), TargetError> {
+    let bad = |what: String| TargetError::BadCommand {
+        reason: format!("{} {what}", path.display()),
+    };
+    match path.metadata() {
+        Ok(metadata) => match crate::mapped_file::not_regular(metadata.file_type()) {
+            None => Ok(()),
+            Some(kind) => Err(bad(format!("is {kind}, not a program"))),
+        },
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Err(TargetError::PathNotFound {
+            path: path.to_path_buf(),
+        }),
+        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+            Err(bad("is a loop of symbolic links".into()))
+        }
+        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => Err(bad(
+            "cannot be reached: permission denied on a directory of its path".into(),
+        )),
+        Err(error) => Err(bad(format!("cannot be inspected: {error}"))),
+    }
 }
 
 /// Waits for the child and returns its exit code (128 + signal when killed, as shells do).
