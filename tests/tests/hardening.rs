@@ -429,7 +429,10 @@ fn fifos_devices_and_odd_paths_are_refused_without_reading() {
             &["run", "--exe", "/dev/zero"],
             "is a device, not a regular file",
         ),
-        (&["symbols", "--exe", "/dev/zero"], "is a device, not a regular file"),
+        (
+            &["symbols", "--exe", "/dev/zero"],
+            "is a device, not a regular file",
+        ),
         (&["run", "--", fifo], "is a FIFO, not a program"),
         (&["run", "--", dir_text], "is a directory, not a program"),
         (
@@ -475,4 +478,224 @@ fn a_huge_sparse_library_costs_only_its_tables() {
 fn unsafe_zeroed_rusage() -> libc::rusage {
     // SAFETY: rusage is plain integers, for which all zeroes is valid.
     unsafe { std::mem::zeroed() }
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate it signed, in `dir`.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &key[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=flowtap test CA",
+            ],
+        ]
+        .concat(),
+    );
+    for (name, extension) in [
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        let (key_file, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            &[
+                &["req"],
+                &key[..],
+                &[
+                    "-keyout",
+                    &key_file,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join(format!("{name}.ext")), extension).unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+}
+
+/// The receiver's TLS settings: its certificate, and client certificates of the test CA required.
+fn receiver_tls(dir: &Path) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+#[test]
+fn spans_reach_an_https_collector_with_its_own_ca_and_a_client_certificate() {
+    let dir = scratch_dir("otlp-https");
+    make_certificates(&dir);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let receiver = flowtap_tests::otlp::HttpReceiver::start_tls(listener, receiver_tls(&dir));
+    let output = flowtap()
+        .args([
+            "run",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "http/protobuf",
+            "--symbols",
+            "wf_workflow_run",
+            "--",
+        ])
+        .arg(demo_path())
+        .args(["--runs", "7"])
+        .env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", dir.join("ca.pem"))
+        .env(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            dir.join("client.pem"),
+        )
+        .env("OTEL_EXPORTER_OTLP_CLIENT_KEY", dir.join("client.key"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(receiver.spans().len(), 7, "{output:?}");
+
+    // Without the client certificate the collector refuses, and flowtap says so.
+    let output = flowtap()
+        .args([
+            "run",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "http/protobuf",
+            "--symbols",
+            "wf_workflow_run",
+            "--",
+        ])
+        .arg(demo_path())
+        .args(["--runs", "2"])
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(receiver.spans().len(), 7);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("OTLP export to {endpoint} failed")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "2 spans not delivered to the OTLP collector {endpoint}"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_collector_that_never_answers_is_named_and_every_span_accounted_for() {
+    let dir = scratch_dir("silent-collector");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Accepts, reads nothing, answers nothing.
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let report = dir.join("report.json");
+    let output = flowtap()
+        .args([
+            "run",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "http/protobuf",
+        ])
+        .args([
+            "--symbols",
+            "wf_workflow_run",
+            "--report",
+            "json",
+            "--output",
+        ])
+        .arg(&report)
+        .arg("--")
+        .arg(demo_path())
+        .args(["--runs", "3"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "3 spans not delivered to the OTLP collector {endpoint}"
+        )),
+        "{stderr}"
+    );
+    let spans = &read_report(&report)["spans"];
+    let count = |key: &str| spans[key].as_u64().unwrap();
+    assert_eq!(count("received"), 3, "{spans}");
+    assert_eq!(
+        count("exported") + count("dropped"),
+        count("received"),
+        "{spans}"
+    );
 }

@@ -243,7 +243,12 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let spans_file = start(prepared.spans_file.take())?.map(SpansFile::new);
     let report_file = start(prepared.report_file.take())?;
     let counts = Arc::new(SpanCounts::default());
-    let otlp = otlp.map(|exporter| (exporter, SpanQueue::new(counts.clone())));
+    let otlp = otlp.map(|exporter| {
+        (
+            exporter,
+            SpanQueue::new(counts.clone(), config.otlp_endpoint.as_deref()),
+        )
+    });
     let sinks = SpanSinks {
         queue: otlp.as_ref().map(|(_, queue)| queue.clone()),
         file: spans_file,
