@@ -36,6 +36,8 @@ pub(crate) struct SpanSummary {
     pub exported: u64,
     pub dropped: u64,
     pub export_errors: u64,
+    /// Not written to the `--spans-out` file after a write error.
+    pub file_dropped: u64,
     #[serde(skip)]
     pub slowest_trace: Option<Vec<TreeSpan>>,
 }
@@ -47,6 +49,7 @@ impl SpanSummary {
             exported: SpanCounts::get(&counts.exported),
             dropped: SpanCounts::get(&counts.dropped),
             export_errors: SpanCounts::get(&counts.export_errors),
+            file_dropped: SpanCounts::get(&counts.file_dropped),
             slowest_trace,
         }
     }
@@ -173,6 +176,13 @@ fn write_spans(out: &mut dyn Write, spans: &SpanSummary) -> std::io::Result<()> 
         "\nspans: {} received, {} exported, {} dropped, {} export errors",
         spans.received, spans.exported, spans.dropped, spans.export_errors
     )?;
+    if spans.file_dropped > 0 {
+        writeln!(
+            out,
+            "spans not written to the spans file after a write error: {}",
+            spans.file_dropped
+        )?;
+    }
     let Some(trace) = &spans.slowest_trace else {
         return Ok(());
     };

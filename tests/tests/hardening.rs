@@ -699,3 +699,37 @@ fn a_collector_that_never_answers_is_named_and_every_span_accounted_for() {
         "{spans}"
     );
 }
+
+#[test]
+fn a_full_disk_under_the_spans_file_costs_spans_not_the_run() {
+    let dir = scratch_dir("full-disk");
+    let report = dir.join("report.json");
+    let output = flowtap()
+        .args([
+            "run",
+            "--spans-out",
+            "/dev/full",
+            "--report",
+            "json",
+            "--output",
+        ])
+        .arg(&report)
+        .arg("--")
+        .arg(demo_path())
+        .args(["--runs", "20"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("cannot write spans to /dev/full").count(),
+        1,
+        "{stderr}"
+    );
+    let report = read_report(&report);
+    let expected = demo_counts(&String::from_utf8(output.stdout).unwrap());
+    assert_same_counts(&expected, &report_counts(&report), "disk full");
+    let spans = &report["spans"];
+    assert!(spans["received"].as_u64().unwrap() > 0, "{spans}");
+    assert_eq!(spans["file_dropped"], spans["received"], "{spans}");
+}

@@ -57,6 +57,8 @@ pub(crate) struct SpanCounts {
     pub exported: AtomicU64,
     pub dropped: AtomicU64,
     pub export_errors: AtomicU64,
+    /// Not written to the `--spans-out` file after a write error.
+    pub file_dropped: AtomicU64,
 }
 
 impl SpanCounts {

@@ -329,6 +329,11 @@ impl Exporter {
                 "Failed OTLP export attempts (each retried).",
                 &counts.export_errors,
             ),
+            (
+                "flowtap_spans_file_dropped_total",
+                "Spans not written to the --spans-out file after a write error.",
+                &counts.file_dropped,
+            ),
         ]
         .into_iter()
         .map(|(name, help, counter)| {

@@ -240,7 +240,9 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let spans_wanted = otlp.is_some() || prepared.spans_file.is_some();
     let mut probes = load(config, &prepared, spans_wanted)?;
     // The run has started: only now are the outputs emptied.
-    let spans_file = start(prepared.spans_file.take())?.map(SpansFile::new);
+    let spans_path = config.spans_out.clone().unwrap_or_default();
+    let spans_file =
+        start(prepared.spans_file.take())?.map(|file| SpansFile::new(file, spans_path));
     let report_file = start(prepared.report_file.take())?;
     let counts = Arc::new(SpanCounts::default());
     let otlp = otlp.map(|exporter| {
