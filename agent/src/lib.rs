@@ -3,6 +3,16 @@
 //! kernel_counters → profile_metrics → export and report; `run` drives the stages through its
 //! phases, `cli` turns the command line into a run, `workloads` adds where processes run.
 
+/// `eprintln!` that never panics: a closed stderr (`2>&1 | head`) must not crash a run that
+/// is tracing a production process. Defined before the modules, it shadows the standard macro
+/// in all of them.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 mod export;
 mod host;

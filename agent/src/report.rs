@@ -210,7 +210,7 @@ fn write_tree(
         out,
         "{:indent$}{}  {}",
         "",
-        span.name,
+        printable(&span.name),
         human_duration(span.end_ns.saturating_sub(span.start_ns)),
         indent = depth * 2
     )?;
@@ -231,7 +231,7 @@ fn write_declared(out: &mut dyn Write, declared: &ProfileMetrics) -> std::io::Re
         let labels: Vec<String> = counter
             .labels
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{k}={}", printable(v)))
             .collect();
         writeln!(
             out,
@@ -244,14 +244,32 @@ fn write_declared(out: &mut dyn Write, declared: &ProfileMetrics) -> std::io::Re
     Ok(())
 }
 
+/// Text from the target (names, captured strings) as a terminal shows it safely: control
+/// characters (ANSI escapes, CR, LF) escaped, so none can forge report lines or drive the
+/// terminal.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> {
     let rows: Vec<[String; 9]> = snapshot
         .functions
         .iter()
         .map(|s| {
             [
-                s.function.clone(),
-                s.object.clone(),
+                printable(&s.function),
+                printable(&s.object),
                 s.calls.to_string(),
                 s.errors.to_string(),
                 human_duration(s.mean_ns()),
@@ -326,6 +344,23 @@ pub(crate) fn human_duration(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_from_the_target_cannot_forge_lines_or_drive_the_terminal() {
+        let mut stats = crate::kernel_counters::FunctionStats::from_durations(&[1000]);
+        stats.function = "evil\x1b[2J\r\nFAKE  0  0".into();
+        let snapshot = Snapshot {
+            functions: vec![stats],
+            aggregates: Vec::new(),
+            losses: Vec::new(),
+        };
+        let mut out = Vec::new();
+        write_table(&mut out, &snapshot).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text}");
+        assert!(!text.lines().any(|line| line.starts_with("FAKE")), "{text}");
+        assert!(text.contains("evil\\u{1b}[2J\\r\\nFAKE"), "{text}");
+    }
 
     #[test]
     fn durations_read_naturally() {

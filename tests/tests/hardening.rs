@@ -733,3 +733,82 @@ fn a_full_disk_under_the_spans_file_costs_spans_not_the_run() {
     assert!(spans["received"].as_u64().unwrap() > 0, "{spans}");
     assert_eq!(spans["file_dropped"], spans["received"], "{spans}");
 }
+
+fn terminate(running: &Running) {
+    // SAFETY: signalling a child we own and have not reaped.
+    unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
+}
+
+#[test]
+fn sigterm_reaches_the_command_and_a_second_one_ends_flowtap_with_its_report() {
+    let dir = scratch_dir("sigterm");
+    // Exits 7 on SIGTERM; SIGINT would end it with 130.
+    let running = Running::start(
+        flowtap()
+            .args(["run", "--symbols", "libc.so.6:getpid", "--"])
+            .args([
+                "/bin/sh",
+                "-c",
+                "trap 'exit 7' TERM; while :; do sleep 0.1; done",
+            ]),
+    );
+    // Time for the shell to set its trap.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    terminate(&running);
+    let (code, stderr) = running.finish();
+    assert_eq!(code, 7, "{stderr}");
+
+    // A command that ignores SIGTERM: the second one stops flowtap, report written.
+    let report = dir.join("report.json");
+    let pid_file = dir.join("pid");
+    let running = Running::start(
+        flowtap()
+            .args([
+                "run",
+                "--symbols",
+                "libc.so.6:getpid",
+                "--report",
+                "json",
+                "--output",
+            ])
+            .arg(&report)
+            .args(["--", "/bin/sh", "-c"])
+            .arg(format!(
+                "echo $$ > {}; trap '' TERM; exec sleep 30",
+                pid_file.display()
+            )),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    terminate(&running);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    terminate(&running);
+    // The command keeps running untraced (and holds flowtap's stderr): end it here.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: killing the command this test launched.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let (code, stderr) = running.finish();
+    assert_eq!(code, 128 + libc::SIGTERM, "{stderr}");
+    assert!(stderr.contains("stopping on a second signal"), "{stderr}");
+    assert!(read_report(&report)["functions"].is_array());
+    let _ = Command::new("pkill")
+        .args(["-f", "trap '' TERM; sleep 30"])
+        .status();
+}
+
+#[test]
+fn a_closed_stderr_never_panics() {
+    let mut child = flowtap()
+        .args(["run", "--pid", "999999999"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before flowtap writes its error.
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{status:?}");
+}

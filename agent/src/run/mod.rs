@@ -400,6 +400,10 @@ fn serve(
         plan.objects.len(),
         target.describe()
     );
+    let mut signals = {
+        let _context = attached.runtime.enter();
+        wait::StopSignals::listen().context("listening for SIGINT and SIGTERM")?
+    };
     if let Some(ready) = ready {
         signal_ready(ready, address, plan);
     }
@@ -423,7 +427,7 @@ fn serve(
                 result.context("writing spans")?;
                 unreachable!("the span pump runs until stopped")
             }
-            result = wait::until_done(target, config.duration, probes) => result?,
+            result = wait::until_done(target, config.duration, probes, &mut signals) => result?,
         };
         if let Some(pump) = pump {
             pump.pump(plan).context("writing spans")?;
