@@ -132,6 +132,21 @@ fn untrusted(owner: u32, mode: u32) -> Option<String> {
     })
 }
 
+/// The arguments a config file's `text` stands for (options, then `--` and the command), or
+/// the one-line message refusing it: the reader without the file system, for the fuzzer.
+pub(super) fn text_to_args(text: &str, cli: &Command) -> Result<Vec<OsString>, String> {
+    let run = cli
+        .find_subcommand("run")
+        .expect("flowtap has a run subcommand");
+    let (mut options, command) =
+        to_args(text, "fuzz.toml", &UserArgs::default(), run).map_err(|error| error.to_string())?;
+    if let Some(command) = command {
+        options.push("--".into());
+        options.extend(command);
+    }
+    Ok(options)
+}
+
 /// What the user's own arguments (after `run`) set.
 #[derive(Debug, Default)]
 struct UserArgs {

@@ -9,6 +9,12 @@ use clap::{CommandFactory, Parser};
 
 use args::{Cli, Command};
 
+/// The `run` arguments a `flowtap.toml` text stands for, or the message refusing it (what the
+/// config fuzz target drives).
+pub fn config_file_args(text: &str) -> Result<Vec<std::ffi::OsString>, String> {
+    config::text_to_args(text, &Cli::command())
+}
+
 /// Runs flowtap with the process's arguments; returns the process exit code.
 pub fn main() -> i32 {
     // The config file becomes arguments before the user's own (issue 5).
@@ -57,6 +63,15 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_reader_the_fuzzer_drives_answers_in_one_line() {
+        let args = config_file_args("report = \"json\"\ncommand = [\"./app\", 4]\n").unwrap();
+        assert_eq!(args, ["--report", "json", "--", "./app", "4"]);
+        let huge = format!("report = \"{}\n\"", "x\\n".repeat(10_000));
+        let error = config_file_args(&huge).unwrap_err();
+        assert!(!error.contains('\n'), "{error}");
+    }
 
     #[test]
     fn a_cause_the_message_shows_is_not_repeated() {
