@@ -812,3 +812,38 @@ fn a_closed_stderr_never_panics() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(2), "{status:?}");
 }
+
+#[test]
+fn a_thread_id_given_as_pid_names_its_process() {
+    // A second thread of this test process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() }).unwrap();
+        let _ = done_rx.recv();
+    });
+    let tid = rx.recv().unwrap();
+    let (code, _, stderr) = run_flowtap(&["run", "--pid", &tid.to_string()]);
+    done_tx.send(()).unwrap();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{tid} is a thread of process {}: give the process ID, --pid {}",
+            std::process::id(),
+            std::process::id()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn argument_errors_are_one_line_with_the_prefix() {
+    let (code, _, stderr) = run_flowtap(&["run", "--bogus"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("flowtap: error: unexpected argument '--bogus'"),
+        "{stderr}"
+    );
+}

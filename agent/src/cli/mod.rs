@@ -25,7 +25,15 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    match execute(Cli::parse_from(argv)) {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            eprintln!("flowtap: error: {}", clap_one_line(&error.to_string()));
+            return 2;
+        }
+    };
+    match execute(cli) {
         Ok(code) => code,
         Err(error) => {
             // One line: what went wrong and, from the error itself, what to do.
@@ -33,6 +41,22 @@ pub fn main() -> i32 {
             2
         }
     }
+}
+
+/// clap's message (error line, tip, usage) as the one line the README promises: the error,
+/// its tip in parentheses, and where to look.
+fn clap_one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let notes =
+        lines.take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"));
+    for note in notes {
+        let note = note.strip_prefix("tip: ").unwrap_or(note);
+        line.push_str(&format!(" ({})", note.trim_matches(['[', ']'])));
+    }
+    line.push_str("; see --help");
+    line
 }
 
 /// The error and its causes, `: `-separated, leaving out a cause whose text the message
@@ -63,6 +87,20 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argument_errors_are_one_line() {
+        let error = Cli::try_parse_from(["flowtap", "run", "--bogus"]).unwrap_err();
+        assert_eq!(
+            clap_one_line(&error.to_string()),
+            "unexpected argument '--bogus' found (to pass '--bogus' as a value, use '-- --bogus'); see --help"
+        );
+        let error = Cli::try_parse_from(["flowtap", "run", "--report", "xml"]).unwrap_err();
+        assert_eq!(
+            clap_one_line(&error.to_string()),
+            "invalid value 'xml' for '--report <REPORT>' (possible values: table, json); see --help"
+        );
+    }
 
     #[test]
     fn the_config_reader_the_fuzzer_drives_answers_in_one_line() {

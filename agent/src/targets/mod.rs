@@ -22,6 +22,8 @@ use process::FileId;
 pub(crate) enum TargetError {
     #[error("no process with PID {pid}: check it with `ps -p {pid}` or find one with `pgrep`")]
     NoSuchProcess { pid: u32 },
+    #[error("{pid} is a thread of process {process}: give the process ID, --pid {process}")]
+    Thread { pid: u32, process: u32 },
     #[error("process {pid} has already exited (zombie): nothing left to trace")]
     Zombie { pid: u32 },
     #[error("PID {pid} is a kernel thread: flowtap traces user-space programs only")]
