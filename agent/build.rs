@@ -5,6 +5,7 @@ use aya_build::{Package, Toolchain};
 const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 
 fn main() -> anyhow::Result<()> {
+    git_commit();
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -27,4 +28,24 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::Custom(EBPF_TOOLCHAIN),
     )
+}
+
+/// `flowtap --version` names the commit it was built from, when built from a git checkout.
+fn git_commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo::rustc-env=FLOWTAP_GIT_COMMIT={commit}");
+    // A commit or checkout in this work tree moves HEAD and appends to its log.
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        for file in ["HEAD", "logs/HEAD"] {
+            println!("cargo::rerun-if-changed={dir}/{file}");
+        }
+    }
 }

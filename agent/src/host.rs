@@ -82,6 +82,16 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     found >= (major, minor)
 }
 
+/// One line for `flowtap --version`: the kernel and which of its features flowtap found.
+pub(crate) fn features_line() -> String {
+    let features: Vec<String> = findings()
+        .iter()
+        .filter(|finding| finding.what != "privileges")
+        .map(|finding| format!("{} {}", finding.what, if finding.ok { "yes" } else { "no" }))
+        .collect();
+    format!("kernel {}: {}", kernel_release(), features.join(", "))
+}
+
 pub(crate) fn findings() -> Vec<Finding> {
     let privileges = check_privileges();
     let pmu = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type");

@@ -1,11 +1,11 @@
 //! Reading the kernel's exact per-probe counters and histograms, summed over CPUs, into
 //! per-function statistics with percentiles.
 
-use aya::maps::{HashMap, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use std::collections::BTreeMap;
 
 use flowtap_common::{
-    AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, StatsKey, histogram,
+    AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, StatsKey, abi::maps, histogram,
 };
 
 use crate::{loader::Probes, plan::Plan, workloads::Workloads};
@@ -17,7 +17,18 @@ pub(crate) struct FunctionStats {
     pub cgroup: u64,
     pub function: String,
     pub object: String,
+    /// Calls that ended: returned (timed), unwound, or counted untimed (nested too deep).
     pub calls: u64,
+    /// Calls that ended without returning (longjmp, exception, thread exit): not timed.
+    pub unwound: u64,
+    /// Calls counted at entry but not timed, with a loss reason (nested too deep to store).
+    pub untimed: u64,
+    pub entered: u64,
+    /// Calls entered and not ended yet.
+    pub in_flight: u64,
+    /// Returns of calls entered before the probes were attached: not in `entered` or `calls`.
+    pub unentered_returns: u64,
+    /// Of the returned calls, those the profile's error rule says failed.
     pub errors: u64,
     pub total_ns: u64,
     pub max_ns: u64,
@@ -39,6 +50,11 @@ impl FunctionStats {
             function: "f".into(),
             object: "o".into(),
             calls: durations.len() as u64,
+            unwound: 0,
+            untimed: 0,
+            entered: durations.len() as u64,
+            in_flight: 0,
+            unentered_returns: 0,
             errors: 0,
             total_ns: durations.iter().sum(),
             max_ns: durations.iter().copied().max().unwrap_or(0),
@@ -49,6 +65,11 @@ impl FunctionStats {
     /// Adds another function's calls, as one histogram of both.
     pub(crate) fn merge(&mut self, other: &FunctionStats) {
         self.calls += other.calls;
+        self.unwound += other.unwound;
+        self.untimed += other.untimed;
+        self.entered += other.entered;
+        self.in_flight = self.in_flight.wrapping_add(other.in_flight);
+        self.unentered_returns += other.unentered_returns;
         self.errors += other.errors;
         self.total_ns += other.total_ns;
         self.max_ns = self.max_ns.max(other.max_ns);
@@ -57,8 +78,14 @@ impl FunctionStats {
         }
     }
 
+    /// Calls that returned: the histogram's count.
+    pub(crate) fn returned(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Mean of the returned calls' durations.
     pub(crate) fn mean_ns(&self) -> u64 {
-        self.total_ns.checked_div(self.calls).unwrap_or(0)
+        self.total_ns.checked_div(self.returned()).unwrap_or(0)
     }
 
     /// The `q` quantile (0..=1), interpolated inside its bucket and capped by the true maximum.
@@ -104,39 +131,29 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     pub(crate) fn read(probes: &Probes, plan: &Plan) -> Result<Self, MapError> {
-        let stats: PerCpuHashMap<_, StatsKey, ProbeStats> =
-            PerCpuHashMap::try_from(probes.kernel_map("STATS"))?;
         let mut functions = Vec::new();
-        for entry in stats.iter() {
-            let (key, per_cpu) = entry?;
-            let Some(probe) = plan.probes.get(key.probe_id as usize) else {
-                continue;
-            };
-            let mut function = FunctionStats {
-                probe_id: key.probe_id,
-                cgroup: key.cgroup,
-                function: probe.function.clone(),
-                object: plan.objects[probe.object].name.clone(),
-                calls: 0,
-                errors: 0,
-                total_ns: 0,
-                max_ns: 0,
-                buckets: vec![0; histogram::BUCKETS],
-            };
-            for cpu in per_cpu.iter() {
-                function.calls += cpu.calls;
-                function.errors += cpu.errors;
-                function.total_ns += cpu.total_ns;
-                function.max_ns = function.max_ns.max(cpu.max_ns);
-                for (sum, count) in function.buckets.iter_mut().zip(cpu.buckets) {
-                    *sum += count;
-                }
+        if probes.by_cgroup {
+            let stats: PerCpuHashMap<_, StatsKey, ProbeStats> =
+                PerCpuHashMap::try_from(probes.kernel_map(maps::STATS))?;
+            for entry in stats.iter() {
+                let (key, per_cpu) = entry?;
+                functions.extend(function_stats(plan, key, &per_cpu));
             }
-            functions.push(function);
+        } else {
+            let stats: PerCpuArray<_, ProbeStats> =
+                PerCpuArray::try_from(probes.kernel_map(maps::PROBE_STATS))?;
+            for probe in &plan.probes {
+                let key = StatsKey {
+                    probe_id: probe.id,
+                    _pad: 0,
+                    cgroup: 0,
+                };
+                functions.extend(function_stats(plan, key, &stats.get(&probe.id, 0)?));
+            }
         }
         sort_by_time(&mut functions);
 
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(probes.kernel_map("LOSSES"))?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(probes.kernel_map(maps::LOSSES))?;
         let losses = Loss::ALL
             .iter()
             .map(|&loss| Ok((loss, counters.get(&(loss as u32), 0)?.iter().sum())))
@@ -186,6 +203,56 @@ impl Snapshot {
     pub(crate) fn lost_events(&self) -> u64 {
         self.losses.iter().map(|(_, count)| count).sum()
     }
+
+    /// Calls entered and not ended when tracing stopped, by function.
+    pub(crate) fn in_progress(&self) -> Vec<(String, u64)> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for function in self.functions.iter().filter(|f| f.in_flight > 0) {
+            *counts.entry(function.function.clone()).or_default() += function.in_flight;
+        }
+        counts.into_iter().collect()
+    }
+}
+
+/// The stats of one probe (and cgroup), summed over CPUs; `None` when it was never called.
+fn function_stats(
+    plan: &Plan,
+    key: StatsKey,
+    per_cpu: &PerCpuValues<ProbeStats>,
+) -> Option<FunctionStats> {
+    let probe = plan.probes.get(key.probe_id as usize)?;
+    let mut function = FunctionStats {
+        probe_id: key.probe_id,
+        cgroup: key.cgroup,
+        function: probe.function.clone(),
+        object: plan.objects[probe.object].name.clone(),
+        calls: 0,
+        unwound: 0,
+        untimed: 0,
+        entered: 0,
+        in_flight: 0,
+        unentered_returns: 0,
+        errors: 0,
+        total_ns: 0,
+        max_ns: 0,
+        buckets: vec![0; histogram::BUCKETS],
+    };
+    for cpu in per_cpu.iter() {
+        function.entered += cpu.entered;
+        function.unwound += cpu.unwound;
+        function.untimed += cpu.untimed;
+        // Pushed on one CPU, closed on another: only the sum is meaningful.
+        function.in_flight = function.in_flight.wrapping_add(cpu.in_flight);
+        function.unentered_returns += cpu.unentered_returns;
+        function.errors += cpu.errors;
+        function.total_ns += cpu.total_ns;
+        function.max_ns = function.max_ns.max(cpu.max_ns);
+        for (sum, count) in function.buckets.iter_mut().zip(cpu.buckets) {
+            *sum += count;
+        }
+    }
+    function.calls = function.returned() + function.unwound + function.untimed;
+    (function.entered > 0 || function.unentered_returns > 0).then_some(function)
 }
 
 /// Most total time first.
@@ -199,7 +266,7 @@ fn sort_by_time(functions: &mut [FunctionStats]) {
 
 fn read_aggregates(probes: &Probes) -> Result<Vec<AggregateRow>, MapError> {
     let map: HashMap<_, AggregateKey, AggregateValue> =
-        HashMap::try_from(probes.kernel_map("AGGREGATES"))?;
+        HashMap::try_from(probes.kernel_map(maps::AGGREGATES))?;
     map.iter()
         .map(|entry| {
             let (key, value) = entry?;

@@ -13,11 +13,24 @@ macro_rules! eprintln {
     }};
 }
 
+/// `eprint!` likewise (progress lines).
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
+mod console;
 mod export;
 mod host;
+mod instructions;
 mod invoker;
 mod kernel_counters;
+mod kernel_log;
+#[cfg(test)]
+mod kernel_tests;
 mod kubernetes;
 mod loader;
 mod mapped_file;

@@ -1,11 +1,15 @@
 //! Loading flowtap's kernel programs and attaching them to the planned functions: one entry and
-//! one exit program for every function, the attach cookie carrying the probe id.
+//! one exit program for every function, the attach cookie carrying the probe id. Exits are
+//! attached before entries, so that no entry runs without its exit in place.
 
-use std::num::NonZeroU32;
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -13,52 +17,117 @@ use aya::{
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Config, MAX_PROBES, ProbeSpec, ShadowStack, TraceContext,
+    AggregateKey, AggregateValue, Config, MAX_PROBES, ProbeSpec, TraceContext,
+    abi::{self, maps, programs},
 };
 
-use crate::{plan::Plan, targets::Target};
+use crate::{
+    plan::{ExitPoints, Plan, PlannedProbe},
+    targets::Target,
+};
 
-static KERNEL_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtap"));
+/// The production programs.
+pub(crate) static KERNEL_PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtap"));
+
+/// Programs that do nothing, the benchmark's kernel floor (a separate object).
+pub(crate) static EMPTY_PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtap-empty"));
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoadError {
-    #[error(
-        "the kernel refused flowtap's eBPF programs: {} (run `flowtap check`)",
-        first_line(.0)
-    )]
-    Load(#[from] aya::EbpfError),
-    #[error(
-        "the kernel refused the {program} program: {} (run `flowtap check`; verifier log in {VERIFIER_LOG})",
-        first_line(error)
-    )]
+    #[error("the kernel refused flowtap's eBPF programs (run `flowtap check`)")]
+    Load(#[source] aya::EbpfError),
+    #[error("the kernel refused the {program} program ({log})")]
     Program {
         program: &'static str,
-        error: ProgramError,
+        log: VerifierLog,
+        #[source]
+        cause: Refusal,
     },
-    #[error("cannot attach probes to {object}: {}", first_line(error))]
-    Attach { object: String, error: ProgramError },
+    #[error("cannot attach probes to {object}")]
+    Attach {
+        object: String,
+        #[source]
+        cause: Refusal,
+    },
     #[error(
-        "kernel type information (BTF) is unavailable: {0}; flowtap needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+        "kernel type information (BTF) is unavailable; flowtap needs a kernel built with CONFIG_DEBUG_INFO_BTF"
     )]
-    Btf(#[from] aya::BtfError),
-    #[error("kernel map {name}: {source}")]
+    Btf(#[source] aya::BtfError),
+    #[error("kernel map {name}")]
     Map {
         name: &'static str,
+        #[source]
         source: MapError,
     },
+    #[error("cannot read the kernel's diagnostics (--kernel-log)")]
+    KernelLog(#[source] aya_log::Error),
+    #[error("cannot start reading the kernel's diagnostics (--kernel-log)")]
+    KernelLogThread(#[source] std::io::Error),
 }
 
-const VERIFIER_LOG: &str = "/tmp/flowtap-verifier.log";
+/// What became of the verifier's log of a refused program.
+#[derive(Debug)]
+pub(crate) enum VerifierLog {
+    NotAsked,
+    Written(PathBuf),
+    /// The file exists already, is a symlink, or cannot be created.
+    NotWritten(PathBuf),
+}
 
-/// The first line of an error whose text may carry a whole verifier log (kept in a file).
-fn first_line(error: &dyn std::error::Error) -> String {
-    let text = error.to_string();
-    let _ = std::fs::write(VERIFIER_LOG, &text);
-    let line = text.lines().next().unwrap_or_default();
-    line.split(". Verifier output")
-        .next()
-        .unwrap_or(line)
-        .to_string()
+impl std::fmt::Display for VerifierLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifierLog::NotAsked => {
+                f.write_str("run `flowtap check`; for the verifier's log add --verifier-log FILE")
+            }
+            VerifierLog::Written(path) => write!(f, "verifier log in {}", path.display()),
+            VerifierLog::NotWritten(path) => write!(
+                f,
+                "verifier log not written: {} must be a new file",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// A program error shown by its first line (a verifier log can be thousands), keeping the
+/// whole error as its cause.
+#[derive(Debug)]
+pub(crate) struct Refusal(pub(crate) Box<ProgramError>);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.to_string();
+        let line = text.lines().next().unwrap_or_default();
+        f.write_str(line.split(". Verifier output").next().unwrap_or(line))
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Writes the verifier's log to `path`, a new file (never following a symlink), when asked.
+fn write_verifier_log(path: Option<&Path>, error: &ProgramError) -> VerifierLog {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let Some(path) = path else {
+        return VerifierLog::NotAsked;
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(format!("{error}\n").as_bytes()));
+    match written {
+        Ok(()) => VerifierLog::Written(path.to_path_buf()),
+        Err(_) => VerifierLog::NotWritten(path.to_path_buf()),
+    }
 }
 
 /// Kernel memory the per-CPU statistics may take; functions called beyond what fits are counted
@@ -76,44 +145,74 @@ fn stats_capacity() -> u32 {
     (STATS_MEMORY_BUDGET / per_probe).clamp(1, MAX_PROBES as usize) as u32
 }
 
+/// Kernel-side diagnostics (aya-log) to print: the most verbose level shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum KernelLogLevel {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+/// How to load: everything but the plan and the target.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LoadOptions {
+    /// Fraction of traces whose spans are emitted (0: no spans at all).
+    pub(crate) sample_rate: f64,
+    /// Keep stats per cgroup (per-pod metrics).
+    pub(crate) by_cgroup: bool,
+    /// Attach programs that do nothing (the kernel floor, for benchmarks).
+    pub(crate) empty_programs: bool,
+    /// Print the kernel programs' diagnostics at this level; off when `None`.
+    pub(crate) kernel_log: Option<KernelLogLevel>,
+    /// Write the verifier's log here when the kernel refuses a program.
+    pub(crate) verifier_log: Option<PathBuf>,
+}
+
 /// The loaded programs and their links: dropping this detaches every probe.
 pub(crate) struct Probes {
     ebpf: Ebpf,
-    pub attached: usize,
+    /// The benchmark's empty programs, attached instead of the production ones.
+    floor: Option<Ebpf>,
+    /// Forwards the programs' diagnostics (`--kernel-log`); flushes the rest when dropped.
+    _kernel_log: Option<crate::kernel_log::KernelLog>,
+    verifier_log: Option<PathBuf>,
+    /// Whether stats are kept per cgroup (the `STATS` map) or per probe (`PROBE_STATS`).
+    pub(crate) by_cgroup: bool,
+    pub(crate) attached: usize,
 }
 
 impl Probes {
-    /// Loads and attaches; `sample_rate` is the fraction of traces whose spans are emitted
-    /// (0: no spans at all). `empty_programs` attaches programs that do nothing (the kernel
-    /// floor, for benchmarks).
     pub(crate) fn load(
         plan: &Plan,
         target: &Target,
-        sample_rate: f64,
-        by_cgroup: bool,
-        empty_programs: bool,
+        options: &LoadOptions,
     ) -> Result<Self, LoadError> {
-        let config = Config {
-            filter_by_tgid: u8::from(target.filters_by_process()),
-            by_cgroup: u8::from(by_cgroup),
-            _pad: [0; 2],
-            sample_threshold: Config::sample_threshold(sample_rate),
+        let mut probes = Self {
+            ebpf: load_object(plan, target, options)?,
+            floor: None,
+            _kernel_log: None,
+            verifier_log: options.verifier_log.clone(),
+            by_cgroup: options.by_cgroup,
+            attached: 0,
         };
-        let map_size = (plan.probes.len() as u32).clamp(1, MAX_PROBES);
-        let stats_entries = if by_cgroup {
-            map_size.saturating_mul(CGROUPS_PER_PROBE)
-        } else {
-            map_size
-        };
-        let ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("STATS", stats_entries.min(stats_capacity()))
-            .map_max_entries("SPECS", map_size)
-            .load(KERNEL_PROGRAMS)?;
-        let mut probes = Self { ebpf, attached: 0 };
+        if options.kernel_log.is_some() {
+            probes._kernel_log = Some(crate::kernel_log::forward(&mut probes.ebpf)?);
+        }
         probes.write_specs(plan)?;
         probes.attach_lifecycle()?;
-        probes.attach_calls(plan, target.pid(), empty_programs)?;
+        if options.empty_programs {
+            let mut floor = EbpfLoader::new()
+                .load(EMPTY_PROGRAMS)
+                .map_err(LoadError::Load)?;
+            attach_calls(&mut floor, plan, target.pid(), Names::EMPTY, None)?;
+            probes.floor = Some(floor);
+        } else {
+            let log = probes.verifier_log.clone();
+            attach_calls(&mut probes.ebpf, plan, target.pid(), Names::CALLS, log)?;
+        }
+        probes.attached = plan.probes.len();
         if target.filters_by_process()
             && let Some(entry) = target.objects.first().and_then(|o| o.entry_offset)
         {
@@ -124,85 +223,46 @@ impl Probes {
 
     fn write_specs(&mut self, plan: &Plan) -> Result<(), LoadError> {
         let map_error = |source| LoadError::Map {
-            name: "SPECS",
+            name: maps::SPECS,
             source,
         };
         let mut specs: Array<_, ProbeSpec> =
-            Array::try_from(self.kernel_map_mut("SPECS")).map_err(map_error)?;
+            Array::try_from(self.kernel_map_mut(maps::SPECS)).map_err(map_error)?;
         for probe in &plan.probes {
-            specs.set(probe.id, &probe.spec, 0).map_err(map_error)?;
+            let spec = ProbeSpec {
+                return_probe: u8::from(probe.exit == ExitPoints::ReturnProbe),
+                ..probe.spec
+            };
+            specs.set(probe.id, &spec, 0).map_err(map_error)?;
         }
         Ok(())
     }
 
     fn attach_lifecycle(&mut self) -> Result<(), LoadError> {
-        let btf = Btf::from_sys_fs()?;
+        let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
+        let log = self.verifier_log.clone();
         for (program, tracepoint) in [
-            ("thread_exit", "sched_process_exit"),
-            ("process_exec", "sched_process_exec"),
+            (programs::THREAD_EXIT, "sched_process_exit"),
+            (programs::PROCESS_EXEC, "sched_process_exec"),
         ] {
-            let error = |error| LoadError::Program { program, error };
-            let tp: &mut BtfTracePoint = self.program_mut(program)?;
-            tp.load(tracepoint, &btf).map_err(error)?;
-            tp.attach().map_err(error)?;
+            let refused = refusal(program, log.as_deref());
+            let tp: &mut BtfTracePoint = program_mut(&mut self.ebpf, program, log.as_deref())?;
+            tp.load(tracepoint, &btf).map_err(refused)?;
+            tp.attach().map_err(refusal(program, log.as_deref()))?;
         }
         Ok(())
     }
 
-    fn attach_calls(
-        &mut self,
-        plan: &Plan,
-        pid: Option<NonZeroU32>,
-        empty_programs: bool,
-    ) -> Result<(), LoadError> {
-        let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        // One link per object with uprobe.multi (kernel >= 6.6); one perf event per function
-        // on older kernels.
-        let multi =
-            is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter).unwrap_or(false);
-        let (entry, exit) = match (multi, empty_programs) {
-            (true, false) => ("call_entry_multi", "call_exit_multi"),
-            (false, false) => ("call_entry", "call_exit"),
-            (true, true) => ("empty_entry_multi", "empty_exit_multi"),
-            (false, true) => ("empty_entry", "empty_exit"),
-        };
-        for program in [entry, exit] {
-            let uprobe: &mut UProbe = self.program_mut(program)?;
-            uprobe
-                .load()
-                .map_err(|error| LoadError::Program { program, error })?;
-            for (index, object) in plan.objects.iter().enumerate() {
-                let points = plan.probes_of(index).map(|probe| UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-                    cookie: Some(u64::from(probe.id)),
-                });
-                uprobe
-                    .attach(points, &object.path, scope)
-                    .map_err(|error| LoadError::Attach {
-                        object: object.path.display().to_string(),
-                        error,
-                    })?;
-            }
-        }
-        self.attached = plan.probes.len();
-        Ok(())
-    }
-
-    fn attach_enrolment(
-        &mut self,
-        executable: &std::path::Path,
-        entry: u64,
-    ) -> Result<(), LoadError> {
-        let program = "enrol_process";
-        let uprobe: &mut UProbe = self.program_mut(program)?;
-        uprobe
-            .load()
-            .map_err(|error| LoadError::Program { program, error })?;
+    fn attach_enrolment(&mut self, executable: &Path, entry: u64) -> Result<(), LoadError> {
+        let program = programs::ENROL;
+        let log = self.verifier_log.clone();
+        let uprobe: &mut UProbe = program_mut(&mut self.ebpf, program, log.as_deref())?;
+        uprobe.load().map_err(refusal(program, log.as_deref()))?;
         uprobe
             .attach([entry], executable, UProbeScope::AllProcesses)
             .map_err(|error| LoadError::Attach {
                 object: executable.display().to_string(),
-                error,
+                cause: Refusal(Box::new(error)),
             })?;
         Ok(())
     }
@@ -210,11 +270,11 @@ impl Probes {
     /// Counts these processes from now on (binary mode).
     pub(crate) fn enrol(&mut self, pids: &[u32]) -> Result<(), LoadError> {
         let map_error = |source| LoadError::Map {
-            name: "TRACED",
+            name: maps::TRACED,
             source,
         };
         let mut traced: HashMap<_, u32, u8> =
-            HashMap::try_from(self.kernel_map_mut("TRACED")).map_err(map_error)?;
+            HashMap::try_from(self.kernel_map_mut(maps::TRACED)).map_err(map_error)?;
         for &pid in pids {
             traced.insert(&pid, &1, 0).map_err(map_error)?;
             // A process that exited after /proc was read had its exit cleanup run before this
@@ -230,34 +290,38 @@ impl Probes {
     pub(crate) fn take_span_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self
             .ebpf
-            .take_map("SPANS")
+            .take_map(maps::SPANS)
             .expect("map SPANS is defined by flowtap-ebpf");
         RingBuf::try_from(map).map_err(|source| LoadError::Map {
-            name: "SPANS",
+            name: maps::SPANS,
             source,
         })
     }
 
     /// Processes enrolled in the kernel's TRACED set (binary mode).
     pub(crate) fn traced_processes(&self) -> Result<u64, MapError> {
-        self.count_entries::<u32, u8>("TRACED")
+        self.count_entries::<u32, u8>(maps::TRACED)
     }
 
     /// Entries of the kernel maps that grow with the target's threads, processes and labels.
     pub(crate) fn map_entries(&self) -> Result<[(&'static str, u64); 4], MapError> {
+        // Task storage cannot be listed: the programs count the stacks they create and free.
+        let stacks: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.kernel_map(maps::LIVE_STACKS))?;
+        let stacks = stacks
+            .get(&0, 0)?
+            .iter()
+            .fold(0u64, |sum, n| sum.wrapping_add(*n));
         Ok([
-            (
-                "thread_stacks",
-                self.count_entries::<u32, ShadowStack>("STACKS")?,
-            ),
+            ("thread_stacks", stacks),
             ("traced_processes", self.traced_processes()?),
             (
                 "handoffs",
-                self.count_entries::<u64, TraceContext>("HANDOFFS")?,
+                self.count_entries::<u64, TraceContext>(maps::HANDOFFS)?,
             ),
             (
                 "aggregates",
-                self.count_entries::<AggregateKey, AggregateValue>("AGGREGATES")?,
+                self.count_entries::<AggregateKey, AggregateValue>(maps::AGGREGATES)?,
             ),
         ])
     }
@@ -278,17 +342,251 @@ impl Probes {
             .map_mut(name)
             .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))
     }
+}
 
-    fn program_mut<'a, P>(&'a mut self, program: &'static str) -> Result<&'a mut P, LoadError>
-    where
-        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-    {
-        let found = self
-            .ebpf
-            .program_mut(program)
-            .unwrap_or_else(|| panic!("program {program} is defined by flowtap-ebpf"));
-        found
-            .try_into()
-            .map_err(|error| LoadError::Program { program, error })
+/// Loads the production object with its configuration and map sizes (programs not yet).
+fn load_object(plan: &Plan, target: &Target, options: &LoadOptions) -> Result<Ebpf, LoadError> {
+    let config = Config {
+        filter_by_tgid: u8::from(target.filters_by_process()),
+        by_cgroup: u8::from(options.by_cgroup),
+        _pad: [0; 2],
+        sample_threshold: Config::sample_threshold(options.sample_rate),
+    };
+    let map_size = (plan.probes.len() as u32).clamp(1, MAX_PROBES);
+    // The map not used is still created: at its smallest.
+    let (keyed, indexed) = if options.by_cgroup {
+        (map_size.saturating_mul(CGROUPS_PER_PROBE), 1)
+    } else {
+        (1, map_size)
+    };
+    let log_level = options.kernel_log.map_or(0u8, |level| level as u8);
+    EbpfLoader::new()
+        // The stacks are task storage, which aya creates but has no userspace type for.
+        .allow_unsupported_maps()
+        .override_global(abi::CONFIG, &config, true)
+        .override_global(crate::kernel_log::LEVEL_GLOBAL, &log_level, true)
+        .map_max_entries(maps::STATS, keyed.min(stats_capacity()))
+        .map_max_entries(maps::PROBE_STATS, indexed.min(stats_capacity()))
+        .map_max_entries(maps::SPECS, map_size)
+        .load(KERNEL_PROGRAMS)
+        .map_err(LoadError::Load)
+}
+
+/// The entry and exit programs to attach, in one object.
+#[derive(Clone, Copy)]
+struct Names {
+    entry: [&'static str; 2],
+    ret: [&'static str; 2],
+    ret_insn: [&'static str; 2],
+}
+
+impl Names {
+    /// `[per point, uprobe.multi]` of each.
+    const CALLS: Self = Self {
+        entry: [programs::ENTRY, programs::ENTRY_MULTI],
+        ret: [programs::RETURN, programs::RETURN_MULTI],
+        ret_insn: [programs::RET_INSN, programs::RET_INSN_MULTI],
+    };
+    const EMPTY: Self = Self {
+        entry: [programs::empty::ENTRY, programs::empty::ENTRY_MULTI],
+        ret: [programs::empty::RETURN, programs::empty::RETURN_MULTI],
+        ret_insn: [programs::empty::RET_INSN, programs::empty::RET_INSN_MULTI],
+    };
+}
+
+/// Attaches every probe's exits, then every entry.
+fn attach_calls(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    pid: Option<NonZeroU32>,
+    names: Names,
+    log: Option<PathBuf>,
+) -> Result<(), LoadError> {
+    // One link per object with uprobe.multi (kernel >= 6.6); one perf event per point on older
+    // kernels.
+    let multi = usize::from(
+        is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter).unwrap_or(false),
+    );
+    let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+    let attach = Attach {
+        plan,
+        scope,
+        log: log.as_deref(),
+    };
+    attach.points(ebpf, names.ret[multi], |probe| match &probe.exit {
+        ExitPoints::ReturnProbe => vec![probe.file_offset],
+        ExitPoints::Instructions(_) => Vec::new(),
+    })?;
+    attach.points(ebpf, names.ret_insn[multi], |probe| match &probe.exit {
+        ExitPoints::ReturnProbe => Vec::new(),
+        ExitPoints::Instructions(offsets) => offsets.clone(),
+    })?;
+    attach.points(ebpf, names.entry[multi], |probe| vec![probe.file_offset])
+}
+
+struct Attach<'a> {
+    plan: &'a Plan,
+    scope: UProbeScope,
+    log: Option<&'a Path>,
+}
+
+impl Attach<'_> {
+    /// Loads `program` and attaches it at the points `points_of` gives each probe (cookie =
+    /// probe id); a program no probe needs is not even loaded.
+    fn points(
+        &self,
+        ebpf: &mut Ebpf,
+        program: &'static str,
+        points_of: impl Fn(&PlannedProbe) -> Vec<u64>,
+    ) -> Result<(), LoadError> {
+        let per_object: Vec<(usize, Vec<UProbeAttachPoint>)> = (0..self.plan.objects.len())
+            .map(|object| {
+                let points = self
+                    .plan
+                    .probes_of(object)
+                    .flat_map(|probe| {
+                        points_of(probe)
+                            .into_iter()
+                            .map(|offset| UProbeAttachPoint {
+                                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                                cookie: Some(u64::from(probe.id)),
+                            })
+                    })
+                    .collect();
+                (object, points)
+            })
+            .filter(|(_, points): &(usize, Vec<_>)| !points.is_empty())
+            .collect();
+        if per_object.is_empty() {
+            return Ok(());
+        }
+        let uprobe: &mut UProbe = program_mut(ebpf, program, self.log)?;
+        uprobe.load().map_err(refusal(program, self.log))?;
+        let total: usize = per_object.iter().map(|(_, points)| points.len()).sum();
+        let mut progress = crate::console::Progress::new();
+        let mut done = 0;
+        for (object, points) in per_object {
+            let path = &self.plan.objects[object].path;
+            done += points.len();
+            progress.show(total, format_args!("attaching {program} {done}/{total}"));
+            uprobe
+                .attach(points, path, self.scope)
+                .map_err(|error| LoadError::Attach {
+                    object: path.display().to_string(),
+                    cause: Refusal(Box::new(error)),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The error of the kernel refusing `program`, its verifier log written where asked.
+fn refusal(program: &'static str, log: Option<&Path>) -> impl Fn(ProgramError) -> LoadError {
+    move |error| LoadError::Program {
+        program,
+        log: write_verifier_log(log, &error),
+        cause: Refusal(Box::new(error)),
+    }
+}
+
+fn program_mut<'a, P>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+    log: Option<&Path>,
+) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let found = ebpf
+        .program_mut(program)
+        .unwrap_or_else(|| panic!("program {program} is defined by flowtap-ebpf"));
+    found.try_into().map_err(refusal(program, log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::{Object, ObjectSymbol};
+
+    /// Names defined in an eBPF object: its symbols (programs, legacy maps, globals).
+    fn symbols(bytes: &[u8]) -> Vec<String> {
+        let file = object::File::parse(bytes).expect("the embedded eBPF object parses");
+        file.symbols()
+            .filter_map(|symbol| symbol.name().ok().map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn every_name_the_agent_uses_is_in_the_kernel_object() {
+        let defined = symbols(KERNEL_PROGRAMS);
+        let used = maps::ALL
+            .iter()
+            .chain(&programs::ALL)
+            .chain(&[abi::CONFIG, crate::kernel_log::LEVEL_GLOBAL]);
+        for name in used {
+            assert!(
+                defined.iter().any(|d| d == name),
+                "{name} is not defined by the kernel object"
+            );
+        }
+        let file = object::File::parse(KERNEL_PROGRAMS).unwrap();
+        assert!(
+            file.section_by_name(".maps").is_some(),
+            "the task-storage stack map is a BTF map"
+        );
+    }
+
+    #[test]
+    fn the_floor_object_has_only_empty_programs() {
+        let defined = symbols(EMPTY_PROGRAMS);
+        for name in programs::empty::ALL {
+            assert!(defined.iter().any(|d| d == name), "{name} missing");
+        }
+        let production = symbols(KERNEL_PROGRAMS);
+        for name in programs::empty::ALL {
+            assert!(
+                !production.iter().any(|d| d == name),
+                "{name} in production"
+            );
+        }
+    }
+
+    #[test]
+    fn verifier_log_is_written_only_as_a_new_file() {
+        let dir = std::env::temp_dir().join(format!("flowtap-vlog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let error = || ProgramError::NotLoaded;
+        assert!(matches!(
+            write_verifier_log(None, &error()),
+            VerifierLog::NotAsked
+        ));
+        let path = dir.join("log");
+        assert!(matches!(
+            write_verifier_log(Some(&path), &error()),
+            VerifierLog::Written(_)
+        ));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("not loaded")
+        );
+        assert!(
+            matches!(
+                write_verifier_log(Some(&path), &error()),
+                VerifierLog::NotWritten(_)
+            ),
+            "exists"
+        );
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
+        assert!(
+            matches!(
+                write_verifier_log(Some(&link), &error()),
+                VerifierLog::NotWritten(_)
+            ),
+            "symlink"
+        );
+        assert!(!dir.join("elsewhere").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

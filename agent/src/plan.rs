@@ -7,8 +7,9 @@ use flowtap_common::{MAX_PROBES, ProbeSpec};
 use glob::Pattern;
 
 use crate::{
+    instructions,
     profile::{FunctionRule, Profile},
-    symbols::ElfObject,
+    symbols::{ElfObject, Function, Refusal, SymbolError},
 };
 
 /// `GLOB` or `OBJECT:GLOB`, matched on raw and demangled names.
@@ -48,8 +49,20 @@ impl FromStr for SymbolSelector {
 impl SymbolSelector {
     fn matches(&self, object_name: &str, raw: &str, demangled: &str) -> bool {
         self.object.as_ref().is_none_or(|o| o.matches(object_name))
-            && (self.function.matches(raw) || self.function.matches(demangled))
+            && crate::symbols::matches(&self.function, raw, demangled)
     }
+}
+
+/// How a probe's returns are observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ExitPoints {
+    /// A uretprobe on the entry: it hijacks the return address, so only where nothing unwinds through it.
+    ReturnProbe,
+    /// Uprobes at these file offsets, each a return instruction of the function.
+    // Filled by the planner's decoding of return instructions (issue 12, probe points); the
+    // loader attaches by it already.
+    #[allow(dead_code)]
+    Instructions(Vec<u64>),
 }
 
 #[derive(Debug, Clone)]
@@ -58,10 +71,163 @@ pub(crate) struct PlannedProbe {
     pub function: String,
     /// Index into [`Plan::objects`].
     pub object: usize,
+    /// Where the entry probe goes (past an `endbr64`).
     pub file_offset: u64,
+    pub exit: ExitPoints,
+    /// The kernel single-steps the instruction at the entry probe.
+    pub costly_entry: bool,
     pub spec: ProbeSpec,
     /// What a profile says the function means; `None` for plain timing (`--symbols`).
     pub rule: Option<Arc<FunctionRule>>,
+}
+
+/// `--exit-probes`: how returns are observed, per object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ExitProbes {
+    /// Return-instruction probes in objects that unwind, return probes elsewhere.
+    #[default]
+    Auto,
+    /// Return probes everywhere: cheapest, but exceptions and panics through a probed
+    /// function abort the target.
+    Return,
+    /// Return-instruction probes everywhere.
+    Instructions,
+}
+
+impl FromStr for ExitProbes {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "return" => Ok(Self::Return),
+            "instructions" => Ok(Self::Instructions),
+            _ => Err(format!(
+                "`{text}` is not an exit probe mode: use auto, return or instructions"
+            )),
+        }
+    }
+}
+
+/// One `--exit-probes` value: `MODE` for every object, or `OBJECT=MODE` for the objects whose
+/// file name matches the glob (to mark, say, a C library that C++ exceptions cross).
+#[derive(Clone, Debug)]
+pub(crate) struct ExitChoice {
+    object: Option<Pattern>,
+    mode: ExitProbes,
+}
+
+impl FromStr for ExitChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (object, mode) = match text.rsplit_once('=') {
+            Some((object, mode)) => (Some(object), mode),
+            None => (None, text),
+        };
+        let object = object
+            .map(|glob| Pattern::new(glob).map_err(|error| format!("bad glob `{glob}`: {error}")))
+            .transpose()?;
+        Ok(Self {
+            object,
+            mode: mode.parse()?,
+        })
+    }
+}
+
+/// The `--exit-probes` values in order: the last one that applies to an object wins; `auto`
+/// when none does.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ExitPolicy(pub Vec<ExitChoice>);
+
+impl ExitPolicy {
+    pub(crate) fn mode_for(&self, object: &ElfObject) -> ExitProbes {
+        let name = object.file_name();
+        self.0
+            .iter()
+            .rev()
+            .find(|choice| {
+                choice
+                    .object
+                    .as_ref()
+                    .is_none_or(|glob| glob.matches(&name))
+            })
+            .map_or(ExitProbes::Auto, |choice| choice.mode)
+    }
+}
+
+impl ExitProbes {
+    /// Whether `object`'s functions get probes on their return instructions.
+    pub(crate) fn on_instructions(self, object: &ElfObject) -> bool {
+        match self {
+            Self::Auto => object.unwinds.is_some(),
+            Self::Return => false,
+            Self::Instructions => true,
+        }
+    }
+
+    /// What `flowtap symbols` says of `object`'s exits.
+    pub(crate) fn describe(self, object: &ElfObject) -> String {
+        match (self.on_instructions(object), object.unwinds, self) {
+            (true, Some(symbol), Self::Auto) => {
+                format!("exits: return instructions (it unwinds: `{symbol}`)")
+            }
+            (true, _, _) => "exits: return instructions (as --exit-probes asks)".into(),
+            (false, None, _) => "exits: return probes (nothing unwinds through it)".into(),
+            (false, Some(symbol), _) => format!(
+                "exits: return probes (as --exit-probes asks; it unwinds: `{symbol}`, exceptions through probed functions abort it)"
+            ),
+        }
+    }
+
+    /// How `function` of `object` (whose mode this is) returns are observed, or why it must
+    /// not be probed at all.
+    pub(crate) fn probe_points(
+        self,
+        object: &ElfObject,
+        function: &Function,
+    ) -> Result<Result<ExitPoints, Refusal>, SymbolError> {
+        match function.refusal {
+            Some(reason) => Ok(Err(reason)),
+            None => self.exit_points(object, function),
+        }
+    }
+
+    /// How `function` of `object` (whose mode this is) returns are observed, or why it
+    /// cannot be probed. Leaves keep return probes in `auto`: nothing can unwind through a frame
+    /// that calls nothing, and a return probe costs one trap where a `ret` costs two.
+    fn exit_points(
+        self,
+        object: &ElfObject,
+        function: &Function,
+    ) -> Result<Result<ExitPoints, Refusal>, SymbolError> {
+        if !self.on_instructions(object) {
+            return Ok(Ok(ExitPoints::ReturnProbe));
+        }
+        let mut returns = Vec::new();
+        let mut leaf = true;
+        for part in std::iter::once(function).chain(object.fragments_of(function)) {
+            let exits = match instructions::exits(&object.code(part)?) {
+                Ok(exits) if part.size > 0 => exits,
+                _ => return Ok(Err(Refusal::Undecodable)),
+            };
+            returns.extend(
+                exits
+                    .returns
+                    .iter()
+                    .map(|offset| part.file_offset.saturating_add(*offset)),
+            );
+            leaf &= exits.leaf;
+        }
+        // A function whose probed instruction is a return (`endbr64; ret`) is a leaf; an entry
+        // and an exit probe on one instruction would run in no set order.
+        let entry_returns = returns.contains(&function.probe_offset);
+        Ok(Ok(if (leaf && self == Self::Auto) || entry_returns {
+            ExitPoints::ReturnProbe
+        } else {
+            ExitPoints::Instructions(returns)
+        }))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -74,8 +240,31 @@ pub(crate) struct PlannedObject {
 pub(crate) struct Plan {
     pub objects: Vec<PlannedObject>,
     pub probes: Vec<PlannedProbe>,
-    /// Selected functions the kernel cannot probe (see [`crate::symbols::Function::probeable`]).
-    pub unprobeable: Vec<String>,
+    /// Selected functions that must not be probed, and why.
+    pub refused: Vec<RefusedFunction>,
+}
+
+/// A selected function flowtap will not probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RefusedFunction {
+    pub function: String,
+    pub object: String,
+    pub reason: Refusal,
+}
+
+impl std::fmt::Display for RefusedFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` in {}: {}", self.function, self.object, self.reason)
+    }
+}
+
+/// `a; b; c`, for messages.
+fn listed<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,15 +282,21 @@ pub(crate) enum PlanError {
     )]
     DataNotCode { symbol: String, object: String },
     #[error(
-        "uprobes cannot attach to the selected functions of {target} (their first instruction has a LOCK prefix): {functions}"
+        "flowtap will not probe the selected functions of {target}: {}; choose others (`flowtap symbols` lists the traceable ones)",
+        listed(.refused)
     )]
-    NoneProbeable { target: String, functions: String },
+    Refused {
+        target: String,
+        refused: Vec<RefusedFunction>,
+    },
     #[error("{count} functions selected, more than flowtap's {MAX_PROBES}: narrow --symbols")]
     TooMany { count: usize },
     #[error(
         "{object} is a Go binary: return probes corrupt Go's moving stacks, so flowtap will not probe it; exclude it with OBJECT:GLOB"
     )]
     GoBinary { object: String },
+    #[error("reading the code of the selected functions: {0}")]
+    Code(#[from] SymbolError),
 }
 
 /// What to probe: functions the profiles give meaning to, and plain `--symbols` selections.
@@ -112,6 +307,7 @@ pub(crate) struct Selection {
     pub texts: Vec<String>,
     /// The profile was chosen by default, not asked for.
     pub defaulted: bool,
+    pub exit_probes: ExitPolicy,
 }
 
 impl Plan {
@@ -124,10 +320,10 @@ impl Plan {
         for object in objects {
             plan.add_object(object, selection)?;
         }
-        if plan.probes.is_empty() && !plan.unprobeable.is_empty() {
-            return Err(PlanError::NoneProbeable {
+        if plan.probes.is_empty() && !plan.refused.is_empty() {
+            return Err(PlanError::Refused {
                 target: target.to_string(),
-                functions: plan.unprobeable.join(", "),
+                refused: plan.refused,
             });
         }
         if plan.probes.is_empty() && selection.defaulted {
@@ -156,32 +352,7 @@ impl Plan {
 
     fn add_object(&mut self, object: &ElfObject, selection: &Selection) -> Result<(), PlanError> {
         let name = object.file_name();
-        let profiles: Vec<&Profile> = selection
-            .profiles
-            .iter()
-            .filter(|profile| profile.applies_to(object))
-            .collect();
-        // A function is named in reports by the first of its names that was selected; a
-        // profile's rule takes precedence over a plain selector.
-        let selected: Vec<_> = object
-            .functions
-            .iter()
-            .filter_map(|f| {
-                f.names().find_map(|(raw, demangled)| {
-                    let rule = profiles
-                        .iter()
-                        .find_map(|profile| profile.rule_for(&name, raw, &demangled));
-                    let plain = || {
-                        selection
-                            .symbols
-                            .iter()
-                            .any(|s| s.matches(&name, raw, &demangled))
-                    };
-                    (rule.is_some() || plain())
-                        .then(|| (f, raw.to_string(), demangled.clone(), rule.cloned()))
-                })
-            })
-            .collect();
+        let selected = selected_functions(object, &name, selection);
         if selected.is_empty() {
             return Ok(());
         }
@@ -189,25 +360,66 @@ impl Plan {
             return Err(PlanError::GoBinary { object: name });
         }
         let index = self.objects.len();
+        let exit_mode = selection.exit_probes.mode_for(object);
         for (function, _raw_name, demangled, rule) in selected {
-            if !function.probeable {
-                self.unprobeable.push(demangled);
-                continue;
-            }
+            let exit = match exit_mode.probe_points(object, function)? {
+                Ok(exit) => exit,
+                Err(reason) => {
+                    self.refused.push(RefusedFunction {
+                        function: demangled,
+                        object: name.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+            };
             self.probes.push(PlannedProbe {
                 id: self.probes.len() as u32,
                 function: demangled,
                 object: index,
-                file_offset: function.file_offset,
+                file_offset: function.probe_offset,
+                exit,
+                costly_entry: function.costly_entry,
                 spec: rule.as_ref().map(|rule| rule.spec).unwrap_or_default(),
                 rule,
             });
         }
-        self.objects.push(PlannedObject {
-            path: object.path.clone(),
-            name,
-        });
+        // An object whose selected functions were all refused gets no attach.
+        if self
+            .probes
+            .last()
+            .is_some_and(|probe| probe.object == index)
+        {
+            self.objects.push(PlannedObject {
+                path: object.path.clone(),
+                name,
+            });
+        }
         Ok(())
+    }
+
+    /// What a user should know before the run: functions skipped as unsafe to probe, and
+    /// probes whose entry the kernel single-steps. One line each, a few names in it.
+    pub(crate) fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if !self.refused.is_empty() {
+            notes.push(format!(
+                "not probing {} selected function{} that must not be probed: {}",
+                self.refused.len(),
+                plural(self.refused.len()),
+                first_few(&self.refused, |r| r.to_string(), "; ")
+            ));
+        }
+        let costly: Vec<&PlannedProbe> = self.probes.iter().filter(|p| p.costly_entry).collect();
+        if !costly.is_empty() {
+            notes.push(format!(
+                "{} of {} probes have a costly entry (the kernel single-steps their first instruction: two traps per call instead of one): {}",
+                costly.len(),
+                self.probes.len(),
+                first_few(&costly, |p| format!("`{}`", p.function), ", ")
+            ));
+        }
+        notes
     }
 
     /// The probes of one object, in id order.
@@ -216,6 +428,132 @@ impl Plan {
             .iter()
             .filter(move |probe| probe.object == object)
     }
+}
+
+fn plural(count: usize) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+/// The first few items, and how many more (`flowtap symbols` shows them all).
+fn first_few<T>(items: &[T], show: impl Fn(&T) -> String, separator: &str) -> String {
+    const FEW: usize = 5;
+    let mut text = items
+        .iter()
+        .take(FEW)
+        .map(show)
+        .collect::<Vec<_>>()
+        .join(separator);
+    if items.len() > FEW {
+        text.push_str(&format!(
+            "{separator}and {} more (`flowtap symbols` lists each)",
+            items.len() - FEW
+        ));
+    }
+    text
+}
+
+/// What `flowtap symbols` shows of one object: how its exits are observed, the functions that
+/// can be traced (and which of them have a costly entry), and those refused, with why.
+pub(crate) struct Listing {
+    path: PathBuf,
+    exits: String,
+    traceable: Vec<(String, bool)>,
+    refused: Vec<(String, Refusal)>,
+}
+
+impl Listing {
+    /// The functions of `object` that `wanted` keeps.
+    pub(crate) fn of(
+        object: &ElfObject,
+        exit_probes: ExitProbes,
+        wanted: impl Fn(&Function) -> bool,
+    ) -> Result<Self, SymbolError> {
+        let mut listing = Self {
+            path: object.path.clone(),
+            exits: exit_probes.describe(object),
+            traceable: Vec::new(),
+            refused: Vec::new(),
+        };
+        for function in object.functions.iter().filter(|f| wanted(f)) {
+            match exit_probes.probe_points(object, function)? {
+                Ok(_) => listing
+                    .traceable
+                    .push((function.name.clone(), function.costly_entry)),
+                Err(reason) => listing.refused.push((function.name.clone(), reason)),
+            }
+        }
+        Ok(listing)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.traceable.is_empty() && self.refused.is_empty()
+    }
+}
+
+impl std::fmt::Display for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} functions); {}",
+            self.path.display(),
+            self.traceable.len(),
+            self.exits
+        )?;
+        match self.refused.len() {
+            0 => writeln!(f)?,
+            refused => writeln!(f, "; {refused} not traceable, below")?,
+        }
+        for (name, costly) in &self.traceable {
+            let note = if *costly {
+                "  (costly entry: the kernel single-steps its first instruction)"
+            } else {
+                ""
+            };
+            writeln!(f, "  {name}{note}")?;
+        }
+        if !self.refused.is_empty() {
+            writeln!(f, "  not traceable:")?;
+        }
+        for (name, reason) in &self.refused {
+            writeln!(f, "    {name}: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The functions of `object` (file name `name`) that `selection` picks, each with the name it
+/// was picked by (raw and demangled) and its profile rule, if any. A function is named in reports
+/// by the first of its names that was selected; a profile's rule takes precedence over a plain
+/// selector.
+fn selected_functions<'a>(
+    object: &'a ElfObject,
+    name: &str,
+    selection: &Selection,
+) -> Vec<(&'a Function, String, String, Option<Arc<FunctionRule>>)> {
+    let profiles: Vec<&Profile> = selection
+        .profiles
+        .iter()
+        .filter(|profile| profile.applies_to(object))
+        .collect();
+    object
+        .functions
+        .iter()
+        .filter_map(|f| {
+            f.names().find_map(|(raw, demangled)| {
+                let rule = profiles
+                    .iter()
+                    .find_map(|profile| profile.rule_for(name, raw, &demangled));
+                let plain = || {
+                    selection
+                        .symbols
+                        .iter()
+                        .any(|s| s.matches(name, raw, &demangled))
+                };
+                (rule.is_some() || plain())
+                    .then(|| (f, raw.to_string(), demangled.clone(), rule.cloned()))
+            })
+        })
+        .collect()
 }
 
 /// A data symbol some selector names, when no function matched: the likely mistake.
@@ -251,6 +589,46 @@ mod tests {
         let both = selector("libx.so:ns::f*");
         assert!(both.matches("libx.so", "_ZN2ns3fooEv", "ns::foo()"));
         assert!(!both.matches("liby.so", "_ZN2ns3fooEv", "ns::foo()"));
+    }
+
+    #[test]
+    fn the_last_exit_probe_choice_for_an_object_wins() {
+        let object = ElfObject::read(&std::env::current_exe().unwrap()).unwrap();
+        let name = object.file_name();
+        let policy = |texts: &[&str]| {
+            ExitPolicy(texts.iter().map(|t| t.parse().unwrap()).collect()).mode_for(&object)
+        };
+        assert_eq!(policy(&[]), ExitProbes::Auto);
+        assert_eq!(policy(&["return"]), ExitProbes::Return);
+        assert_eq!(
+            policy(&["return", &format!("{name}=instructions")]),
+            ExitProbes::Instructions
+        );
+        assert_eq!(
+            policy(&["return", "libc.so*=instructions"]),
+            ExitProbes::Return
+        );
+        assert!("sometimes".parse::<ExitChoice>().is_err());
+        assert!("lib[=auto".parse::<ExitChoice>().is_err());
+        // The test binary unwinds (Rust): `auto` decodes its functions' returns.
+        assert!(ExitProbes::Auto.on_instructions(&object));
+        let this = object
+            .functions
+            .iter()
+            .find(|f| {
+                f.name
+                    .ends_with("the_last_exit_probe_choice_for_an_object_wins")
+            })
+            .unwrap();
+        let exit = ExitProbes::Auto
+            .exit_points(&object, this)
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&exit, ExitPoints::Instructions(returns) if !returns.is_empty()
+                && returns.iter().all(|&r| r > this.file_offset && r < this.file_offset + this.size)),
+            "{exit:?}"
+        );
     }
 
     #[test]

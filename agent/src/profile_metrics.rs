@@ -16,6 +16,8 @@ pub(crate) const OTHER: &str = "other";
 
 pub(crate) const SUCCESS: &str = "success";
 pub(crate) const FAILURE: &str = "failure";
+/// Calls that ended without returning (`flowtap_function_calls_total` only).
+pub(crate) const UNWOUND: &str = "unwound";
 
 /// Label values admitted so far, per metric. Kept across scrapes so that the values admitted
 /// (first come, first served) stay the same series.
@@ -197,12 +199,13 @@ impl Calls<'_> {
         }
     }
 
-    /// Counters the per-probe stats answer: calls, by status.
+    /// Counters the per-probe stats answer: calls, by status (a call that ended without
+    /// returning, by longjmp or exception, failed).
     fn count_stats(&self, family: &mut Family, stats: Option<&FunctionStats>) {
         let MetricKind::Counter { when, .. } = self.metric.kind else {
             return;
         };
-        let (calls, errors) = stats.map_or((0, 0), |s| (s.calls, s.errors));
+        let (calls, errors) = stats.map_or((0, 0), |s| (s.calls, s.errors + s.unwound));
         for (failed, count) in [(false, calls - errors), (true, errors)] {
             let counted = match when {
                 When::Always => true,

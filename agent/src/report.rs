@@ -64,6 +64,8 @@ struct JsonReport<'a> {
     spans: Option<&'a SpanSummary>,
     lost_events: u64,
     losses: BTreeMap<&'static str, u64>,
+    /// Calls still in progress when tracing stopped, by function.
+    in_progress: BTreeMap<&'a str, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
 }
@@ -104,7 +106,16 @@ fn counters(declared: &ProfileMetrics) -> Vec<JsonCounter<'_>> {
 struct JsonFunction<'a> {
     function: &'a str,
     object: &'a str,
+    /// Calls that ended: returned, unwound, or counted untimed.
     calls: u64,
+    /// Calls that ended without returning (longjmp, exception, thread exit).
+    unwound: u64,
+    /// Calls counted but not timed (nested deeper than the kernel's bounds; see `losses`).
+    untimed: u64,
+    entered: u64,
+    in_flight: u64,
+    /// Returns of calls entered before the probes were attached (not in `calls`).
+    returns_entered_before_attach: u64,
     errors: u64,
     total_ns: u64,
     mean_ns: u64,
@@ -120,6 +131,11 @@ impl<'a> From<&'a FunctionStats> for JsonFunction<'a> {
             function: &stats.function,
             object: &stats.object,
             calls: stats.calls,
+            unwound: stats.unwound,
+            untimed: stats.untimed,
+            entered: stats.entered,
+            in_flight: stats.in_flight,
+            returns_entered_before_attach: stats.unentered_returns,
             errors: stats.errors,
             total_ns: stats.total_ns,
             mean_ns: stats.mean_ns(),
@@ -133,6 +149,7 @@ impl<'a> From<&'a FunctionStats> for JsonFunction<'a> {
 
 impl Report<'_> {
     pub(crate) fn write(&self, out: &mut dyn Write, format: ReportFormat) -> std::io::Result<()> {
+        let in_progress = self.snapshot.in_progress();
         match format {
             ReportFormat::Json => {
                 let report = JsonReport {
@@ -151,13 +168,19 @@ impl Report<'_> {
                         .iter()
                         .map(|(l, n)| (l.name(), *n))
                         .collect(),
+                    in_progress: in_progress
+                        .iter()
+                        .map(|(function, n)| (function.as_str(), *n))
+                        .collect(),
                     exit_code: self.exit_code,
                 };
                 serde_json::to_writer_pretty(&mut *out, &report)?;
                 writeln!(out)
             }
             ReportFormat::Table => {
-                write_table(out, self.snapshot)?;
+                let in_progress_total = in_progress.iter().map(|(_, n)| n).sum();
+                write_table(out, self.snapshot, in_progress_total)?;
+                write_unfinished(out, &in_progress)?;
                 if !self.declared.is_empty() {
                     write_declared(out, self.declared)?;
                 }
@@ -227,19 +250,26 @@ fn write_tree(
 
 fn write_declared(out: &mut dyn Write, declared: &ProfileMetrics) -> std::io::Result<()> {
     writeln!(out, "\nPROFILE METRICS")?;
-    for counter in counters(declared) {
-        let labels: Vec<String> = counter
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={}", printable(v)))
-            .collect();
-        writeln!(
-            out,
-            "  {}{{{}}}  {}",
-            counter.name,
-            labels.join(","),
-            counter.value
-        )?;
+    let rows: Vec<(String, String)> = counters(declared)
+        .iter()
+        .map(|counter| {
+            let help = declared
+                .families
+                .get(counter.name)
+                .map_or("", |family| family.help.as_str());
+            (
+                series_name(counter),
+                with_unit(counter.name, help, counter.value),
+            )
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(name, _)| name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (name, value) in rows {
+        writeln!(out, "  {name:<width$}  {value}")?;
     }
     Ok(())
 }
@@ -262,8 +292,78 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> {
-    let rows: Vec<[String; 9]> = snapshot
+/// `name{k="v",...}`, as Prometheus writes a series.
+fn series_name(counter: &JsonCounter) -> String {
+    if counter.labels.is_empty() {
+        return counter.name.to_string();
+    }
+    let labels: Vec<String> = counter
+        .labels
+        .iter()
+        .map(|(k, v)| {
+            // Control characters (ANSI escapes, CR, LF) from the target escaped too.
+            let escaped = printable(&v.replace('\\', "\\\\").replace('"', "\\\""));
+            format!("{k}=\"{escaped}\"")
+        })
+        .collect();
+    format!("{}{{{}}}", counter.name, labels.join(","))
+}
+
+/// A counter's value with the unit its name (Prometheus's unit suffixes) or help text gives.
+fn with_unit(name: &str, help: &str, value: f64) -> String {
+    let says = |word: &str| name.contains(word) || help.to_lowercase().contains(word);
+    if name.contains("_seconds") {
+        human_duration((value * 1e9).round() as u64)
+    } else if says("bytes") {
+        human_bytes(value)
+    } else if says("dollars") {
+        format!("${value:.6}")
+    } else if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+/// 512 bytes, 12.3 KiB, 4.5 MiB, 1.2 GiB.
+fn human_bytes(value: f64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if value < 1024.0 {
+        return format!("{value} bytes");
+    }
+    let mut scaled = value / 1024.0;
+    let mut unit = 0;
+    while scaled >= 1024.0 && unit < UNITS.len() - 1 {
+        scaled /= 1024.0;
+        unit += 1;
+    }
+    format!("{scaled:.1} {} ({value} bytes)", UNITS[unit])
+}
+
+/// Calls that were entered but not yet timed: on a thread's stack when tracing stopped. (Calls
+/// lost on the way are in the loss counters' line.)
+fn write_unfinished(out: &mut dyn Write, in_progress: &[(String, u64)]) -> std::io::Result<()> {
+    let total: u64 = in_progress.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    let detail: Vec<String> = in_progress
+        .iter()
+        .map(|(function, n)| format!("{} {n}", printable(function)))
+        .collect();
+    writeln!(
+        out,
+        "calls in progress when tracing stopped: {total} ({})",
+        detail.join(", ")
+    )
+}
+
+fn write_table(
+    out: &mut dyn Write,
+    snapshot: &Snapshot,
+    in_progress_total: u64,
+) -> std::io::Result<()> {
+    let rows: Vec<[String; 10]> = snapshot
         .functions
         .iter()
         .map(|s| {
@@ -271,6 +371,7 @@ fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> 
                 printable(&s.function),
                 printable(&s.object),
                 s.calls.to_string(),
+                s.unwound.to_string(),
                 s.errors.to_string(),
                 human_duration(s.mean_ns()),
                 human_duration(s.quantile_ns(0.50)),
@@ -281,7 +382,7 @@ fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> 
         })
         .collect();
     let header = [
-        "FUNCTION", "OBJECT", "CALLS", "ERRORS", "MEAN", "P50", "P95", "P99", "MAX",
+        "FUNCTION", "OBJECT", "CALLS", "UNWOUND", "ERRORS", "MEAN", "P50", "P95", "P99", "MAX",
     ];
     let mut widths = header.map(str::len);
     for row in &rows {
@@ -309,7 +410,17 @@ fn write_table(out: &mut dyn Write, snapshot: &Snapshot) -> std::io::Result<()> 
         writeln!(out, "{}", line(&row.each_ref().map(String::as_str)))?;
     }
     if rows.is_empty() {
-        writeln!(out, "(no probed function was called)")?;
+        // Only when nothing at all was seen: entered-but-lost calls are said below.
+        let seen = snapshot.lost_events() > 0 || in_progress_total > 0;
+        writeln!(
+            out,
+            "{}",
+            if seen {
+                "(no probed call returned and was timed: see the counts below)"
+            } else {
+                "(no probed function was called)"
+            }
+        )?;
     }
     write_losses(out, snapshot)
 }
@@ -345,18 +456,86 @@ pub(crate) fn human_duration(ns: u64) -> String {
 mod tests {
     use super::*;
 
+    fn table(snapshot: &Snapshot) -> String {
+        let declared = ProfileMetrics::default();
+        let report = Report {
+            snapshot,
+            declared: &declared,
+            spans: None,
+            exit_code: None,
+        };
+        let mut out = Vec::new();
+        report.write(&mut out, ReportFormat::Table).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn an_empty_report_says_whether_anything_was_seen() {
+        let nothing = table(&Snapshot::default());
+        assert!(
+            nothing.contains("(no probed function was called)"),
+            "{nothing}"
+        );
+        let lost = Snapshot {
+            losses: vec![(flowtap_common::Loss::StackMapFull, 2)],
+            ..Snapshot::default()
+        };
+        let text = table(&lost);
+        assert!(!text.contains("no probed function was called"), "{text}");
+        assert!(text.contains("lost events: 2 (stack_map_full 2)"), "{text}");
+        let running = FunctionStats {
+            function: "wf_run".into(),
+            calls: 0,
+            entered: 3,
+            in_flight: 3,
+            ..FunctionStats::from_durations(&[])
+        };
+        let in_progress = Snapshot {
+            functions: vec![running],
+            ..Snapshot::default()
+        };
+        let text = table(&in_progress);
+        assert!(!text.contains("no probed function was called"), "{text}");
+        assert!(
+            text.contains("calls in progress when tracing stopped: 3 (wf_run 3)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn declared_series_read_as_prometheus_writes_them_with_units() {
+        let counter = |labels: &[(&'static str, &'static str)]| JsonCounter {
+            name: "llm_cost_total",
+            labels: labels.iter().copied().collect(),
+            value: 0.5,
+        };
+        assert_eq!(
+            series_name(&counter(&[("model", "gpt-4o"), ("kind", "a\"b")])),
+            r#"llm_cost_total{kind="a\"b",model="gpt-4o"}"#
+        );
+        assert_eq!(series_name(&counter(&[])), "llm_cost_total");
+        assert_eq!(
+            with_unit("llm_cost_total", "LLM cost in dollars.", 0.583266),
+            "$0.583266"
+        );
+        assert_eq!(with_unit("tls_bytes_total", "", 512.0), "512 bytes");
+        assert_eq!(
+            with_unit("tls_bytes_total", "", 2048.0),
+            "2.0 KiB (2048 bytes)"
+        );
+        assert_eq!(with_unit("wait_seconds_total", "", 0.0201), "20.1ms");
+        assert_eq!(with_unit("cache_hits_total", "", 62.0), "62");
+    }
+
     #[test]
     fn strings_from_the_target_cannot_forge_lines_or_drive_the_terminal() {
         let mut stats = crate::kernel_counters::FunctionStats::from_durations(&[1000]);
         stats.function = "evil\x1b[2J\r\nFAKE  0  0".into();
         let snapshot = Snapshot {
             functions: vec![stats],
-            aggregates: Vec::new(),
-            losses: Vec::new(),
+            ..Snapshot::default()
         };
-        let mut out = Vec::new();
-        write_table(&mut out, &snapshot).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = table(&snapshot);
         assert!(!text.contains('\x1b') && !text.contains('\r'), "{text}");
         assert!(!text.lines().any(|line| line.starts_with("FAKE")), "{text}");
         assert!(text.contains("evil\\u{1b}[2J\\r\\nFAKE"), "{text}");

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use flowtap_common::SpanEvent;
+use flowtap_common::{SPAN_FAILED, SPAN_UNWOUND, SpanEvent};
 use opentelemetry::{
     InstrumentationScope, KeyValue,
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
@@ -163,6 +163,10 @@ impl SpanFactory {
             KeyValue::new("thread.id", i64::from(event.tid)),
             KeyValue::new("flowtap.object", object.clone()),
         ];
+        let unwound = event.flags & SPAN_UNWOUND != 0;
+        if unwound {
+            attributes.push(KeyValue::new("flowtap.unwound", true));
+        }
         attributes.extend(declared_attributes(probe, record));
         Some(SpanData {
             span_context: SpanContext::new(
@@ -182,7 +186,9 @@ impl SpanFactory {
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
-            status: if event.failed != 0 {
+            status: if unwound {
+                Status::error("ended without returning (longjmp, exception or thread exit)")
+            } else if event.flags & SPAN_FAILED != 0 {
                 Status::error(format!(
                     "returned {}: failure by the profile's error rule",
                     probe.spec.return_value(event.ret)

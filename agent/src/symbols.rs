@@ -1,7 +1,11 @@
 //! Reading an ELF object: its function symbols (from `.dynsym` and `.symtab`, demangled) as file
-//! offsets, its entry point, and the libraries it needs.
+//! offsets, where each can be probed and which must not be, whether the object unwinds, its
+//! entry point, and the libraries it needs.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+};
 
 use crate::mapped_file::{MapError, MappedFile};
 
@@ -18,12 +22,46 @@ pub(crate) struct Function {
     pub name: String,
     /// The name as stored in the symbol table.
     pub raw_name: String,
-    /// Offset of the first instruction in the file: what the kernel attaches to.
+    /// Offset of the first instruction in the file.
     pub file_offset: u64,
+    /// Its code's length from the symbol table; 0 when not recorded (some assembly).
+    pub size: u64,
     /// Other raw names of the same address (`free` and `cfree`, versioned aliases...).
     pub aliases: Vec<String>,
-    /// Whether the kernel can put a uprobe on the first instruction.
-    pub probeable: bool,
+    /// Where the entry probe goes: the first instruction, or the one after `endbr64`.
+    pub probe_offset: u64,
+    /// The kernel single-steps the instruction at `probe_offset` instead of emulating it: two
+    /// traps per call, ~25x the cost of one starting with `push %rbp` on a VM.
+    pub costly_entry: bool,
+    /// Why it must not be probed, if so.
+    pub refusal: Option<Refusal>,
+}
+
+/// Why flowtap will not put a probe on a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("its first instruction has a LOCK prefix, which uprobes refuse")]
+    LockPrefix,
+    #[error(
+        "a `.cold` fragment of another function, entered by a jump: its stack top is the caller's data, not a return address"
+    )]
+    Fragment,
+    #[error(
+        "the program's entry point, not a function: its stack holds argc, not a return address"
+    )]
+    EntryPoint,
+    #[error("part of the exception unwinder, which must walk the stack unprobed")]
+    Unwinder,
+    #[error(
+        "part of setjmp/longjmp (or vfork, or user contexts): it returns twice or jumps across frames"
+    )]
+    NonLocalJump,
+    #[error(
+        "a trampoline entered without a call (signal return, lazy binding): no return address on its stack"
+    )]
+    Trampoline,
+    #[error("its object unwinds and its code could not be decoded to find its return instructions")]
+    Undecodable,
 }
 
 impl Function {
@@ -50,6 +88,9 @@ pub struct ElfObject {
     pub(crate) search_path: Vec<String>,
     /// Go binaries move their stacks, which uretprobes corrupt.
     pub(crate) is_go: bool,
+    /// Exceptions or panics can unwind through its functions: the symbol that says so
+    /// (a personality routine or the unwinder, defined or imported).
+    pub(crate) unwinds: Option<&'static str>,
     /// Names of defined data symbols, to tell a user who selected one that it is not code.
     pub(crate) data_symbols: Vec<String>,
 }
@@ -104,7 +145,6 @@ impl ElfObject {
         };
         let elf = ElfFile64::<Endianness>::parse(data).map_err(malformed)?;
         let segments = LoadSegments::of(&elf);
-        let functions = collect_functions(&elf, &segments, data);
         let (needed, search_path) = dynamic_dependencies(&elf).map_err(malformed)?;
         let is_executable = elf
             .elf_program_headers()
@@ -120,15 +160,48 @@ impl ElfObject {
         let is_go = [".go.buildinfo", ".gopclntab"]
             .iter()
             .any(|name| elf.section_by_name(name).is_some());
+        let entry_offset = (entry != 0).then(|| segments.file_offset(entry)).flatten();
         Ok(Self {
             path: path.to_path_buf(),
-            functions,
-            entry_offset: (entry != 0).then(|| segments.file_offset(entry)).flatten(),
+            functions: collect_functions(&elf, &segments, data, entry_offset),
+            entry_offset,
             is_executable,
             needed,
             search_path,
             is_go,
+            unwinds: unwinding_evidence(&elf),
             data_symbols,
+        })
+    }
+
+    /// The code of `function`: its `size` bytes from its first instruction.
+    pub(crate) fn code(&self, function: &Function) -> Result<Vec<u8>, SymbolError> {
+        let read = |source| SymbolError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&self.path).map_err(read)?;
+        let mut code = vec![
+            0;
+            usize::try_from(function.size)
+                .unwrap_or(usize::MAX)
+                .min(1 << 24)
+        ];
+        file.read_exact_at(&mut code, function.file_offset)
+            .map_err(read)?;
+        Ok(code)
+    }
+
+    /// The `.cold` fragments GCC split from `function` (named after its raw name).
+    pub(crate) fn fragments_of<'a>(
+        &'a self,
+        function: &'a Function,
+    ) -> impl Iterator<Item = &'a Function> {
+        let prefix = format!("{}.cold", function.raw_name);
+        self.functions.iter().filter(move |f| {
+            f.raw_name
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
         })
     }
 
@@ -225,6 +298,7 @@ fn collect_functions(
     elf: &ElfFile64<Endianness>,
     segments: &LoadSegments,
     data: &[u8],
+    entry_offset: Option<u64>,
 ) -> Vec<Function> {
     // Exported names first: where a local alias shares an address, a public name is primary.
     let mut by_offset = std::collections::BTreeMap::new();
@@ -240,35 +314,143 @@ fn collect_functions(
         if raw_name.is_empty() {
             continue;
         }
-        let function = by_offset.entry(file_offset).or_insert_with(|| Function {
-            name: demangle(raw_name),
-            raw_name: raw_name.to_string(),
-            file_offset,
-            aliases: Vec::new(),
-            probeable: !starts_with_lock_prefix(data.get(file_offset as usize..).unwrap_or(&[])),
-        });
+        let function = by_offset
+            .entry(file_offset)
+            .or_insert_with(|| new_function(raw_name, file_offset, symbol.size(), data));
         if function.raw_name != raw_name && !function.aliases.iter().any(|a| a == raw_name) {
             function.aliases.push(raw_name.to_string());
         }
+        // Any name, or the address, can make it unsafe; the first reason found stands.
+        function.refusal = function
+            .refusal
+            .or_else(|| refusal_by_name(raw_name))
+            .or((Some(file_offset) == entry_offset).then_some(Refusal::EntryPoint));
+        function.size = function.size.max(symbol.size());
     }
     let mut functions: Vec<Function> = by_offset.into_values().collect();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
+    tell_apart(&mut functions);
     functions.sort_by(|a, b| a.name.cmp(&b.name));
     functions
 }
 
-/// x86 uprobes refuse instructions with a LOCK prefix; the attach itself does not fail, the
-/// breakpoint is silently never installed, so such functions must be found beforehand.
-fn starts_with_lock_prefix(code: &[u8]) -> bool {
-    const LOCK: u8 = 0xf0;
-    const LEGACY_PREFIXES: [u8; 11] = [
-        LOCK, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65, 0x66, 0x67,
-    ];
-    cfg!(target_arch = "x86_64")
-        && code
-            .iter()
-            .take(4)
-            .take_while(|byte| LEGACY_PREFIXES.contains(byte))
-            .any(|&byte| byte == LOCK)
+/// Longest x86 instruction, twice: enough for `endbr64` and the instruction after it.
+const ENTRY_BYTES: usize = 2 * 15;
+
+fn new_function(raw_name: &str, file_offset: u64, size: u64, data: &[u8]) -> Function {
+    let code = usize::try_from(file_offset)
+        .ok()
+        .and_then(|start| data.get(start..))
+        .unwrap_or_default();
+    let code = &code[..code.len().min(ENTRY_BYTES)];
+    let entry = crate::instructions::entry(code);
+    Function {
+        name: demangle(raw_name),
+        raw_name: raw_name.to_string(),
+        file_offset,
+        size,
+        aliases: Vec::new(),
+        probe_offset: file_offset.saturating_add(entry.skip),
+        costly_entry: entry.single_stepped,
+        refusal: entry.lock_prefix.then_some(Refusal::LockPrefix),
+    }
+}
+
+/// The unwinder's own functions (libgcc, libunwind, the C++ and Rust runtimes): they walk the
+/// stack from their own frame, so a return probe anywhere below them breaks every throw.
+const UNWINDER: [&str; 10] = [
+    "__cxa_throw",
+    "__cxa_rethrow",
+    "__cxa_begin_catch",
+    "__cxa_end_catch",
+    "__cxa_end_cleanup",
+    "__cxa_call_unexpected",
+    "__cxa_call_terminate",
+    "rust_eh_personality",
+    "__rust_start_panic",
+    "__frame_state_for",
+];
+const UNWINDER_PREFIXES: [&str; 5] = [
+    "_Unwind_",
+    "__gxx_personality_",
+    "__gcc_personality_",
+    "_ULx86_64_",
+    "_ULaarch64_",
+];
+
+/// glibc's non-local jumps: setjmp saves a return address that a return probe has replaced;
+/// longjmp and setcontext leave frames without returning; vfork's child returns on the parent's
+/// stack.
+const NON_LOCAL_JUMPS: [&str; 20] = [
+    "setjmp",
+    "_setjmp",
+    "__setjmp",
+    "sigsetjmp",
+    "__sigsetjmp",
+    "__sigsetjmp_cancel",
+    "longjmp",
+    "_longjmp",
+    "siglongjmp",
+    "__longjmp",
+    "__longjmp_chk",
+    "____longjmp_chk",
+    "__libc_longjmp",
+    "__libc_siglongjmp",
+    "getcontext",
+    "setcontext",
+    "swapcontext",
+    "__start_context",
+    "vfork",
+    "__vfork",
+];
+
+/// Entered by a jump or a signal return, with no return address on the stack.
+const TRAMPOLINES: [&str; 1] = ["__restore_rt"];
+const TRAMPOLINE_PREFIXES: [&str; 2] = ["_dl_runtime_resolve", "_dl_runtime_profile"];
+
+fn refusal_by_name(raw_name: &str) -> Option<Refusal> {
+    // Versioned names (`longjmp@GLIBC_2.2.5`) answer for the plain one.
+    let name = raw_name.split('@').next().unwrap_or(raw_name);
+    let any = |names: &[&str], prefixes: &[&str]| {
+        names.contains(&name) || prefixes.iter().any(|prefix| name.starts_with(prefix))
+    };
+    if name.split('.').skip(1).any(|part| part == "cold") {
+        Some(Refusal::Fragment)
+    } else if any(&UNWINDER, &UNWINDER_PREFIXES) {
+        Some(Refusal::Unwinder)
+    } else if any(&NON_LOCAL_JUMPS, &[]) {
+        Some(Refusal::NonLocalJump)
+    } else if any(&TRAMPOLINES, &TRAMPOLINE_PREFIXES) {
+        Some(Refusal::Trampoline)
+    } else {
+        None
+    }
+}
+
+/// Symbols, defined or imported, that mean exceptions or panics unwind through this object's
+/// frames: C++ and Rust personality routines, and `_Unwind_Resume`, which every cleanup that
+/// lets an exception pass calls. A `.gcc_except_table` alone does not count: glibc has one for
+/// thread cancellation, whose forced unwinding stops harmlessly at a return probe.
+const UNWINDING_SYMBOLS: [&str; 6] = [
+    "__gxx_personality_v0",
+    "__gxx_personality_sj0",
+    "rust_eh_personality",
+    "_Unwind_Resume",
+    "_Unwind_RaiseException",
+    "__cxa_throw",
+];
+
+fn unwinding_evidence(elf: &ElfFile64<Endianness>) -> Option<&'static str> {
+    elf.dynamic_symbols()
+        .chain(elf.symbols())
+        .find_map(|symbol| {
+            let name = symbol.name().ok()?;
+            let name = name.split('@').next().unwrap_or(name);
+            UNWINDING_SYMBOLS
+                .iter()
+                .find(|&&known| known == name)
+                .copied()
+        })
 }
 
 fn dynamic_dependencies(elf: &ElfFile64<Endianness>) -> object::Result<(Vec<String>, Vec<String>)> {
@@ -298,6 +480,58 @@ fn dynamic_dependencies(elf: &ElfFile64<Endianness>) -> object::Result<(Vec<Stri
     Ok((needed, if runpath.is_empty() { rpath } else { runpath }))
 }
 
+/// Whether `pattern` matches a function by its raw or demangled name, or by the short form of its
+/// name: a C++ name without its parameter list (`ns::Cls::g` for `ns::Cls::g(int)`), a Rust name
+/// without its hash suffix.
+pub(crate) fn matches(pattern: &glob::Pattern, raw: &str, demangled: &str) -> bool {
+    pattern.matches(raw)
+        || pattern.matches(demangled)
+        || short_name(raw).is_some_and(|short| short != demangled && pattern.matches(&short))
+}
+
+/// The name without what a glob should not have to spell out: C++ parameter lists and
+/// qualifiers, Rust hashes. `None` for C names.
+fn short_name(raw: &str) -> Option<String> {
+    if let Ok(rust) = rustc_demangle::try_demangle(raw) {
+        return Some(format!("{rust:#}"));
+    }
+    let options = cpp_demangle::DemangleOptions::new()
+        .no_params()
+        .no_return_type();
+    raw.starts_with("_Z")
+        .then(|| cpp_demangle::Symbol::new(raw).ok()?.demangle(&options).ok())
+        .flatten()
+}
+
+/// Functions of one object whose names demangle to the same text are told apart in listings
+/// and reports: Rust's legacy mangling (monomorphizations carry no generic arguments) by the
+/// hash suffix; other distinct symbols (Rust v0 copies instantiated by different crates) by the
+/// raw name beside; copies under one raw name (local symbols of different codegen units, C
+/// `static` functions of different files) by their file offset.
+fn tell_apart(functions: &mut [Function]) {
+    let mut index = 0;
+    while index < functions.len() {
+        let same = functions[index..]
+            .iter()
+            .take_while(|f| f.name == functions[index].name)
+            .count();
+        let group = &mut functions[index..index + same];
+        let raw_names: Vec<String> = group.iter().map(|f| f.raw_name.clone()).collect();
+        for function in group.iter_mut().filter(|_| same > 1) {
+            let copies = raw_names
+                .iter()
+                .filter(|raw| **raw == function.raw_name)
+                .count();
+            function.name = match rustc_demangle::try_demangle(&function.raw_name) {
+                _ if copies > 1 => format!("{} @{:#x}", function.name, function.file_offset),
+                Ok(rust) if !function.raw_name.starts_with("_R") => format!("{rust}"),
+                _ => format!("{} [{}]", function.name, function.raw_name),
+            };
+        }
+        index += same;
+    }
+}
+
 /// Rust (legacy and v0) and Itanium C++ names, without Rust's hash suffix; others as they are.
 pub(crate) fn demangle(raw: &str) -> String {
     if let Ok(rust) = rustc_demangle::try_demangle(raw) {
@@ -324,6 +558,56 @@ mod tests {
         );
         assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
         assert_eq!(demangle("wf_cache_get"), "wf_cache_get");
+    }
+
+    #[test]
+    fn globs_match_cpp_names_without_parameters_and_rust_names_without_hashes() {
+        let glob = |text| glob::Pattern::new(text).unwrap();
+        // ns::Cls::g(int) const
+        let cpp = "_ZNK2ns3Cls1gEi";
+        assert_eq!(demangle(cpp), "ns::Cls::g(int) const");
+        assert!(matches(&glob("ns::Cls::g"), cpp, &demangle(cpp)));
+        assert!(matches(&glob("ns::Cls::g(int) const"), cpp, &demangle(cpp)));
+        assert!(!matches(&glob("ns::Cls::h"), cpp, &demangle(cpp)));
+        let rust = "_ZN4core3fmt5write17h0123456789abcdefE";
+        assert!(matches(
+            &glob("core::fmt::write"),
+            rust,
+            "core::fmt::write::h0123456789abcdef"
+        ));
+        assert!(!matches(&glob("wf_*"), "printf", "printf"));
+    }
+
+    #[test]
+    fn functions_that_demangle_alike_are_told_apart() {
+        let function = |raw: &str| new_function(raw, 0, 0, &[]);
+        let mut functions = vec![
+            function("_ZN3app5parse17h0000000000000001E"),
+            function("_ZN3app5parse17h0000000000000002E"),
+            function("_ZN3app3run17h0000000000000003E"),
+            // A C `static` function of two files.
+            Function {
+                file_offset: 0x1234,
+                ..function("helper")
+            },
+            Function {
+                file_offset: 0x5678,
+                ..function("helper")
+            },
+        ];
+        functions.sort_by(|a, b| a.name.cmp(&b.name));
+        tell_apart(&mut functions);
+        let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "app::parse::h0000000000000001",
+                "app::parse::h0000000000000002",
+                "app::run",
+                "helper @0x1234",
+                "helper @0x5678"
+            ]
+        );
     }
 
     #[test]
@@ -361,12 +645,61 @@ mod tests {
     }
 
     #[test]
-    fn lock_prefixed_entries_are_not_probeable() {
-        assert!(starts_with_lock_prefix(&[0xf0, 0x48, 0x83, 0x05]));
-        assert!(starts_with_lock_prefix(&[0x66, 0xf0, 0x0f, 0xb1]));
-        assert!(!starts_with_lock_prefix(&[0x55, 0x48, 0x89, 0xe5]));
-        assert!(!starts_with_lock_prefix(&[0xf3, 0x0f, 0x1e, 0xfa]));
-        assert!(!starts_with_lock_prefix(&[]));
+    fn fragments_unwinder_and_jumps_are_refused_by_name() {
+        assert_eq!(refusal_by_name("accumulate.cold"), Some(Refusal::Fragment));
+        assert_eq!(
+            refusal_by_name("_ZN6Parser5checkEl.cold.3"),
+            Some(Refusal::Fragment)
+        );
+        // Partial inlining's and constant propagation's clones are called: fine.
+        assert_eq!(refusal_by_name("parse.part.0"), None);
+        assert_eq!(refusal_by_name("parse.constprop.0.isra.0"), None);
+        assert_eq!(refusal_by_name("coldstart"), None);
+        assert_eq!(refusal_by_name("__cxa_throw"), Some(Refusal::Unwinder));
+        assert_eq!(refusal_by_name("_Unwind_Resume"), Some(Refusal::Unwinder));
+        assert_eq!(
+            refusal_by_name("__gxx_personality_v0"),
+            Some(Refusal::Unwinder)
+        );
+        assert_eq!(
+            refusal_by_name("_setjmp@GLIBC_2.2.5"),
+            Some(Refusal::NonLocalJump)
+        );
+        assert_eq!(refusal_by_name("siglongjmp"), Some(Refusal::NonLocalJump));
+        assert_eq!(
+            refusal_by_name("_dl_runtime_resolve_xsavec"),
+            Some(Refusal::Trampoline)
+        );
+        assert_eq!(refusal_by_name("my_setjmp_wrapper"), None);
+    }
+
+    #[test]
+    fn own_test_binary_unwinds_and_its_entry_point_is_refused() {
+        let object = ElfObject::read(&std::env::current_exe().unwrap()).unwrap();
+        assert!(object.unwinds.is_some(), "a Rust test binary unwinds");
+        let entry = object.entry_offset.unwrap();
+        let at_entry: Vec<_> = object
+            .functions
+            .iter()
+            .filter(|f| f.file_offset == entry)
+            .collect();
+        assert!(!at_entry.is_empty());
+        assert!(
+            at_entry
+                .iter()
+                .all(|f| f.refusal == Some(Refusal::EntryPoint))
+        );
+        let this = object
+            .functions
+            .iter()
+            .find(|f| {
+                f.name
+                    .ends_with("own_test_binary_unwinds_and_its_entry_point_is_refused")
+            })
+            .unwrap();
+        assert_eq!(this.refusal, None);
+        assert!(this.size > 0);
+        assert_eq!(object.code(this).unwrap().len() as u64, this.size);
     }
 
     #[test]

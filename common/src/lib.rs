@@ -4,18 +4,18 @@
 
 pub mod histogram;
 
-/// Deepest nesting of probed calls tracked per thread. Deeper calls are counted in
-/// [`Loss::StackOverflow`] and not timed, but still keep the stack balanced.
-pub const MAX_DEPTH: usize = 32;
+pub mod abi;
+
+/// Frames stored per thread: as many as the kernel installs nested return probes
+/// ([`abi::MAX_URETPROBE_DEPTH`]), so a return probe is never missing for a stored frame. Calls
+/// nested deeper are counted, not timed ([`Loss::StackOverflow`], [`Loss::ReturnProbeDepth`]).
+pub const MAX_DEPTH: usize = abi::MAX_URETPROBE_DEPTH as usize;
 
 /// Upper bound on probes one agent plans; sizes the kernel maps keyed by probe id.
 pub const MAX_PROBES: u32 = 1 << 16;
 
 /// Thread-group ids that may be counted when [`Config::filter_by_tgid`] is set.
 pub const MAX_TRACED_PROCESSES: u32 = 16_384;
-
-/// Threads with a live shadow stack at once; LRU, so a leaked entry is evicted, never a failure.
-pub const MAX_TRACKED_THREADS: u32 = 65_536;
 
 /// Integer values a probe captures at entry: arguments, or fields behind pointer arguments.
 pub const CAPTURES: usize = 4;
@@ -50,13 +50,22 @@ pub const MAX_TEXTS: u32 = 16_384;
 /// Bytes of the span ring buffer (a power of two; 120-byte events, 376 with a string).
 pub const SPAN_RING_BYTES: u32 = 16 << 20;
 
+/// In [`Frame::flags`]: the call's trace is sampled (decided at the root, inherited below).
+pub const FRAME_SAMPLED: u32 = 1;
+/// In [`Frame::flags`]: the call's return is seen by a return probe, which the kernel keeps
+/// for a tail call made at the same stack pointer (see [`ShadowStack`]).
+pub const FRAME_RETURN_PROBE: u32 = 2;
+
 /// One probed call in progress on a thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Frame {
     pub probe_id: u32,
-    /// Whether this call's trace is sampled: decided at the root, inherited by all below.
-    pub sampled: u32,
+    /// [`FRAME_SAMPLED`], [`FRAME_RETURN_PROBE`].
+    pub flags: u32,
+    /// The stack pointer at entry (pointing at the return address on x86-64). The stack grows
+    /// down: once the thread runs at or above it again, this call is over.
+    pub entry_sp: u64,
     pub start_ns: u64,
     pub span_id: u64,
     /// 0 for a root span.
@@ -65,13 +74,25 @@ pub struct Frame {
     pub values: [u64; CAPTURES],
 }
 
-/// The probed calls in progress on one thread, innermost last. `depth` can exceed
-/// [`MAX_DEPTH`]: frames past the bound are not stored, only counted, so returns still match.
+/// In [`ShadowStack::state`]: the stack is counted in `LIVE_STACKS`.
+pub const STACK_COUNTED: u32 = 1;
+/// In [`ShadowStack::state`]: the thread's process was found in `TRACED` (binary mode); it
+/// stays there until the process exits or execs, so later calls skip the lookup.
+pub const STACK_TRACED: u32 = 2;
+
+/// The probed calls in progress on one thread, innermost last, each validated by its entry
+/// stack pointer: frames the thread's stack has been unwound past (longjmp, exception, a tail
+/// call, a missed return) are closed as unwound when the next entry or return shows it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ShadowStack {
+    /// Frames stored, at most [`MAX_DEPTH`].
     pub depth: u32,
-    pub _pad: u32,
+    /// [`STACK_COUNTED`], [`STACK_TRACED`] (a new stack is all zeroes).
+    pub state: u32,
+    /// The entry stack pointer of the outermost call nested too deep to be stored, or 0: calls
+    /// and returns below it are counted at entry and otherwise ignored.
+    pub untracked_sp: u64,
     /// The trace of the calls on this stack, set when its outermost call starts.
     pub trace_id: [u64; 2],
     pub frames: [Frame; MAX_DEPTH],
@@ -87,6 +108,12 @@ pub struct TraceContext {
     pub sampled: u64,
 }
 
+/// In [`SpanEvent::flags`]: the profile's error rule held for the return value.
+pub const SPAN_FAILED: u32 = 1;
+/// In [`SpanEvent::flags`]: the call ended without returning (longjmp, exception, thread exit);
+/// its end is when flowtap noticed.
+pub const SPAN_UNWOUND: u32 = 2;
+
 /// A finished call of a sampled trace, as the exit program emits it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -100,9 +127,10 @@ pub struct SpanEvent {
     pub probe_id: u32,
     pub tgid: u32,
     pub tid: u32,
-    pub failed: u32,
+    /// [`SPAN_FAILED`], [`SPAN_UNWOUND`].
+    pub flags: u32,
     pub values: [u64; CAPTURES],
-    /// The return register, as is.
+    /// The return register, as is (0 for an unwound call).
     pub ret: u64,
     /// The calling thread's cgroup when stats are kept per cgroup, else 0: which pod the span
     /// belongs to, even after its process is gone.
@@ -125,8 +153,8 @@ pub fn text_key(tid: u32, depth: usize) -> u64 {
     (u64::from(tid) << 8) | depth as u64
 }
 
-/// Key of the per-probe stats: one entry per probe, or per probe and cgroup when
-/// [`Config::by_cgroup`] is set (per-pod metrics).
+/// Key of the per-probe stats when [`Config::by_cgroup`] is set (per-pod metrics); otherwise
+/// stats are an array indexed by probe id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StatsKey {
@@ -136,11 +164,20 @@ pub struct StatsKey {
     pub cgroup: u64,
 }
 
-/// Per-probe totals, kept per CPU in the kernel and summed by the agent.
+/// Per-probe totals, kept per CPU in the kernel and summed by the agent. Every call entered
+/// ends in exactly one of: returned (timed: the histogram's count), unwound, untimed (counted
+/// at entry, with a [`Loss`] reason for its missing duration), or still in flight:
+/// `entered = Σ buckets + unwound + untimed + in_flight`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeStats {
-    pub calls: u64,
+    pub entered: u64,
+    pub unwound: u64,
+    pub untimed: u64,
+    /// Added 1 at push and `u64::MAX` (-1) at close, maybe on other CPUs: sum it wrapping.
+    pub in_flight: u64,
+    /// Returns of calls entered before the probes were attached: not in `entered`.
+    pub unentered_returns: u64,
     pub errors: u64,
     pub total_ns: u64,
     pub max_ns: u64,
@@ -149,7 +186,11 @@ pub struct ProbeStats {
 
 impl ProbeStats {
     pub const ZERO: Self = Self {
-        calls: 0,
+        entered: 0,
+        unwound: 0,
+        untimed: 0,
+        in_flight: 0,
+        unentered_returns: 0,
         errors: 0,
         total_ns: 0,
         max_ns: 0,
@@ -273,7 +314,10 @@ pub struct ProbeSpec {
     pub context: ContextRole,
     /// The capture keying a hand-off or adoption, or [`NO_ARG`].
     pub context_capture: u8,
-    pub _pad: [u8; 6],
+    /// Whether the probe's returns are seen by a return probe on its entry (else by uprobes on
+    /// its return instructions): see [`FRAME_RETURN_PROBE`].
+    pub return_probe: u8,
+    pub _pad: [u8; 5],
 }
 
 impl Default for ProbeSpec {
@@ -291,7 +335,8 @@ impl Default for ProbeSpec {
             sums: [NO_ARG; MAX_SUMS],
             context: ContextRole::None,
             context_capture: NO_ARG,
-            _pad: [0; 6],
+            return_probe: 1,
+            _pad: [0; 5],
         }
     }
 }
@@ -301,6 +346,12 @@ impl ProbeSpec {
     #[inline(always)]
     pub fn return_value(&self, raw: u64) -> i64 {
         widen(raw, self.ret_bytes, self.ret_signed != 0) as i64
+    }
+
+    /// Whether a call's string is needed: as a label (every call), or on a sampled span.
+    #[inline(always)]
+    pub fn wants_text(&self, sampled: bool) -> bool {
+        self.text.arg != NO_ARG && (self.text_label != 0 || (self.text_in_span != 0 && sampled))
     }
 
     /// The aggregate outcome of a call: bit 0 failed, bit 1 + n condition n held.
@@ -359,11 +410,12 @@ pub fn widen(raw: u64, bytes: u8, signed: bool) -> u64 {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loss {
-    /// A call nested deeper than [`MAX_DEPTH`]: counted, not timed.
+    /// A call nested deeper than [`MAX_DEPTH`] stored frames: counted, not timed.
     StackOverflow = 0,
-    /// A return with no matching entry on the thread's stack (entry missed or longjmp).
-    UnmatchedReturn = 1,
-    /// A thread's stack could not be created (map full).
+    /// A call whose exit is a return probe, nested deeper than the kernel installs them
+    /// ([`abi::MAX_URETPROBE_DEPTH`]): it gets no return, so it is counted, not timed.
+    ReturnProbeDepth = 1,
+    /// A thread's stack could not be allocated (kernel memory).
     StackMapFull = 2,
     /// A probe's stats could not be created (map full).
     StatsMapFull = 3,
@@ -377,7 +429,7 @@ impl Loss {
     pub const COUNT: u32 = 6;
     pub const ALL: [Loss; Self::COUNT as usize] = [
         Loss::StackOverflow,
-        Loss::UnmatchedReturn,
+        Loss::ReturnProbeDepth,
         Loss::StackMapFull,
         Loss::StatsMapFull,
         Loss::AggregateMapFull,
@@ -387,7 +439,7 @@ impl Loss {
     pub const fn name(self) -> &'static str {
         match self {
             Loss::StackOverflow => "stack_overflow",
-            Loss::UnmatchedReturn => "unmatched_return",
+            Loss::ReturnProbeDepth => "return_probe_depth",
             Loss::StackMapFull => "stack_map_full",
             Loss::StatsMapFull => "stats_map_full",
             Loss::AggregateMapFull => "aggregate_map_full",

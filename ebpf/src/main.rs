@@ -1,6 +1,7 @@
 //! flowtap's kernel programs: one generic entry and one generic exit program attached to every
-//! selected function (attach cookie = probe id), a per-thread shadow stack, and per-probe latency
-//! histograms kept in the kernel. Nothing here formats, allocates or wakes userspace.
+//! selected function (attach cookie = probe id), a per-thread shadow stack validated by stack
+//! pointer, and per-probe counters and latency histograms kept in the kernel. Nothing here
+//! formats, allocates or wakes userspace.
 #![no_std]
 #![no_main]
 // 64-bit atomic add (BPF_ATOMIC) is only reachable through the intrinsic: the bpf target
@@ -8,8 +9,14 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod calls;
+mod entry;
+mod exit;
 mod lifecycle;
+mod log;
+mod maps;
+mod span;
+mod stack;
+mod stats;
 
 #[cfg(not(test))]
 #[panic_handler]

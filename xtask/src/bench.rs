@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 
 use crate::{build_agent, fixture, workspace_root};
 
+mod probe_points;
+
 const ROUNDS: usize = 3;
 const CALLS: u64 = 200_000;
 
@@ -23,6 +25,8 @@ enum Config {
     NoProbes,
     KernelFloor,
     MetricsOnly,
+    /// Metrics only, with the kernel's diagnostics on (`--kernel-log debug`).
+    KernelLog,
     /// Metrics with a profile: a capture, an error rule, a condition and a sum per call.
     Profiled,
     Spans100,
@@ -30,10 +34,11 @@ enum Config {
     Bpftrace,
 }
 
-const CONFIGS: [Config; 7] = [
+const CONFIGS: [Config; 8] = [
     Config::NoProbes,
     Config::KernelFloor,
     Config::MetricsOnly,
+    Config::KernelLog,
     Config::Profiled,
     Config::Spans100,
     Config::Spans1,
@@ -46,6 +51,7 @@ impl Config {
             Config::NoProbes => "no probes",
             Config::KernelFloor => "kernel floor (empty programs)",
             Config::MetricsOnly => "flowtap, metrics only",
+            Config::KernelLog => "flowtap, metrics only, --kernel-log debug",
             Config::Profiled => "flowtap, metrics with a profile",
             Config::Spans100 => "flowtap, spans 100%",
             Config::Spans1 => "flowtap, spans 1%",
@@ -57,6 +63,7 @@ impl Config {
         match self {
             Config::KernelFloor => Some(&["--empty-programs"]),
             Config::MetricsOnly => Some(&[]),
+            Config::KernelLog => Some(&["--kernel-log", "debug"]),
             Config::Spans100 => Some(&["--spans-out", "/dev/null", "--sample-rate", "1"]),
             Config::Spans1 => Some(&["--spans-out", "/dev/null", "--sample-rate", "0.01"]),
             Config::Profiled | Config::NoProbes | Config::Bpftrace => None,
@@ -93,22 +100,25 @@ pub(crate) fn run() -> anyhow::Result<()> {
             samples.push((config, sample));
         }
     }
+    let placement = probe_points::measure(&agent, &dir.join("probe_cost"))?;
+    println!("{}", probe_points::render(&placement));
     let (calls_per_second, lost) = throughput(&agent, &bench)?;
     let attach_1k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_0*")?;
     let attach_10k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_*")?;
     let (rss_kib, exported) = rss_after_exporting(&agent, &bench, 1_000_000)?;
-    let results = summarize(
+    let mut results = summarize(
         &samples,
         (calls_per_second, lost),
         (attach_1k, attach_10k),
         (rss_kib, exported),
     );
+    results["probe_points"] = placement;
     let out = workspace_root().join("target/bench");
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let table = render(&results);
+    let table = render(&results) + &probe_points::render(&results["probe_points"]);
     std::fs::write(out.join("results.md"), &table)?;
     println!("\n{table}");
     println!("written: target/bench/results.json, target/bench/results.md");
@@ -168,6 +178,9 @@ fn summarize(
         "program_flowtap_over_bpftrace": program_ns(Config::MetricsOnly)
             .zip(program_ns(Config::Bpftrace))
             .map(|(f, b)| f / b),
+        "program_kernel_log_over_metrics_only": program_ns(Config::KernelLog)
+            .zip(program_ns(Config::MetricsOnly))
+            .map(|(l, m)| l / m),
         "spans_100_calls_per_second": calls_per_second,
         "spans_100_lost_events": lost,
         "interleaved_runs_lost_events": samples.iter().map(|(_, s)| s.lost_events).sum::<u64>(),
@@ -200,6 +213,7 @@ fn render(r: &Value) -> String {
          | added cost, metrics only / kernel floor | {:.2}x | ≤ 1.15x |\n\
          | added cost, flowtap metrics only / bpftrace | {:.2}x | ≤ 1.0x |\n\
          | eBPF program time per call, flowtap / bpftrace | {:.2}x | ≤ 1.0x |\n\
+         | eBPF program time per call, --kernel-log debug / off | {:.2}x | 1.0x (rare paths only) |\n\
          | added cost, metrics with a profile / metrics only | {:.2}x | |\n\
          | calls/s taken with spans at 100% (a thread per core) | {:.0} with {} lost events | 100,000 with 0 lost |\n\
          | events lost over all interleaved flowtap runs | {} | 0 |\n\
@@ -210,6 +224,7 @@ fn render(r: &Value) -> String {
         f("metrics_only_over_floor"),
         f("flowtap_over_bpftrace"),
         f("program_flowtap_over_bpftrace"),
+        f("program_kernel_log_over_metrics_only"),
         f("profile_over_metrics_only"),
         f("spans_100_calls_per_second"),
         r["spans_100_lost_events"],

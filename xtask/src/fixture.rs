@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     os::{fd::AsRawFd, unix::process::CommandExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command},
     sync::mpsc,
     time::Duration,
@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 
 use crate::{run, workspace_root};
 
-/// Builds `libwfrt.so` and `wfdemo` into `target/fixture`; returns that directory.
+/// Builds `libwfrt.so`, `wfdemo` and the probe-placement programs into `target/fixture`;
+/// returns that directory.
 pub(crate) fn build() -> anyhow::Result<PathBuf> {
     let source = workspace_root().join("tests/fixture");
     let out = workspace_root().join("target/fixture");
@@ -41,11 +42,83 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         .arg("-L")
         .arg(&out)
         .args(["-lwfrt", "-Wl,-rpath,$ORIGIN"]))?;
+    build_probe_placement(&source, &out, &flags)?;
+    build_bookkeeping(&source, &out)?;
     Ok(out)
 }
 
+/// Programs whose code is where a careless probe harms them: `cold` (a GCC `.cold` fragment
+/// entered by a jump, and `_start`), `throws` (C++ exceptions through member functions),
+/// `stdthrow` (exceptions thrown inside libstdc++) and `panics` (a Rust panic caught with
+/// `catch_unwind` through two functions).
+fn build_probe_placement(source: &Path, out: &Path, flags: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(out.join("cold"))
+        .arg(source.join("cold.c")))?;
+    run(Command::new("c++")
+        .args(flags)
+        .arg("-o")
+        .arg(out.join("throws"))
+        .arg(source.join("throws.cpp")))?;
+    run(Command::new("c++")
+        .args(flags)
+        .arg("-o")
+        .arg(out.join("stdthrow"))
+        .arg(source.join("stdthrow.cpp")))?;
+    run(Command::new(rustc())
+        .current_dir(workspace_root())
+        .args(["--edition", "2024", "-O", "-C", "panic=unwind"])
+        .args(["-C", "force-frame-pointers=yes", "-o"])
+        .arg(out.join("panics"))
+        .arg(source.join("panics.rs")))
+}
+
+/// The pinned toolchain's rustc: beside the cargo that runs xtask, else the one on PATH (which
+/// the workspace's rust-toolchain.toml pins as well).
+fn rustc() -> PathBuf {
+    std::env::var_os("CARGO")
+        .map(|cargo| PathBuf::from(cargo).with_file_name("rustc"))
+        .filter(|rustc| rustc.exists())
+        .unwrap_or_else(|| PathBuf::from("rustc"))
+}
+
+/// The bookkeeping fixture: `libbk.so` (calls that longjmp, recurse, end with their thread)
+/// and `bkdemo`. No sibling calls, inlining or folding of identical functions: every call in
+/// the source is a real call of its own function; and every function starts with `push %rbp`.
+fn build_bookkeeping(source: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let flags = [
+        "-O2",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fno-omit-frame-pointer",
+        "-mno-omit-leaf-frame-pointer",
+        "-fno-shrink-wrap",
+        "-fno-optimize-sibling-calls",
+        "-fno-inline",
+        "-fno-ipa-icf",
+    ];
+    run(Command::new("cc")
+        .args(flags)
+        .args(["-fPIC", "-shared", "-o"])
+        .arg(out.join("libbk.so"))
+        .arg(source.join("bk.c")))?;
+    run(Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(out.join("bkdemo"))
+        .arg(source.join("bkdemo.c"))
+        .arg("-L")
+        .arg(out)
+        .args(["-lbk", "-lpthread", "-Wl,-rpath,$ORIGIN"]))
+}
+
 /// Builds the benchmark's programs into `target/bench`: `bench` (a tight loop over one tiny
-/// function) and `libsyms.so` (10,000 functions, for attach times); returns that directory.
+/// function), `probe_cost` (tiny functions that differ in their first instruction) and
+/// `libsyms.so` (10,000 functions, for attach times); returns that directory.
 pub(crate) fn build_bench() -> anyhow::Result<PathBuf> {
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -54,6 +127,10 @@ pub(crate) fn build_bench() -> anyhow::Result<PathBuf> {
         .arg(out.join("bench"))
         .arg(workspace_root().join("tests/fixture/bench.c"))
         .arg("-lpthread"))?;
+    run(Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(out.join("probe_cost"))
+        .arg(workspace_root().join("tests/fixture/probe_cost.c")))?;
     let symbols: String = (0..10_000)
         .map(|i| format!("int sym_{i:05}(int x) {{ return x + {i}; }}\n"))
         .collect();

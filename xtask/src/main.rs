@@ -1,11 +1,16 @@
 //! Project tasks: `cargo xtask setup | demo | test | deploy-check | fixture`.
+//!
+//! xtask itself builds on an older stable (its own `rust-version`), so that `cargo xtask` works
+//! with whatever default toolchain rustup has; it installs the pinned toolchains and runs every
+//! other build through them explicitly (`rustup run`), with rustup's auto-install on or off.
 
 mod bench;
 mod deploy;
 mod fixture;
+mod fresh;
 mod setup;
 
-use std::process::Command;
+use std::{io::Write, process::Command};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -29,11 +34,15 @@ enum Task {
         #[arg(long, default_value_t = 200)]
         runs: u32,
     },
-    /// Run every test: unit tests, then the integration tests that load real eBPF (as root).
+    /// Run every test: lints, deploy/, unit tests, the integration tests that load real eBPF
+    /// (as root), and the README's first command in a fresh clone with fresh toolchains.
     Test {
-        /// Only integration tests whose name contains this.
+        /// Only integration tests whose name contains this (skips the fresh-clone check).
         filter: Option<String>,
     },
+    /// The README's first command in a fresh clone of HEAD, with a fresh RUSTUP_HOME and
+    /// CARGO_HOME holding only the default toolchain and rustup's auto-install off.
+    FreshClone,
     /// Fuzz the ELF symbol reader and the `--symbols` parser for a bounded time each.
     Fuzz {
         /// Seconds per fuzz target.
@@ -73,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             setup::install_all()?;
             deploy::check()
         }
+        Task::FreshClone => fresh::check(),
         Task::Fixture => {
             let out = fixture::build()?;
             println!("{}", out.display());
@@ -99,31 +109,60 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(workspace_root());
-    command
+/// Says what is starting: one line per stage, the output a user reads.
+pub fn stage(what: &str) {
+    println!("== {what}");
 }
 
-/// Cargo of the eBPF (nightly) toolchain, through rustup: the CARGO we were started by is the
-/// pinned stable toolchain's own binary, which ignores `+toolchain`.
+/// Runs a command whose output is of interest only when it fails: a build, an installation.
+pub fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !output.status.success() {
+        std::io::stderr().write_all(&output.stdout)?;
+        std::io::stderr().write_all(&output.stderr)?;
+        bail!("{command:?} failed with {}", output.status);
+    }
+    Ok(())
+}
+
+/// Cargo of the pinned toolchain, through rustup: `cargo xtask` itself runs on whatever the
+/// default toolchain is, and the workspace has no rust-toolchain.toml.
+fn cargo() -> Command {
+    toolchain_cargo(setup::RUST_TOOLCHAIN)
+}
+
+/// Cargo of the eBPF (nightly) toolchain.
 fn nightly_cargo() -> Command {
+    toolchain_cargo(setup::EBPF_TOOLCHAIN)
+}
+
+fn toolchain_cargo(toolchain: &str) -> Command {
     let mut command = Command::new("rustup");
     command
         .current_dir(workspace_root())
-        .args(["run", setup::EBPF_TOOLCHAIN, "cargo"]);
+        .args(["run", toolchain, "cargo"]);
+    // What the default toolchain's `cargo run` told us about itself must not steer the pinned one.
+    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
+        command.env_remove(var);
+    }
     command
 }
 
 pub fn build_agent() -> anyhow::Result<std::path::PathBuf> {
-    run(cargo().args(["build", "--release", "--package", "flowtap"]))?;
+    stage("building flowtap (release, with its eBPF programs; the first build takes minutes)");
+    run_quietly(cargo().args(["build", "--quiet", "--release", "--package", "flowtap"]))?;
     Ok(workspace_root().join("target/release/flowtap"))
 }
 
 fn demo(runs: u32) -> anyhow::Result<()> {
     let agent = build_agent()?;
+    stage("building the demo workflow app (tests/fixture)");
     let fixture = fixture::build()?;
-    println!("== starting the demo workflow app ({runs} runs), then attaching flowtap by PID");
+    stage(&format!(
+        "starting the demo workflow app ({runs} runs), then attaching flowtap by PID"
+    ));
     let mut app = Command::new(fixture.join("wfdemo"))
         .args(["--runs", &runs.to_string(), "--wait-start"])
         .args(["--latency", "timeout=20000"])
@@ -190,34 +229,41 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
 
 /// Formatting and clippy with warnings denied, the eBPF crate on its own target.
 fn lint() -> anyhow::Result<()> {
+    stage("lints: rustfmt, clippy (host crates), clippy (eBPF crate)");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo()
-        .args([
-            "clippy",
-            "--workspace",
-            "--exclude",
-            "flowtap-ebpf",
-            "--all-targets",
-        ])
-        .args(["--", "-D", "warnings"]))?;
-    run(nightly_cargo()
-        .args(["clippy", "--package", "flowtap-ebpf"])
-        .args([
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .args(["--", "-D", "warnings"]))
+    run_quietly(
+        cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "flowtap-ebpf",
+                "--all-targets",
+            ])
+            .args(["--", "-D", "warnings"]),
+    )?;
+    run_quietly(
+        nightly_cargo()
+            .args(["clippy", "--package", "flowtap-ebpf"])
+            .args([
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(["--", "-D", "warnings"]),
+    )
 }
 
 fn test(filter: Option<String>) -> anyhow::Result<()> {
+    let filter_given = filter.is_some();
     lint()?;
     deploy::check()?;
     let agent = build_agent()?;
     let fixture = fixture::build()?;
     fixture::mount_tracefs()?;
+    stage("unit tests");
     run(cargo().args([
         "test",
         "--workspace",
@@ -226,11 +272,16 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         "--exclude",
         "flowtap-ebpf",
     ]))?;
+    stage("integration tests (real eBPF)");
     let mut integration = cargo();
     integration
         .args(["test", "--release", "--package", "flowtap-tests", "--"])
         .args(filter)
         .env("FLOWTAP_BIN", agent)
         .env("FLOWTAP_FIXTURE", fixture);
-    run(&mut integration)
+    run(&mut integration)?;
+    if filter_given {
+        return Ok(());
+    }
+    fresh::check()
 }

@@ -4,14 +4,15 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::run;
+use crate::{run_quietly, stage};
 
 pub(crate) const RUST_TOOLCHAIN: &str = "1.98.0";
 pub(crate) const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
 pub(crate) const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// Build inputs of bpf-linker, the C compiler of the fixture, and the reference tools the tests
-/// compare with (bpftrace; Prometheus and promtool), and Go for the Go-binary refusal test.
+/// Build inputs of bpf-linker, the C compiler of the fixture (and C++ for the demangling test),
+/// and the reference tools the tests compare with (bpftrace; Prometheus and promtool), and Go for
+/// the Go-binary refusal test.
 pub(crate) const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,11 +20,15 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "bpftrace",
     "gcc",
+    "g++",
     "prometheus",
     "golang-go",
 ];
 
 pub(crate) fn install_all() -> anyhow::Result<()> {
+    stage(&format!(
+        "prerequisites: Rust {RUST_TOOLCHAIN}, {EBPF_TOOLCHAIN}, LLVM 22, bpf-linker {BPF_LINKER_VERSION}, apt packages"
+    ));
     install_toolchain(RUST_TOOLCHAIN, &["clippy", "rustfmt"])?;
     install_toolchain(EBPF_TOOLCHAIN, &["rust-src", "clippy"])?;
     install_apt_packages()?;
@@ -52,12 +57,16 @@ fn install_toolchain(toolchain: &str, components: &[&str]) -> anyhow::Result<()>
     {
         return Ok(());
     }
+    stage(&format!(
+        "installing Rust {toolchain} with {} (rustup)",
+        components.join(", ")
+    ));
     let mut command = Command::new("rustup");
     command.args(["toolchain", "install", toolchain, "--profile", "minimal"]);
     for component in components {
         command.args(["--component", component]);
     }
-    run(&mut command)
+    run_quietly(&mut command)
 }
 
 fn install_apt_packages() -> anyhow::Result<()> {
@@ -78,11 +87,14 @@ fn install_apt_packages() -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    stage(&format!("installing {} (apt-get)", missing.join(" ")));
+    run_quietly(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_quietly(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn is_root() -> bool {
@@ -98,12 +110,17 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         "{LLVM_PREFIX}/bin:{}",
         std::env::var("PATH").context("PATH is not set")?
     );
-    run(Command::new("rustup")
-        .args(["run", RUST_TOOLCHAIN, "cargo", "install", "bpf-linker"])
-        .args(["--version", BPF_LINKER_VERSION, "--locked", "--force"])
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", LLVM_PREFIX)
-        .env("PATH", path))
+    stage(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (cargo install, a few minutes)"
+    ));
+    run_quietly(
+        Command::new("rustup")
+            .args(["run", RUST_TOOLCHAIN, "cargo", "install", "bpf-linker"])
+            .args(["--version", BPF_LINKER_VERSION, "--locked", "--force"])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path),
+    )
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13";
@@ -116,7 +133,10 @@ pub(crate) fn install_cargo_fuzz() -> anyhow::Result<()> {
     if version.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")) {
         return Ok(());
     }
-    run(Command::new("rustup").args([
+    stage(&format!(
+        "building cargo-fuzz {CARGO_FUZZ_VERSION} (cargo install)"
+    ));
+    run_quietly(Command::new("rustup").args([
         "run",
         EBPF_TOOLCHAIN,
         "cargo",

@@ -15,16 +15,30 @@ use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 use crate::{
     export::otlp::OtlpProtocol,
     kubernetes::{KubernetesConfig, LabelSelector},
+    loader::KernelLogLevel,
+    plan::{ExitChoice, ExitPolicy},
     report::ReportFormat,
     run::RunConfig,
     targets::TargetSpec,
 };
 
+/// `flowtap -V`: the version and the commit it was built from (`--version` adds the kernel's
+/// features).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLOWTAP_GIT_COMMIT"),
+    ")"
+);
+
 /// Exact per-function timing of native workflow runtimes with eBPF, without touching the
 /// application: no code change, rebuild, restart or library to link.
 #[derive(Parser, Debug)]
-#[command(name = "flowtap", version, propagate_version = true)]
+#[command(name = "flowtap", version = VERSION, propagate_version = true)]
 pub(crate) struct Cli {
+    /// No status or progress lines on stderr (warnings and errors remain).
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -33,6 +47,10 @@ pub(crate) struct Cli {
 #[allow(clippy::large_enum_variant, reason = "parsed once per run")]
 pub(crate) enum Command {
     /// Trace a process, a binary or a command, and print a latency report at the end.
+    ///
+    /// The report goes to --output FILE if given; else, with --pid or --exe, to standard output;
+    /// in launch mode (-- CMD), to standard error, so that the command's standard output stays
+    /// its own (`flowtap run -- curl URL > page.html`).
     ///
     /// Examples:
     ///   flowtap run --pid 4242
@@ -86,6 +104,9 @@ pub(crate) struct SymbolsArgs {
     /// Only functions matching this glob (raw or demangled name).
     #[arg(long, value_name = "GLOB")]
     pub(crate) filter: Option<String>,
+    /// The exit probe modes to show, as `flowtap run --exit-probes` takes them.
+    #[arg(long, value_name = "[OBJECT=]MODE")]
+    pub(crate) exit_probes: Vec<ExitChoice>,
 }
 
 #[derive(Args, Debug)]
@@ -114,7 +135,8 @@ pub(crate) struct RunArgs {
     /// Report format printed at the end.
     #[arg(long, value_enum, default_value = "table")]
     report: ReportFormat,
-    /// Write the report to this file instead of standard output.
+    /// Write the report to this file (default: standard output with --pid/--exe, standard
+    /// error in launch mode, which leaves standard output to the command).
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Serve Prometheus metrics on this address while running (port 0: any free port).
@@ -159,6 +181,13 @@ pub(crate) struct RunArgs {
     /// close it: `ready metrics=http://ADDR/metrics probes=N objects=M`.
     #[arg(long, value_name = "FD", env = "FLOWTAP_READY_FD")]
     ready_fd: Option<RawFd>,
+    /// How returns are observed: `return` probes (cheapest; exceptions and panics through them
+    /// abort the target), probes on each return `instructions`, or `auto` (default):
+    /// instructions in objects that unwind (C++, Rust), return probes elsewhere. OBJECT=MODE
+    /// (repeatable) sets one object's, e.g. a C library that exceptions cross. `flowtap
+    /// symbols` shows which each object gets.
+    #[arg(long, value_name = "[OBJECT=]MODE")]
+    exit_probes: Vec<ExitChoice>,
     /// Attach programs that do nothing: the kernel's own cost, for `cargo xtask bench`.
     #[arg(long, hide = true)]
     empty_programs: bool,
@@ -170,6 +199,13 @@ pub(crate) struct RunArgs {
     /// (`SUDO_UID`/`SUDO_GID`).
     #[arg(long)]
     as_root: bool,
+    /// Print the kernel programs' diagnostics of rare events (a shadow stack resynchronised,
+    /// calls nested too deep to time) on stderr, up to this level. Off by default.
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    kernel_log: Option<KernelLog>,
+    /// When the kernel refuses a program, write the verifier's log to this new file.
+    #[arg(long, value_name = "FILE")]
+    verifier_log: Option<PathBuf>,
     /// Launch this command with probes in place before its first instruction.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -237,6 +273,28 @@ pub(crate) enum ReadyFdError {
     Standard(RawFd),
 }
 
+/// `--kernel-log` levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KernelLog {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl KernelLog {
+    fn level(self) -> KernelLogLevel {
+        match self {
+            KernelLog::Error => KernelLogLevel::Error,
+            KernelLog::Warn => KernelLogLevel::Warn,
+            KernelLog::Info => KernelLogLevel::Info,
+            KernelLog::Debug => KernelLogLevel::Debug,
+            KernelLog::Trace => KernelLogLevel::Trace,
+        }
+    }
+}
+
 impl RunArgs {
     /// The run as the agent takes it: no flags, only what they mean.
     pub(crate) fn into_config(self) -> Result<RunConfig, ReadyFdError> {
@@ -254,6 +312,7 @@ impl RunArgs {
             target,
             profiles: self.profiles,
             symbols: self.symbols,
+            exit_probes: ExitPolicy(self.exit_probes),
             duration: self.duration,
             report: self.report,
             output: self.output,
@@ -266,6 +325,8 @@ impl RunArgs {
             ready: self.ready_fd.map(ready_file).transpose()?,
             empty_programs: self.empty_programs,
             max_function_series: self.max_function_series,
+            kernel_log: self.kernel_log.map(KernelLog::level),
+            verifier_log: self.verifier_log,
             kubernetes: KubernetesConfig {
                 namespace: self.kubernetes.namespace,
                 selector: self.kubernetes.selector,

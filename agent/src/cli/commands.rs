@@ -6,14 +6,18 @@ use anyhow::Context;
 
 use super::args::{ProfileCommand, SymbolsArgs};
 use crate::{
+    console::print,
     host,
+    plan::{ExitPolicy, Listing},
     profile::{self, Profile},
-    symbols::ElfObject,
+    symbols::{ElfObject, SymbolError},
     targets::{Target, TargetSpec},
 };
 
 pub(super) fn profile(command: ProfileCommand) -> anyhow::Result<i32> {
-    let mut out = std::io::stdout().lock();
+    // Written whole at the end, so that a closed pipe is told from other failures once.
+    let mut text = Vec::new();
+    let out = &mut text;
     match command {
         ProfileCommand::List => {
             for (name, _) in profile::BUILTIN {
@@ -29,10 +33,11 @@ pub(super) fn profile(command: ProfileCommand) -> anyhow::Result<i32> {
         }
         ProfileCommand::Check { files } => {
             for file in files {
-                check_profile(&mut out, &file)?;
+                check_profile(out, &file)?;
             }
         }
     }
+    print(|stdout| stdout.write_all(&text))?;
     Ok(0)
 }
 
@@ -62,63 +67,109 @@ pub(super) fn symbols(args: SymbolsArgs) -> anyhow::Result<i32> {
         .map(glob::Pattern::new)
         .transpose()
         .context("--filter")?;
-    let objects: Vec<ElfObject> = match (args.target.pid, args.target.exe) {
-        (Some(pid), _) => Target::resolve(&TargetSpec::Pid(pid))?.objects,
-        (_, Some(exe)) => Target::resolve(&TargetSpec::Binary(exe))?.objects,
+    let target = match (args.target.pid, args.target.exe) {
+        (Some(pid), _) => Target::resolve(&TargetSpec::Pid(pid))?,
+        (_, Some(exe)) => Target::resolve(&TargetSpec::Binary(exe))?,
         _ => unreachable!("clap requires exactly one target"),
     };
-    let mut out = std::io::stdout().lock();
-    for object in &objects {
-        write_functions(&mut out, object, filter.as_ref())?;
+    let unreadable = target.skipped.iter().map(unreadable_object);
+    for (path, reason) in unreadable.chain(skipped_objects(&target.objects)) {
+        eprintln!("flowtap: skipped {}: {reason}", path.display());
     }
+    let listings = listings(
+        &target.objects,
+        ExitPolicy(args.exit_probes),
+        filter.as_ref(),
+    )?;
+    if listings.is_empty() {
+        let what = args.filter.map_or("no function".into(), |glob| {
+            format!("no function matches `{glob}`")
+        });
+        anyhow::bail!(
+            "{what} in the {} objects of {}: try a broader glob, e.g. '*name*'",
+            target.objects.len(),
+            target.describe()
+        );
+    }
+    print(|out| {
+        listings
+            .iter()
+            .try_for_each(|listing| write!(out, "{listing}"))
+    })?;
     Ok(0)
 }
 
-fn write_functions(
-    out: &mut dyn Write,
-    object: &ElfObject,
+/// Per object, the functions the filter matches: traceable ones, and refused ones with why.
+fn listings(
+    objects: &[ElfObject],
+    policy: ExitPolicy,
     filter: Option<&glob::Pattern>,
-) -> std::io::Result<()> {
-    let functions: Vec<_> = object
-        .functions
-        .iter()
-        .filter(|f| filter.is_none_or(|p| p.matches(&f.name) || p.matches(&f.raw_name)))
-        .collect();
-    if functions.is_empty() {
-        return Ok(());
+) -> Result<Vec<Listing>, SymbolError> {
+    let mut listings = Vec::new();
+    for object in objects.iter().filter(|object| !object.is_go) {
+        let listing = Listing::of(object, policy.mode_for(object), |f| {
+            filter.is_none_or(|p| crate::symbols::matches(p, &f.raw_name, &f.name))
+        })?;
+        if !listing.is_empty() {
+            listings.push(listing);
+        }
     }
-    writeln!(
-        out,
-        "{} ({} functions)",
-        object.path.display(),
-        functions.len()
-    )?;
-    for function in functions {
-        let note = if function.probeable {
-            ""
-        } else {
-            "  (not probeable: LOCK prefix)"
-        };
-        writeln!(out, "  {}{note}", function.name)?;
-    }
-    Ok(())
+    Ok(listings)
 }
 
-pub(super) fn check() -> i32 {
+/// A mapped file that is not an ELF object flowtap can read, and why, in a few words.
+fn unreadable_object(error: &SymbolError) -> (std::path::PathBuf, String) {
+    match error {
+        SymbolError::Read { path, source } => (path.clone(), format!("cannot read it: {source}")),
+        SymbolError::NotElf { path } => (path.clone(), "not an ELF file".into()),
+        SymbolError::NotRegular { path, kind } => (path.clone(), format!("{kind}, not a file")),
+        SymbolError::Not64Bit { path } => (path.clone(), "a 32-bit ELF file".into()),
+        SymbolError::ForeignArch { path, arch, .. } => (path.clone(), format!("built for {arch}")),
+        SymbolError::Malformed { path, reason } => (path.clone(), format!("malformed: {reason}")),
+    }
+}
+
+/// Objects with nothing to list, and why.
+fn skipped_objects(objects: &[ElfObject]) -> Vec<(std::path::PathBuf, String)> {
+    objects
+        .iter()
+        .filter_map(|object| {
+            let reason = if object.is_go {
+                "a Go binary: flowtap does not trace Go (its moving stacks break return probes)"
+            } else if object.functions.is_empty() {
+                "stripped: no function symbols in .dynsym or .symtab"
+            } else {
+                return None;
+            };
+            Some((object.path.clone(), reason.to_string()))
+        })
+        .collect()
+}
+
+pub(super) fn check() -> anyhow::Result<i32> {
     let findings = host::findings();
-    for finding in &findings {
-        let verdict = match (finding.ok, finding.required) {
-            (true, _) => "ok",
-            (false, true) => "MISSING",
-            (false, false) => "absent",
-        };
-        println!("{:<15} {:<8} {}", finding.what, verdict, finding.detail);
-    }
-    if findings.iter().all(|f| f.ok || !f.required) {
-        println!("flowtap can trace on this host.");
-        0
-    } else {
-        println!("flowtap cannot trace on this host: fix the MISSING lines above.");
-        1
-    }
+    let usable = findings.iter().all(|f| f.ok || !f.required);
+    print(|out| {
+        for finding in &findings {
+            let verdict = match (finding.ok, finding.required) {
+                (true, _) => "ok",
+                (false, true) => "MISSING",
+                (false, false) => "absent",
+            };
+            writeln!(
+                out,
+                "{:<15} {:<8} {}",
+                finding.what, verdict, finding.detail
+            )?;
+        }
+        if usable {
+            writeln!(out, "flowtap can trace on this host.")
+        } else {
+            writeln!(
+                out,
+                "flowtap cannot trace on this host: fix the MISSING lines above."
+            )
+        }
+    })?;
+    Ok(if usable { 0 } else { 1 })
 }

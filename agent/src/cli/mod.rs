@@ -5,9 +5,11 @@ mod args;
 mod commands;
 mod config;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
 use args::{Cli, Command};
+
+use crate::console::PrintError;
 
 /// The `run` arguments a `flowtap.toml` text stands for, or the message refusing it (what the
 /// config fuzz target drives).
@@ -25,8 +27,23 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    let cli = match Cli::try_parse_from(argv) {
+    let mut command = Cli::command();
+    // The kernel's features are probed only when asked for.
+    if argv
+        .iter()
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg == "--version")
+    {
+        let version = format!("{}\n{}", args::VERSION, crate::host::features_line());
+        // clap keeps &'static strings; this one lives until the process prints it and exits.
+        command = command.long_version(version.leak() as &str);
+    }
+    let cli = match command
+        .try_get_matches_from(argv)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+    {
         Ok(cli) => cli,
+        // --help and --version print as clap prints them.
         Err(error) if !error.use_stderr() => error.exit(),
         Err(error) => {
             eprintln!("flowtap: error: {}", clap_one_line(&error.to_string()));
@@ -35,6 +52,8 @@ pub fn main() -> i32 {
     };
     match execute(cli) {
         Ok(code) => code,
+        // `flowtap symbols | head`: the reader has what it wanted.
+        Err(error) if matches!(error.downcast_ref(), Some(PrintError::Closed)) => 0,
         Err(error) => {
             // One line: what went wrong and, from the error itself, what to do.
             eprintln!("flowtap: error: {}", one_line(error.as_ref()));
@@ -76,16 +95,19 @@ fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn execute(cli: Cli) -> anyhow::Result<i32> {
+    crate::console::set_quiet(cli.quiet);
     match cli.command {
         Command::Run(args) => crate::run::run(args.into_config()?),
         Command::Symbols(args) => commands::symbols(args),
         Command::Profile(command) => commands::profile(command),
-        Command::Check => Ok(commands::check()),
+        Command::Check => commands::check(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]

@@ -17,7 +17,7 @@ use crate::{
     kernel_counters::{FunctionStats, Snapshot},
     loader::Probes,
     plan::Plan,
-    profile_metrics::{FAILURE, LabelCap, ProfileMetrics, SUCCESS, Series},
+    profile_metrics::{FAILURE, LabelCap, ProfileMetrics, SUCCESS, Series, UNWOUND},
     workloads::Workloads,
 };
 
@@ -173,11 +173,15 @@ impl Exporter {
             };
             calls.push(counter_metric(
                 &self.labels(&with_status(SUCCESS)),
-                (f.calls - f.errors) as f64,
+                (f.calls - f.errors - f.unwound) as f64,
             ));
             calls.push(counter_metric(
                 &self.labels(&with_status(FAILURE)),
                 f.errors as f64,
+            ));
+            calls.push(counter_metric(
+                &self.labels(&with_status(UNWOUND)),
+                f.unwound as f64,
             ));
             durations.push(histogram(&self.labels(&base), f));
         }

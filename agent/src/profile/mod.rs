@@ -266,7 +266,7 @@ impl Profile {
     ) -> Option<&Arc<FunctionRule>> {
         self.functions.iter().find(|rule| {
             rule.object.as_ref().is_none_or(|o| o.matches(object_name))
-                && (rule.pattern.matches(raw) || rule.pattern.matches(demangled))
+                && crate::symbols::matches(&rule.pattern, raw, demangled)
         })
     }
 }

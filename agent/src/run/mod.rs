@@ -19,6 +19,7 @@ use opentelemetry_otlp::SpanExporter;
 use tokio::runtime::Runtime;
 
 use crate::{
+    console::{print, status},
     export::{
         metrics_server::MetricsServer,
         otlp::{self, OtlpProtocol, SpanCounts, SpanQueue},
@@ -28,9 +29,9 @@ use crate::{
     host,
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
-    loader::Probes,
+    loader::{KernelLogLevel, LoadOptions, Probes},
     output_file::{self, OutputFile},
-    plan::{Plan, Selection, SymbolSelector},
+    plan::{ExitPolicy, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
     report::{Report, ReportFormat, SpanSummary},
@@ -49,6 +50,8 @@ pub(crate) struct RunConfig {
     pub(crate) profiles: Vec<String>,
     /// `GLOB` or `OBJECT:GLOB` selectors of functions to time without a profile.
     pub(crate) symbols: Vec<String>,
+    /// How each object's returns are observed.
+    pub(crate) exit_probes: ExitPolicy,
     /// Stop after this long.
     pub(crate) duration: Option<Duration>,
     pub(crate) report: ReportFormat,
@@ -68,6 +71,10 @@ pub(crate) struct RunConfig {
     pub(crate) ready: Option<File>,
     /// Attach programs that do nothing (the kernel's own cost, for benchmarks).
     pub(crate) empty_programs: bool,
+    /// Print the kernel programs' diagnostics up to this level; off when None.
+    pub(crate) kernel_log: Option<KernelLogLevel>,
+    /// Where to write the verifier's log if the kernel refuses a program.
+    pub(crate) verifier_log: Option<PathBuf>,
     pub(crate) kubernetes: KubernetesConfig,
     /// Per-function series on `/metrics` beyond which the rest fold into `other`.
     pub(crate) max_function_series: usize,
@@ -79,6 +86,7 @@ impl Default for RunConfig {
             target: None,
             profiles: Vec::new(),
             symbols: Vec::new(),
+            exit_probes: ExitPolicy::default(),
             duration: None,
             report: ReportFormat::default(),
             output: None,
@@ -90,6 +98,8 @@ impl Default for RunConfig {
             spans_out: None,
             ready: None,
             empty_programs: false,
+            kernel_log: None,
+            verifier_log: None,
             kubernetes: KubernetesConfig::default(),
             max_function_series: prometheus::DEFAULT_MAX_FUNCTION_SERIES,
         }
@@ -123,6 +133,7 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     let outputs = [
         ("--output", &config.output),
         ("--spans-out", &config.spans_out),
+        ("--verifier-log", &config.verifier_log),
     ];
     let named: Vec<_> = outputs
         .iter()
@@ -144,11 +155,8 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         &selection,
         &target.describe(),
     )?);
-    if !plan.unprobeable.is_empty() {
-        eprintln!(
-            "flowtap: warning: not tracing {} (uprobes refuse a first instruction with a LOCK prefix)",
-            plan.unprobeable.join(", ")
-        );
+    for note in plan.notes() {
+        eprintln!("flowtap: note: {note}");
     }
     let workloads: Arc<dyn Workloads> = match cluster {
         Some(cluster) => Arc::new(PodWorkloads::new(cluster, target.pid())),
@@ -212,6 +220,7 @@ fn selection(config: &RunConfig) -> anyhow::Result<Selection> {
         symbols,
         texts,
         defaulted,
+        exit_probes: config.exit_probes.clone(),
     })
 }
 
@@ -293,13 +302,14 @@ fn load(config: &RunConfig, prepared: &Prepared, spans_wanted: bool) -> anyhow::
     } else {
         0.0
     };
-    Ok(Probes::load(
-        &prepared.plan,
-        &prepared.target,
+    let options = LoadOptions {
         sample_rate,
-        prepared.workloads.per_cgroup(),
-        config.empty_programs,
-    )?)
+        by_cgroup: prepared.workloads.per_cgroup(),
+        empty_programs: config.empty_programs,
+        kernel_log: config.kernel_log,
+        verifier_log: config.verifier_log.clone(),
+    };
+    Ok(Probes::load(&prepared.plan, &prepared.target, &options)?)
 }
 
 /// Where the pump sends spans, and their counts.
@@ -393,13 +403,13 @@ fn serve(
     let listener = attached.listener.take().context("metrics listener")?;
     let address = listener.local_addr().context("metrics address")?;
     let plan = &attached.plan;
-    eprintln!("flowtap: serving metrics on http://{address}/metrics");
-    eprintln!(
-        "flowtap: attached {} probes in {} objects of {}; Ctrl-C to stop",
+    status(format_args!("serving metrics on http://{address}/metrics"));
+    status(format_args!(
+        "attached {} probes in {} objects of {}; Ctrl-C to stop",
         plan.probes.len(),
         plan.objects.len(),
         target.describe()
-    );
+    ));
     let mut signals = {
         let _context = attached.runtime.enter();
         wait::StopSignals::listen().context("listening for SIGINT and SIGTERM")?
@@ -491,9 +501,13 @@ fn write_report(file: Option<File>, config: &RunConfig, report: &Report) -> anyh
     match (file, &config.output) {
         (Some(mut file), Some(path)) => {
             report.write(&mut file, config.report)?;
-            eprintln!("flowtap: report written to {}", path.display());
+            status(format_args!("report written to {}", path.display()));
         }
-        _ => report.write(&mut std::io::stdout().lock(), config.report)?,
+        // The launched command owns standard output; the report goes where strace's would.
+        _ if matches!(config.target, Some(TargetSpec::Launch { .. })) => {
+            report.write(&mut std::io::stderr().lock(), config.report)?
+        }
+        _ => print(|out| report.write(out, config.report))?,
     }
     Ok(())
 }

@@ -78,7 +78,7 @@ async fn run_child(
         tokio::select! {
             code = &mut exited => {
                 let code = code.context("waiting for the command")?.context("waiting for the command")?;
-                eprintln!("flowtap: command exited with code {code}");
+                crate::console::status(format_args!("command exited with code {code}"));
                 return Ok(code);
             }
             // The command gets the same signal (Ctrl-C reaches it through the terminal too);
@@ -101,7 +101,9 @@ async fn run_child(
                 return Ok(128 + passed_on.unwrap_or(libc::SIGTERM));
             }
             _ = &mut deadline => {
-                eprintln!("flowtap: duration reached; command {pid} keeps running untraced");
+                crate::console::status(format_args!(
+                    "duration reached; command {pid} keeps running untraced"
+                ));
                 return Ok(0);
             }
         }

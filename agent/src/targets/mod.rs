@@ -72,6 +72,8 @@ pub(crate) struct Target {
     pub kind: TargetKind,
     /// The objects to look for symbols in; the program's executable first when there is one.
     pub objects: Vec<ElfObject>,
+    /// Mapped files that could not be read as ELF objects, and why.
+    pub skipped: Vec<SymbolError>,
 }
 
 #[derive(Debug)]
@@ -104,13 +106,33 @@ impl Target {
         let pid = NonZeroU32::new(pid).ok_or(TargetError::NoSuchProcess { pid })?;
         process::check_traceable(pid.get())?;
         invoker::may_trace(pid.get())?;
-        let objects = process::mapped_objects(pid.get())?
+        let mut skipped = Vec::new();
+        let paths = process::mapped_objects(pid.get())?;
+        let mut progress = crate::console::Progress::new();
+        let mut functions = 0;
+        let objects = paths
             .iter()
-            .filter_map(|path| ElfObject::read(path).ok())
+            .enumerate()
+            .filter_map(|(index, path)| {
+                let object = ElfObject::read(path)
+                    .map_err(|error| skipped.push(error))
+                    .ok()?;
+                functions += object.functions.len();
+                progress.show(
+                    functions,
+                    format_args!(
+                        "reading symbols: {}/{} objects, {functions} functions",
+                        index + 1,
+                        paths.len()
+                    ),
+                );
+                Some(object)
+            })
             .collect();
         Ok(Self {
             kind: TargetKind::Process { pid },
             objects,
+            skipped,
         })
     }
 
@@ -143,6 +165,7 @@ impl Target {
             } else {
                 objects
             },
+            skipped: Vec::new(),
         })
     }
 
@@ -157,6 +180,7 @@ impl Target {
         Ok(Self {
             kind: TargetKind::Launch { child, program },
             objects,
+            skipped: Vec::new(),
         })
     }
 

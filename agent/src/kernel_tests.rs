@@ -1,0 +1,324 @@
+//! The kernel programs tested in-process, the way aya's own integration tests do: load the
+//! embedded object, attach to `#[no_mangle] extern "C"` trigger functions of this test binary,
+//! call them, and read what the kernel recorded. Needs root (fails loudly without).
+
+use std::{ffi::CStr, hint::black_box};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use flowtap_common::{
+    AggregateKey, AggregateValue, Capture, Compare, Condition, Config, ProbeSpec, ProbeStats,
+    SPAN_FAILED, SPAN_UNWOUND, SpanEvent, TextSpanEvent,
+    abi::{self, maps, programs},
+};
+
+use crate::loader::KERNEL_PROGRAMS;
+
+/// The production object, every span sampled.
+fn load() -> Ebpf {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the kernel tests load eBPF programs and must run as root"
+    );
+    let config = Config {
+        sample_threshold: u32::MAX,
+        ..Config::default()
+    };
+    EbpfLoader::new()
+        .allow_unsupported_maps()
+        .override_global(abi::CONFIG, &config, true)
+        .load(KERNEL_PROGRAMS)
+        .expect("loading the kernel programs")
+}
+
+/// Attaches `program` at each trigger symbol of this binary, cookie = probe id.
+fn attach(ebpf: &mut Ebpf, program: &str, triggers: &[(&'static str, u32)]) {
+    let uprobe: &mut UProbe = ebpf.program_mut(program).unwrap().try_into().unwrap();
+    if uprobe.fd().is_err() {
+        uprobe.load().expect("the verifier accepts the program");
+    }
+    let pid = std::num::NonZeroU32::new(std::process::id()).unwrap();
+    for &(symbol, id) in triggers {
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::Symbol(symbol),
+            cookie: Some(u64::from(id)),
+        };
+        uprobe
+            .attach([point], "/proc/self/exe", UProbeScope::OneProcess(pid))
+            .unwrap_or_else(|error| panic!("attaching {program} to {symbol}: {error}"));
+    }
+}
+
+/// Entry and return probes on every trigger (exits first, as the agent does).
+fn attach_calls(ebpf: &mut Ebpf, triggers: &[(&'static str, u32)]) {
+    attach(ebpf, programs::RETURN, triggers);
+    attach(ebpf, programs::ENTRY, triggers);
+}
+
+fn set_spec(ebpf: &mut Ebpf, id: u32, spec: ProbeSpec) {
+    let mut specs: Array<_, ProbeSpec> =
+        Array::try_from(ebpf.map_mut(maps::SPECS).unwrap()).unwrap();
+    specs.set(id, &spec, 0).unwrap();
+}
+
+/// A probe's stats summed over CPUs: (entered, returned, unwound, in flight, errors).
+fn stats(ebpf: &Ebpf, id: u32) -> (u64, u64, u64, u64, u64) {
+    let map: PerCpuArray<_, ProbeStats> =
+        PerCpuArray::try_from(ebpf.map(maps::PROBE_STATS).unwrap()).unwrap();
+    let mut sums = (0, 0, 0, 0u64, 0);
+    for cpu in map.get(&id, 0).unwrap().iter() {
+        sums.0 += cpu.entered;
+        sums.1 += cpu.buckets.iter().sum::<u64>();
+        sums.2 += cpu.unwound;
+        sums.3 = sums.3.wrapping_add(cpu.in_flight);
+        sums.4 += cpu.errors;
+    }
+    sums
+}
+
+/// Every span record in the ring: the span, and its string when it carries one.
+fn spans(ebpf: &mut Ebpf) -> Vec<(SpanEvent, Option<String>)> {
+    let mut ring = RingBuf::try_from(ebpf.take_map(maps::SPANS).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        // SAFETY: the kernel writes a whole SpanEvent (plain #[repr(C)]) at the start of every
+        // record, a TextSpanEvent when the record is that large; read unaligned.
+        let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SpanEvent>()) };
+        let text = (item.len() >= size_of::<TextSpanEvent>()).then(|| {
+            // SAFETY: as above, the whole TextSpanEvent.
+            let full = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TextSpanEvent>()) };
+            CStr::from_bytes_until_nul(&full.text)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        });
+        out.push((event, text));
+    }
+    out
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn flowtap_test_inner(x: u64) -> u64 {
+    black_box(x) + 1
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn flowtap_test_outer(x: u64) -> u64 {
+    black_box(flowtap_test_inner(x) + flowtap_test_inner(x + 1))
+}
+
+#[test]
+fn nested_calls_are_children_of_their_caller() {
+    let mut ebpf = load();
+    attach_calls(
+        &mut ebpf,
+        &[("flowtap_test_outer", 0), ("flowtap_test_inner", 1)],
+    );
+    assert_eq!(flowtap_test_outer(black_box(1)), 5);
+    assert_eq!(stats(&ebpf, 0), (1, 1, 0, 0, 0));
+    assert_eq!(stats(&ebpf, 1), (2, 2, 0, 0, 0));
+    let spans = spans(&mut ebpf);
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    let outer = spans.iter().find(|(s, _)| s.probe_id == 0).unwrap().0;
+    assert_eq!(outer.parent_span_id, 0, "the outer call is the root");
+    for (inner, _) in spans.iter().filter(|(s, _)| s.probe_id == 1) {
+        assert_eq!(inner.parent_span_id, outer.span_id);
+        assert_eq!(inner.trace_id, outer.trace_id);
+        assert!(outer.start_ns <= inner.start_ns && inner.end_ns <= outer.end_ns);
+    }
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn flowtap_test_no_exit(x: u64) -> u64 {
+    black_box(x)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn flowtap_test_after(x: u64) -> u64 {
+    black_box(x) * 2
+}
+
+/// Calls whose return is never seen (here: no exit probe, as after a longjmp) are closed as
+/// unwound by the next call at the same stack pointer, and never wedge the stack.
+#[inline(never)]
+fn calls_without_returns() -> u64 {
+    let mut sum = 0;
+    for i in 0..3 {
+        sum += flowtap_test_no_exit(black_box(i));
+    }
+    sum + flowtap_test_after(black_box(1))
+}
+
+#[test]
+fn frames_the_stack_passed_are_closed_as_unwound() {
+    let mut ebpf = load();
+    // A return-instruction exit (return_probe = 0): no tail call can keep it alive.
+    for id in [0, 1] {
+        set_spec(
+            &mut ebpf,
+            id,
+            ProbeSpec {
+                return_probe: 0,
+                ..ProbeSpec::default()
+            },
+        );
+    }
+    attach(&mut ebpf, programs::ENTRY, &[("flowtap_test_no_exit", 0)]);
+    attach_calls(&mut ebpf, &[("flowtap_test_after", 1)]);
+    assert_eq!(calls_without_returns(), 5);
+    assert_eq!(stats(&ebpf, 0), (3, 0, 3, 0, 0), "three calls, all unwound");
+    assert_eq!(stats(&ebpf, 1), (1, 1, 0, 0, 0));
+    let spans = spans(&mut ebpf);
+    let unwound: Vec<_> = spans
+        .iter()
+        .filter(|(s, _)| s.flags & SPAN_UNWOUND != 0)
+        .collect();
+    assert_eq!(unwound.len(), 3, "{spans:?}");
+    assert!(unwound.iter().all(|(s, _)| s.probe_id == 0));
+    let after = spans.iter().find(|(s, _)| s.probe_id == 1).unwrap().0;
+    assert_eq!(
+        after.parent_span_id, 0,
+        "a sibling, not a child of a stale frame"
+    );
+}
+
+// A function whose return instruction is at a known offset (8): push rbp (1 byte), mov rbp, rsp
+// (3), mov rax, rdi (3), pop rbp (1), ret.
+#[cfg(target_arch = "x86_64")]
+core::arch::global_asm!(
+    ".globl flowtap_test_ret_insn",
+    ".type flowtap_test_ret_insn, @function",
+    "flowtap_test_ret_insn:",
+    "push rbp",
+    "mov rbp, rsp",
+    "mov rax, rdi",
+    "pop rbp",
+    "ret",
+    ".size flowtap_test_ret_insn, . - flowtap_test_ret_insn",
+);
+
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" {
+    fn flowtap_test_ret_insn(x: u64) -> u64;
+}
+
+/// Exits seen by a uprobe at the return instruction: the stack pointer there is the entry's.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn returns_at_the_return_instruction_pop_their_frames() {
+    let mut ebpf = load();
+    set_spec(
+        &mut ebpf,
+        0,
+        ProbeSpec {
+            return_probe: 0,
+            error: Condition::new(Compare::Eq, 42),
+            ..ProbeSpec::default()
+        },
+    );
+    let uprobe: &mut UProbe = ebpf
+        .program_mut(programs::RET_INSN)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    uprobe.load().expect("the verifier accepts the program");
+    let pid = std::num::NonZeroU32::new(std::process::id()).unwrap();
+    let point = UProbeAttachPoint {
+        location: UProbeAttachLocation::SymbolOffset("flowtap_test_ret_insn", 8),
+        cookie: Some(0),
+    };
+    uprobe
+        .attach([point], "/proc/self/exe", UProbeScope::OneProcess(pid))
+        .expect("attaching at the return instruction");
+    attach(&mut ebpf, programs::ENTRY, &[("flowtap_test_ret_insn", 0)]);
+    for x in [1, 42, 3] {
+        // SAFETY: the function above returns its argument and touches nothing else.
+        assert_eq!(unsafe { flowtap_test_ret_insn(black_box(x)) }, x);
+    }
+    assert_eq!(
+        stats(&ebpf, 0),
+        (3, 3, 0, 0, 1),
+        "the return value read from rax"
+    );
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn flowtap_test_status(x: i64) -> i64 {
+    black_box(x)
+}
+
+#[test]
+fn outcome_bits_count_errors_and_conditions() {
+    let mut ebpf = load();
+    set_spec(
+        &mut ebpf,
+        0,
+        ProbeSpec {
+            aggregate: 1,
+            error: Condition::new(Compare::Lt, 0),
+            conditions: [Condition::new(Compare::Eq, 7), Condition::NEVER],
+            ..ProbeSpec::default()
+        },
+    );
+    attach_calls(&mut ebpf, &[("flowtap_test_status", 0)]);
+    for value in [-1, 7, 3, 7] {
+        flowtap_test_status(black_box(value));
+    }
+    assert_eq!(stats(&ebpf, 0).4, 1, "one failed call");
+    let aggregates: HashMap<_, AggregateKey, AggregateValue> =
+        HashMap::try_from(ebpf.map(maps::AGGREGATES).unwrap()).unwrap();
+    let mut by_outcome: Vec<(i32, u64)> = aggregates
+        .iter()
+        .map(|entry| entry.map(|(key, value)| (key.outcome, value.calls)))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    by_outcome.sort();
+    assert_eq!(by_outcome, [(0, 1), (1, 1), (2, 2)]);
+    let spans = spans(&mut ebpf);
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|(s, _)| s.flags & SPAN_FAILED != 0)
+            .count(),
+        1
+    );
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn flowtap_test_text(text: *const libc::c_char) -> usize {
+    // SAFETY: the test passes a NUL-terminated string.
+    black_box(unsafe { CStr::from_ptr(text) }.count_bytes())
+}
+
+#[test]
+fn a_string_argument_is_captured_at_entry_onto_the_span() {
+    let mut ebpf = load();
+    set_spec(
+        &mut ebpf,
+        0,
+        ProbeSpec {
+            text: Capture::register(0),
+            text_in_span: 1,
+            ..ProbeSpec::default()
+        },
+    );
+    attach_calls(&mut ebpf, &[("flowtap_test_text", 0)]);
+    assert_eq!(flowtap_test_text(c"checkout/step-3".as_ptr()), 15);
+    let spans = spans(&mut ebpf);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0].1.as_deref(), Some("checkout/step-3"));
+}
