@@ -3,17 +3,38 @@
 //! kernel_counters → profile_metrics → export and report; `run` drives the stages through its
 //! phases, `cli` turns the command line into a run, `workloads` adds where processes run.
 
+/// `eprintln!` that never panics: a closed stderr (`2>&1 | head`) must not crash a run that
+/// is tracing a production process. Defined before the modules, it shadows the standard macro
+/// in all of them.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` likewise (progress lines).
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 mod console;
 mod export;
 mod host;
 mod instructions;
+mod invoker;
 mod kernel_counters;
 mod kernel_log;
 #[cfg(test)]
 mod kernel_tests;
 mod kubernetes;
 mod loader;
+mod mapped_file;
+mod output_file;
 mod plan;
 mod profile;
 mod profile_metrics;

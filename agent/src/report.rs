@@ -36,6 +36,8 @@ pub(crate) struct SpanSummary {
     pub exported: u64,
     pub dropped: u64,
     pub export_errors: u64,
+    /// Not written to the `--spans-out` file after a write error.
+    pub file_dropped: u64,
     #[serde(skip)]
     pub slowest_trace: Option<Vec<TreeSpan>>,
 }
@@ -47,6 +49,7 @@ impl SpanSummary {
             exported: SpanCounts::get(&counts.exported),
             dropped: SpanCounts::get(&counts.dropped),
             export_errors: SpanCounts::get(&counts.export_errors),
+            file_dropped: SpanCounts::get(&counts.file_dropped),
             slowest_trace,
         }
     }
@@ -196,6 +199,13 @@ fn write_spans(out: &mut dyn Write, spans: &SpanSummary) -> std::io::Result<()> 
         "\nspans: {} received, {} exported, {} dropped, {} export errors",
         spans.received, spans.exported, spans.dropped, spans.export_errors
     )?;
+    if spans.file_dropped > 0 {
+        writeln!(
+            out,
+            "spans not written to the spans file after a write error: {}",
+            spans.file_dropped
+        )?;
+    }
     let Some(trace) = &spans.slowest_trace else {
         return Ok(());
     };
@@ -223,7 +233,7 @@ fn write_tree(
         out,
         "{:indent$}{}  {}",
         "",
-        span.name,
+        printable(&span.name),
         human_duration(span.end_ns.saturating_sub(span.start_ns)),
         indent = depth * 2
     )?;
@@ -264,6 +274,24 @@ fn write_declared(out: &mut dyn Write, declared: &ProfileMetrics) -> std::io::Re
     Ok(())
 }
 
+/// Text from the target (names, captured strings) as a terminal shows it safely: control
+/// characters (ANSI escapes, CR, LF) escaped, so none can forge report lines or drive the
+/// terminal.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `name{k="v",...}`, as Prometheus writes a series.
 fn series_name(counter: &JsonCounter) -> String {
     if counter.labels.is_empty() {
@@ -273,10 +301,8 @@ fn series_name(counter: &JsonCounter) -> String {
         .labels
         .iter()
         .map(|(k, v)| {
-            let escaped = v
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
+            // Control characters (ANSI escapes, CR, LF) from the target escaped too.
+            let escaped = printable(&v.replace('\\', "\\\\").replace('"', "\\\""));
             format!("{k}=\"{escaped}\"")
         })
         .collect();
@@ -323,7 +349,7 @@ fn write_unfinished(out: &mut dyn Write, in_progress: &[(String, u64)]) -> std::
     }
     let detail: Vec<String> = in_progress
         .iter()
-        .map(|(function, n)| format!("{function} {n}"))
+        .map(|(function, n)| format!("{} {n}", printable(function)))
         .collect();
     writeln!(
         out,
@@ -342,8 +368,8 @@ fn write_table(
         .iter()
         .map(|s| {
             [
-                s.function.clone(),
-                s.object.clone(),
+                printable(&s.function),
+                printable(&s.object),
                 s.calls.to_string(),
                 s.unwound.to_string(),
                 s.errors.to_string(),
@@ -499,6 +525,20 @@ mod tests {
         );
         assert_eq!(with_unit("wait_seconds_total", "", 0.0201), "20.1ms");
         assert_eq!(with_unit("cache_hits_total", "", 62.0), "62");
+    }
+
+    #[test]
+    fn strings_from_the_target_cannot_forge_lines_or_drive_the_terminal() {
+        let mut stats = crate::kernel_counters::FunctionStats::from_durations(&[1000]);
+        stats.function = "evil\x1b[2J\r\nFAKE  0  0".into();
+        let snapshot = Snapshot {
+            functions: vec![stats],
+            ..Snapshot::default()
+        };
+        let text = table(&snapshot);
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text}");
+        assert!(!text.lines().any(|line| line.starts_with("FAKE")), "{text}");
+        assert!(text.contains("evil\\u{1b}[2J\\r\\nFAKE"), "{text}");
     }
 
     #[test]

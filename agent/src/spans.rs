@@ -380,7 +380,10 @@ impl SpanPump {
             }
             let resource = self.factory.resource(pid, cgroup);
             if let Some(file) = &mut self.file {
-                file.write(&resource, spans.clone())?;
+                let dropped = file.write_or_count(&resource, spans.clone());
+                self.counts
+                    .file_dropped
+                    .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
             }
             if let Some(queue) = &self.queue {
                 queue.push(spans.into_iter().map(|span| (pid, resource.clone(), span)));

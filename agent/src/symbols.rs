@@ -7,6 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::mapped_file::{MapError, MappedFile};
+
 use object::{
     Endianness, Object, ObjectSymbol, SymbolKind,
     elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH, PT_INTERP, PT_LOAD},
@@ -102,6 +104,10 @@ pub enum SymbolError {
     },
     #[error("{path} is not an ELF file: give the path of an executable or shared library")]
     NotElf { path: PathBuf },
+    #[error(
+        "{path} is {kind}, not a regular file: give the path of an executable or shared library"
+    )]
+    NotRegular { path: PathBuf, kind: String },
     #[error("{path} is a 32-bit ELF file: flowtap traces 64-bit x86_64 and aarch64 programs only")]
     Not64Bit { path: PathBuf },
     #[error("{path} is built for {arch}, not for this machine ({host})")]
@@ -115,10 +121,17 @@ pub enum SymbolError {
 }
 
 impl ElfObject {
+    /// Maps the file rather than reading it whole; refuses what is not a regular file.
     pub(crate) fn read(path: &Path) -> Result<Self, SymbolError> {
-        let data = std::fs::read(path).map_err(|source| SymbolError::Read {
-            path: path.to_path_buf(),
-            source,
+        let data = MappedFile::open(path).map_err(|error| match error {
+            MapError::NotRegular(kind) => SymbolError::NotRegular {
+                path: path.to_path_buf(),
+                kind: kind.to_string(),
+            },
+            MapError::Io(source) => SymbolError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
         })?;
         Self::parse(path, &data)
     }

@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Arc, Mutex},
 };
 
@@ -42,10 +42,29 @@ impl HttpReceiver {
         self.spans.lock().unwrap().clone()
     }
 
+    /// Serves OTLP/HTTPS on `listener` with `config` (its certificate, and the client
+    /// certificates it requires).
+    pub fn start_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        let receiver = Self::default();
+        let served = receiver.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let served = served.clone();
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let Ok(connection) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    served.serve(rustls::StreamOwned::new(connection, stream));
+                });
+            }
+        });
+        receiver
+    }
+
     /// One keep-alive connection: requests until the client closes it.
-    fn serve(&self, stream: TcpStream) {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut writer = stream;
+    fn serve(&self, stream: impl Read + Write) {
+        let mut reader = BufReader::new(stream);
         loop {
             let mut content_length = 0;
             let mut line = String::new();
@@ -77,7 +96,8 @@ impl HttpReceiver {
                 ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
             self.keep(request);
             let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-            if writer.write_all(answer.as_bytes()).is_err() {
+            let writer = reader.get_mut();
+            if writer.write_all(answer.as_bytes()).is_err() || writer.flush().is_err() {
                 return;
             }
         }

@@ -194,7 +194,7 @@ fn demo(runs: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: [&str; 3] = ["elf_symbols", "symbol_selector", "profile"];
+const FUZZ_TARGETS: [&str; 4] = ["elf_symbols", "symbol_selector", "profile", "config"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     setup::install_cargo_fuzz()?;
@@ -212,6 +212,13 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         let path = entry?.path();
         std::fs::copy(&path, profiles.join(path.file_name().unwrap_or_default()))?;
     }
+    // And the config file fuzzer from a file using every kind of value.
+    let configs = workspace_root().join("fuzz/corpus/config");
+    std::fs::create_dir_all(&configs)?;
+    std::fs::write(
+        configs.join("flowtap.toml"),
+        "# every kind of value\nreport = \"json\"\nduration = 30\nsample-rate = 0.5\nsymbols = [\"wf_*\", \"libc.so.6:malloc\"]\ncommand = [\"./app\", \"--workers\", 4]\n",
+    )?;
     for target in FUZZ_TARGETS {
         run(nightly_cargo()
             .args(["fuzz", "run", target, "--"])

@@ -196,6 +196,14 @@ pub(crate) struct RunArgs {
     /// Attach programs that do nothing: the kernel's own cost, for `cargo xtask bench`.
     #[arg(long, hide = true)]
     empty_programs: bool,
+    /// Per-function series on /metrics; beyond it, the functions with the least total time fold
+    /// into one `function="other"` series (counted in flowtap_function_series_folded).
+    #[arg(long, value_name = "N", default_value_t = crate::export::prometheus::DEFAULT_MAX_FUNCTION_SERIES)]
+    max_function_series: usize,
+    /// Under sudo, launch the command as root rather than as the user who ran sudo
+    /// (`SUDO_UID`/`SUDO_GID`).
+    #[arg(long)]
+    as_root: bool,
     /// Print the kernel programs' diagnostics of rare events (a shadow stack resynchronised,
     /// calls nested too deep to time) on stderr, up to this level. Off by default.
     #[arg(long, value_enum, value_name = "LEVEL")]
@@ -298,7 +306,10 @@ impl RunArgs {
         let target = match (self.pid, self.exe, self.command.is_empty()) {
             (Some(pid), None, true) => Some(TargetSpec::Pid(pid)),
             (None, Some(exe), true) => Some(TargetSpec::Binary(exe)),
-            (None, None, false) => Some(TargetSpec::Launch(self.command)),
+            (None, None, false) => Some(TargetSpec::Launch {
+                command: self.command,
+                as_root: self.as_root,
+            }),
             // clap's conflicts leave only "no target at all" here, which `run` reports.
             _ => None,
         };
@@ -319,6 +330,7 @@ impl RunArgs {
             spans_out: self.spans_out,
             ready: self.ready_fd.map(ready_file).transpose()?,
             empty_programs: self.empty_programs,
+            max_function_series: self.max_function_series,
             kernel_log: self.kernel_log.map(KernelLog::level),
             verifier_log: self.verifier_log,
             kubernetes: KubernetesConfig {

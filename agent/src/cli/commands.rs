@@ -122,6 +122,7 @@ fn unreadable_object(error: &SymbolError) -> (std::path::PathBuf, String) {
     match error {
         SymbolError::Read { path, source } => (path.clone(), format!("cannot read it: {source}")),
         SymbolError::NotElf { path } => (path.clone(), "not an ELF file".into()),
+        SymbolError::NotRegular { path, kind } => (path.clone(), format!("{kind}, not a file")),
         SymbolError::Not64Bit { path } => (path.clone(), "a 32-bit ELF file".into()),
         SymbolError::ForeignArch { path, arch, .. } => (path.clone(), format!("built for {arch}")),
         SymbolError::Malformed { path, reason } => (path.clone(), format!("malformed: {reason}")),

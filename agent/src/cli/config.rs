@@ -5,11 +5,15 @@
 
 use std::{
     ffi::{OsStr, OsString},
+    fs::File,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use clap::{Arg, ArgAction, Command};
 use toml::de::{DeTable, DeValue};
+
+use crate::invoker;
 
 /// Read, when present and no `--config` is given, from the directory flowtap runs in.
 const DEFAULT_FILE: &str = "flowtap.toml";
@@ -36,18 +40,13 @@ pub(super) fn apply(argv: Vec<OsString>, cli: &Command) -> Result<Vec<OsString>,
         return Ok(argv);
     }
     let user = UserArgs::of(&argv[2..]);
-    let path = match &user.config {
-        Some(path) => path.clone(),
-        None if Path::new(DEFAULT_FILE).is_file() => {
-            eprintln!("flowtap: reading settings from ./{DEFAULT_FILE}");
-            PathBuf::from(DEFAULT_FILE)
-        }
-        None => return Ok(argv),
+    let (path, text) = match &user.config {
+        Some(path) => (path.clone(), read_given(path)?),
+        None => match read_implicit()? {
+            Some(text) => (PathBuf::from(DEFAULT_FILE), text),
+            None => return Ok(argv),
+        },
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
     let run = cli
         .find_subcommand("run")
         .expect("flowtap has a run subcommand");
@@ -56,10 +55,96 @@ pub(super) fn apply(argv: Vec<OsString>, cli: &Command) -> Result<Vec<OsString>,
     result.extend(options);
     result.extend(argv[2..].iter().cloned());
     if let Some(command) = command {
+        // The file picks what runs, perhaps as root: the user sees it before it does.
+        let shown: Vec<_> = command.iter().map(|arg| arg.to_string_lossy()).collect();
+        eprintln!(
+            "flowtap: launching the command of {}: {}",
+            path.display(),
+            shown.join(" ")
+        );
         result.push("--".into());
         result.extend(command);
     }
     Ok(result)
+}
+
+/// The file `--config` names. Read with flowtap's privileges only when the user could read it
+/// too: a parse error would show its contents.
+fn read_given(path: &Path) -> Result<String, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() && !invoker::may_read(path) {
+        return Err(read_error(std::io::Error::from(
+            std::io::ErrorKind::PermissionDenied,
+        )));
+    }
+    std::fs::read_to_string(path).map_err(read_error)
+}
+
+/// `./flowtap.toml`, when it exists and is trusted: owned by the invoking user or root and
+/// writable by no one else. Otherwise it is ignored with a warning saying why, since anyone
+/// able to write it could choose what flowtap runs and writes.
+fn read_implicit() -> Result<Option<String>, ConfigError> {
+    let path = Path::new(DEFAULT_FILE);
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // The open file's own metadata: the file checked is the file read.
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Ok(None);
+    }
+    if let Some(reason) = untrusted(metadata.uid(), metadata.mode()) {
+        eprintln!(
+            "flowtap: warning: ignoring ./{DEFAULT_FILE}: {reason}; fix its owner or mode, or pass --config ./{DEFAULT_FILE} to use it anyway"
+        );
+        return Ok(None);
+    }
+    eprintln!("flowtap: reading settings from ./{DEFAULT_FILE}");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut &file, &mut text).map_err(read_error)?;
+    Ok(Some(text))
+}
+
+/// Why a file with this owner and mode may not steer flowtap, if it may not.
+fn untrusted(owner: u32, mode: u32) -> Option<String> {
+    if !invoker::trusted_owner(owner) {
+        return Some(format!("it is owned by uid {owner}, not by you or root"));
+    }
+    (mode & 0o022 != 0).then(|| {
+        format!(
+            "it is writable by group or others (mode {:o})",
+            mode & 0o777
+        )
+    })
+}
+
+/// The arguments a config file's `text` stands for (options, then `--` and the command), or
+/// the one-line message refusing it: the reader without the file system, for the fuzzer.
+pub(super) fn text_to_args(text: &str, cli: &Command) -> Result<Vec<OsString>, String> {
+    let run = cli
+        .find_subcommand("run")
+        .expect("flowtap has a run subcommand");
+    let (mut options, command) =
+        to_args(text, "fuzz.toml", &UserArgs::default(), run).map_err(|error| error.to_string())?;
+    if let Some(command) = command {
+        options.push("--".into());
+        options.extend(command);
+    }
+    Ok(options)
 }
 
 /// What the user's own arguments (after `run`) set.

@@ -1,5 +1,7 @@
 //! Where measurements leave the agent.
 
+pub(crate) mod metrics_server;
 pub(crate) mod otlp;
+pub(crate) mod otlp_tls;
 pub(crate) mod prometheus;
 pub(crate) mod spans_file;

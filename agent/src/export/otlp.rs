@@ -10,9 +10,13 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{
+    Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
 use opentelemetry_sdk::{Resource, trace::SpanData, trace::SpanExporter as _};
 use tokio::sync::{Notify, watch};
+
+use super::otlp_tls::{TlsError, TlsFiles};
 
 /// Spans waiting for export; beyond this, new spans are dropped (and counted).
 pub(crate) const QUEUE_CAPACITY: usize = 65_536;
@@ -27,8 +31,12 @@ pub(crate) enum OtlpProtocol {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up OTLP export: {0}")]
-pub(crate) struct OtlpError(#[source] opentelemetry_otlp::ExporterBuildError);
+pub(crate) enum OtlpError {
+    #[error("cannot set up OTLP export: {0}")]
+    Build(#[source] opentelemetry_otlp::ExporterBuildError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
 
 /// Whether spans go to a collector: `endpoint`, or one the environment names.
 pub(crate) fn endpoint_configured(endpoint: Option<&str>) -> bool {
@@ -49,6 +57,8 @@ pub(crate) struct SpanCounts {
     pub exported: AtomicU64,
     pub dropped: AtomicU64,
     pub export_errors: AtomicU64,
+    /// Not written to the `--spans-out` file after a write error.
+    pub file_dropped: AtomicU64,
 }
 
 impl SpanCounts {
@@ -63,12 +73,16 @@ pub(crate) fn exporter(
     endpoint: Option<&str>,
     protocol: OtlpProtocol,
 ) -> Result<SpanExporter, OtlpError> {
-    let error = OtlpError;
+    let error = OtlpError::Build;
+    let tls = TlsFiles::from_env()?;
     match protocol {
         OtlpProtocol::Grpc => {
             let mut builder = SpanExporter::builder().with_tonic();
             if let Some(endpoint) = endpoint {
                 builder = builder.with_endpoint(endpoint);
+            }
+            if is_https(endpoint) {
+                builder = builder.with_tls_config(tls.grpc());
             }
             builder.build().map_err(error)
         }
@@ -79,9 +93,34 @@ pub(crate) fn exporter(
             if let Some(endpoint) = endpoint {
                 builder = builder.with_endpoint(http_traces_url(endpoint));
             }
+            if let Some(client) = tls.http()? {
+                builder = builder.with_http_client(client);
+            }
             builder.build().map_err(error)
         }
     }
+}
+
+/// Whether the collector (given, else from the environment) is reached over TLS.
+fn is_https(endpoint: Option<&str>) -> bool {
+    collector_url(endpoint).is_some_and(|url| url.to_ascii_lowercase().starts_with("https://"))
+}
+
+/// The collector's URL: given, else from the environment.
+fn collector_url(endpoint: Option<&str>) -> Option<String> {
+    let from_env = || {
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+    };
+    endpoint.map(str::to_string).or_else(from_env)
+}
+
+fn collector_name(endpoint: Option<&str>) -> String {
+    collector_url(endpoint).unwrap_or_else(|| "(the exporter's default endpoint)".into())
 }
 
 /// A base URL gets the traces path, as `OTEL_EXPORTER_OTLP_ENDPOINT` does.
@@ -104,14 +143,23 @@ pub(crate) struct SpanQueue {
     queue: Mutex<VecDeque<ProcessSpans>>,
     ready: Notify,
     pub counts: Arc<SpanCounts>,
+    /// Spans taken from the queue and not yet accepted: counted as dropped if the run ends.
+    in_flight: AtomicU64,
+    /// The collector, as messages name it.
+    collector: String,
+    /// Whether a failed export was already reported on stderr.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl SpanQueue {
-    pub(crate) fn new(counts: Arc<SpanCounts>) -> Arc<Self> {
+    pub(crate) fn new(counts: Arc<SpanCounts>, endpoint: Option<&str>) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             counts,
+            in_flight: AtomicU64::new(0),
+            collector: collector_name(endpoint),
+            warned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -127,6 +175,16 @@ impl SpanQueue {
         }
         drop(queue);
         self.ready.notify_one();
+    }
+
+    /// The first failed export, on stderr: a collector that refuses or never answers is seen.
+    fn warn_once(&self, error: &opentelemetry_sdk::error::OTelSdkError) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "flowtap: warning: OTLP export to {} failed: {error}; retrying (flowtap_span_export_errors_total counts failures)",
+                self.collector
+            );
+        }
     }
 
     fn take_batch(&self) -> Vec<ProcessSpans> {
@@ -156,8 +214,15 @@ impl SpanQueue {
             _ = self.export_loop(&mut exporter, &stop) => {}
             _ = stopping => {}
         }
-        let left = self.len() as u64;
+        // received = exported + dropped: what is queued or in flight now is dropped.
+        let left = self.len() as u64 + self.in_flight.swap(0, Ordering::Relaxed);
         self.counts.dropped.fetch_add(left, Ordering::Relaxed);
+        if left > 0 {
+            eprintln!(
+                "flowtap: warning: {left} spans not delivered to the OTLP collector {} at exit (counted as dropped)",
+                self.collector
+            );
+        }
         let _ = exporter.shutdown();
     }
 
@@ -187,19 +252,25 @@ impl SpanQueue {
                 None => groups.push((pid, resource, vec![span])),
             }
         }
+        let total = groups.iter().map(|(_, _, spans)| spans.len() as u64).sum();
+        self.in_flight.store(total, Ordering::Relaxed);
         for (_, resource, spans) in groups {
             exporter.set_resource(&resource);
             let mut backoff = Duration::from_millis(100);
             loop {
                 match exporter.export(spans.clone()).await {
                     Ok(()) => {
+                        // In flight first: at no moment is a span counted twice.
+                        self.in_flight
+                            .fetch_sub(spans.len() as u64, Ordering::Relaxed);
                         self.counts
                             .exported
                             .fetch_add(spans.len() as u64, Ordering::Relaxed);
                         break;
                     }
-                    Err(_) => {
+                    Err(error) => {
                         self.counts.export_errors.fetch_add(1, Ordering::Relaxed);
+                        self.warn_once(&error);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }

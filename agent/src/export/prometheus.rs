@@ -7,14 +7,13 @@ use std::{
     time::Instant,
 };
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
 use prometheus::{
     Encoder, TextEncoder,
     proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
 use crate::{
-    export::otlp::SpanCounts,
+    export::{metrics_server::ServerCounts, otlp::SpanCounts},
     kernel_counters::{FunctionStats, Snapshot},
     loader::Probes,
     plan::Plan,
@@ -71,7 +70,15 @@ pub(crate) struct Exporter {
     /// Labels series with the workload (pod) of the cgroup the kernel counted them in.
     pub workloads: Arc<dyn Workloads>,
     last_scrape_seconds: Mutex<f64>,
+    /// Per-function series kept; the rest fold into `function="other"`.
+    max_function_series: usize,
+    /// Clients the HTTP server turned away.
+    pub server: ServerCounts,
 }
+
+/// Per-function series kept by default: a scrape of a target with 20,000 called functions
+/// would otherwise be hundreds of megabytes.
+pub(crate) const DEFAULT_MAX_FUNCTION_SERIES: usize = 2000;
 
 impl Exporter {
     pub(crate) fn new(
@@ -92,20 +99,15 @@ impl Exporter {
             span_counts,
             workloads,
             last_scrape_seconds: Mutex::new(0.0),
+            max_function_series: DEFAULT_MAX_FUNCTION_SERIES,
+            server: ServerCounts::default(),
         }
     }
 
-    /// Serves `/metrics` until the future is dropped.
-    pub(crate) async fn serve(
-        self: Arc<Self>,
-        listener: std::net::TcpListener,
-    ) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let app = Router::new()
-            .route("/metrics", get(scrape))
-            .route("/", get(|| async { "flowtap: metrics at /metrics\n" }))
-            .with_state(self);
-        axum::serve(listener, app).await
+    /// Keeps at most `max` per-function series (`--max-function-series`).
+    pub(crate) fn with_max_function_series(mut self, max: usize) -> Self {
+        self.max_function_series = max;
+        self
     }
 
     /// The whole exposition, as text.
@@ -153,7 +155,9 @@ impl Exporter {
     fn function_families(&self, snapshot: &Snapshot) -> Vec<MetricFamily> {
         let mut calls = Vec::new();
         let mut durations = Vec::new();
-        for f in &snapshot.functions {
+        let (kept, other) = fold_functions(&snapshot.functions, self.max_function_series);
+        let folded = snapshot.functions.len() - kept.len();
+        for f in kept.iter().chain(other.as_ref()) {
             let Some(workload) = self.workloads.metric_labels(f.cgroup) else {
                 continue;
             };
@@ -182,6 +186,12 @@ impl Exporter {
             durations.push(histogram(&self.labels(&base), f));
         }
         vec![
+            family(
+                "flowtap_function_series_folded",
+                "Per-function series folded into function=\"other\" by --max-function-series.",
+                MetricType::GAUGE,
+                vec![gauge(&[], folded as f64)],
+            ),
             family(
                 "flowtap_function_calls_total",
                 "Calls of each probed function, by outcome, counted in the kernel.",
@@ -274,6 +284,21 @@ impl Exporter {
                 capped,
             ),
             family(
+                "flowtap_metrics_clients_turned_away_total",
+                "Metrics clients closed by the server's limits: evicted while idle, or refused.",
+                MetricType::COUNTER,
+                vec![
+                    counter_metric(
+                        &[("reason", "evicted")],
+                        SpanCounts::get(&self.server.evicted) as f64,
+                    ),
+                    counter_metric(
+                        &[("reason", "refused")],
+                        SpanCounts::get(&self.server.refused) as f64,
+                    ),
+                ],
+            ),
+            family(
                 "flowtap_scrape_duration_seconds",
                 "Time the previous scrape took to read the kernel and encode.",
                 MetricType::GAUGE,
@@ -308,6 +333,11 @@ impl Exporter {
                 "Failed OTLP export attempts (each retried).",
                 &counts.export_errors,
             ),
+            (
+                "flowtap_spans_file_dropped_total",
+                "Spans not written to the --spans-out file after a write error.",
+                &counts.file_dropped,
+            ),
         ]
         .into_iter()
         .map(|(name, help, counter)| {
@@ -322,14 +352,26 @@ impl Exporter {
     }
 }
 
-async fn scrape(State(exporter): State<Arc<Exporter>>) -> (StatusCode, String) {
-    match exporter.render() {
-        Ok(text) => (StatusCode::OK, text),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("flowtap: scrape failed: {error}\n"),
-        ),
+/// The first `max` series (the snapshot lists the most total time first) and the rest summed
+/// into one `function="other"` series.
+fn fold_functions(
+    functions: &[FunctionStats],
+    max: usize,
+) -> (&[FunctionStats], Option<FunctionStats>) {
+    if functions.len() <= max {
+        return (functions, None);
     }
+    let (kept, rest) = functions.split_at(max);
+    let mut other = FunctionStats {
+        function: "other".into(),
+        object: "other".into(),
+        cgroup: 0,
+        ..rest[0].clone()
+    };
+    for f in &rest[1..] {
+        other.merge(f);
+    }
+    (kept, Some(other))
 }
 
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
@@ -412,6 +454,21 @@ fn histogram(labels: &[(&str, &str)], stats: &FunctionStats) -> Metric {
 mod tests {
     use super::*;
     use flowtap_common::histogram::{BUCKETS, bucket_bounds};
+
+    #[test]
+    fn functions_beyond_the_cap_fold_into_other() {
+        let functions: Vec<_> = (1..=5u64)
+            .map(|n| FunctionStats::from_durations(&vec![n * 1000; n as usize]))
+            .collect();
+        let (kept, other) = fold_functions(&functions, 2);
+        assert_eq!(kept.len(), 2);
+        let other = other.unwrap();
+        assert_eq!(other.function, "other");
+        assert_eq!(other.calls, 3 + 4 + 5);
+        assert_eq!(other.total_ns, (9 + 16 + 25) * 1000);
+        assert_eq!(other.buckets.iter().sum::<u64>(), 12);
+        assert!(fold_functions(&functions, 5).1.is_none());
+    }
 
     #[test]
     fn exposed_bounds_are_kernel_bucket_boundaries() {

@@ -877,6 +877,7 @@ fn check_captures_used(
 
 /// One metric name, one meaning: the same kind and label names wherever it is declared.
 fn check_metric_consistency(source: &Source, functions: &[Spanned<RawFunction>]) -> Result<()> {
+    // Per metric name: kind, label names, and the byte offset of its first declaration.
     let mut seen: BTreeMap<String, (bool, Vec<String>, usize)> = BTreeMap::new();
     for function in functions {
         for metric in &function.get_ref().metrics {
@@ -887,9 +888,11 @@ fn check_metric_consistency(source: &Source, functions: &[Spanned<RawFunction>])
                 _ => continue,
             };
             let labels: Vec<String> = raw.labels.keys().cloned().collect();
-            let here = (is_counter, labels, source.line(metric.span().start));
+            // The offset, not the line: counting lines for every metric was quadratic.
+            let here = (is_counter, labels, metric.span().start);
             match seen.get(name.get_ref()) {
-                Some((kind, labels, line)) if *kind != here.0 || *labels != here.1 => {
+                Some((kind, labels, offset)) if *kind != here.0 || *labels != here.1 => {
+                    let line = source.line(*offset);
                     return Err(source.error(
                         name.span(),
                         format!(

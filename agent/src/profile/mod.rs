@@ -223,6 +223,13 @@ impl Profile {
     }
 
     pub(crate) fn from_file(path: &Path) -> Result<Self, ProfileError> {
+        // With capabilities flowtap could read what its user cannot; an error would show it.
+        if path.exists() && !crate::invoker::may_read(path) {
+            return Err(ProfileError::Read {
+                path: path.to_path_buf(),
+                error: std::io::ErrorKind::PermissionDenied.into(),
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|error| ProfileError::Read {
             path: path.to_path_buf(),
             error,

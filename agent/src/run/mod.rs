@@ -21,6 +21,7 @@ use tokio::runtime::Runtime;
 use crate::{
     console::{print, status},
     export::{
+        metrics_server::MetricsServer,
         otlp::{self, OtlpProtocol, SpanCounts, SpanQueue},
         prometheus::{self, Exporter},
         spans_file::SpansFile,
@@ -29,6 +30,7 @@ use crate::{
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
     loader::{KernelLogLevel, LoadOptions, Probes},
+    output_file::{self, OutputFile},
     plan::{ExitPolicy, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
@@ -76,6 +78,8 @@ pub(crate) struct RunConfig {
     /// Where to write the verifier's log if the kernel refuses a program.
     pub(crate) verifier_log: Option<PathBuf>,
     pub(crate) kubernetes: KubernetesConfig,
+    /// Per-function series on `/metrics` beyond which the rest fold into `other`.
+    pub(crate) max_function_series: usize,
 }
 
 impl Default for RunConfig {
@@ -100,6 +104,7 @@ impl Default for RunConfig {
             kernel_log: None,
             verifier_log: None,
             kubernetes: KubernetesConfig::default(),
+            max_function_series: prometheus::DEFAULT_MAX_FUNCTION_SERIES,
         }
     }
 }
@@ -118,7 +123,8 @@ struct Prepared {
     target: Target,
     plan: Arc<Plan>,
     workloads: Arc<dyn Workloads>,
-    report_file: Option<File>,
+    report_file: Option<OutputFile>,
+    spans_file: Option<OutputFile>,
     listener: TcpListener,
 }
 
@@ -126,15 +132,24 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     let (spec, cluster) = target_spec(config)?;
     let selection = selection(config)?;
     host::check_privileges()?;
-    // Fail now, not after a long run, if the report cannot be written.
-    let report_file = config
-        .output
-        .as_deref()
-        .map(|path| {
-            File::create(path)
-                .with_context(|| format!("cannot write the report to {}", path.display()))
-        })
-        .transpose()?;
+    // Fail now, not after a long run, if an output cannot be written; empty none yet.
+    let outputs = [
+        ("--output", &config.output),
+        ("--spans-out", &config.spans_out),
+        ("--verifier-log", &config.verifier_log),
+    ];
+    let named: Vec<_> = outputs
+        .iter()
+        .filter_map(|(flag, path)| Some((*flag, path.as_deref()?)))
+        .collect();
+    output_file::check_distinct(&named)?;
+    let open = |path: &Option<PathBuf>, what| {
+        path.as_deref()
+            .map(|path| OutputFile::open(path, what))
+            .transpose()
+    };
+    let report_file = open(&config.output, "the report")?;
+    let spans_file = open(&config.spans_out, "spans")?;
     let listener = prometheus::bind(config.metrics_addr)?;
     // Launch mode forks here, so this comes before any thread is started.
     let mut target = Target::resolve(&spec)?;
@@ -156,6 +171,7 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         plan,
         workloads,
         report_file,
+        spans_file,
         listener,
     })
 }
@@ -228,16 +244,26 @@ struct Attached {
     report_file: Option<File>,
 }
 
-fn attach(config: &RunConfig, prepared: Prepared) -> anyhow::Result<(Attached, Target)> {
+fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attached, Target)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let (otlp, spans_file) = span_outputs(config, &runtime)?;
-    let spans_wanted = otlp.is_some() || spans_file.is_some();
+    let otlp = otlp_exporter(config, &runtime)?;
+    let spans_wanted = otlp.is_some() || prepared.spans_file.is_some();
     let mut probes = load(config, &prepared, spans_wanted)?;
+    // The run has started: only now are the outputs emptied.
+    let spans_path = config.spans_out.clone().unwrap_or_default();
+    let spans_file =
+        start(prepared.spans_file.take())?.map(|file| SpansFile::new(file, spans_path));
+    let report_file = start(prepared.report_file.take())?;
     let counts = Arc::new(SpanCounts::default());
-    let otlp = otlp.map(|exporter| (exporter, SpanQueue::new(counts.clone())));
+    let otlp = otlp.map(|exporter| {
+        (
+            exporter,
+            SpanQueue::new(counts.clone(), config.otlp_endpoint.as_deref()),
+        )
+    });
     let sinks = SpanSinks {
         queue: otlp.as_ref().map(|(_, queue)| queue.clone()),
         file: spans_file,
@@ -254,8 +280,8 @@ fn attach(config: &RunConfig, prepared: Prepared) -> anyhow::Result<(Attached, T
         target,
         plan,
         workloads,
-        report_file,
         listener,
+        ..
     } = prepared;
     let attached = Attached {
         runtime,
@@ -332,37 +358,40 @@ fn metrics_exporter(
         .service_name
         .clone()
         .unwrap_or_else(|| target.default_service_name());
-    Arc::new(Exporter::new(
-        probes.clone(),
-        prepared.plan.clone(),
-        labels.clone(),
-        service,
-        // Processes traced when it is not the kernel's TRACED set that says (PID, launch).
-        (!target.filters_by_process()).then_some(1),
-        span_counts,
-        prepared.workloads.clone(),
-    ))
+    Arc::new(
+        Exporter::new(
+            probes.clone(),
+            prepared.plan.clone(),
+            labels.clone(),
+            service,
+            // Processes traced when it is not the kernel's TRACED set that says (PID, launch).
+            (!target.filters_by_process()).then_some(1),
+            span_counts,
+            prepared.workloads.clone(),
+        )
+        .with_max_function_series(config.max_function_series),
+    )
 }
 
-/// The OTLP exporter, when a collector is configured, and the spans file, when asked for.
-fn span_outputs(
-    config: &RunConfig,
-    runtime: &Runtime,
-) -> anyhow::Result<(Option<SpanExporter>, Option<SpansFile>)> {
+/// The OTLP exporter, when a collector is configured.
+fn otlp_exporter(config: &RunConfig, runtime: &Runtime) -> anyhow::Result<Option<SpanExporter>> {
     let endpoint = config.otlp_endpoint.as_deref();
     // The gRPC exporter needs the event loop to exist when it is built.
-    let otlp = otlp::endpoint_configured(endpoint)
+    Ok(otlp::endpoint_configured(endpoint)
         .then(|| runtime.block_on(async { otlp::exporter(endpoint, config.otlp_protocol) }))
-        .transpose()?;
-    let spans_file = config
-        .spans_out
-        .as_deref()
-        .map(|path| {
-            SpansFile::create(path)
-                .with_context(|| format!("cannot write spans to {}", path.display()))
+        .transpose()?)
+}
+
+/// An output emptied for the run that now starts.
+fn start(output: Option<OutputFile>) -> anyhow::Result<Option<File>> {
+    output
+        .map(|output| {
+            let path = output.path().to_path_buf();
+            output
+                .start()
+                .with_context(|| format!("cannot write {}", path.display()))
         })
-        .transpose()?;
-    Ok((otlp, spans_file))
+        .transpose()
 }
 
 /// How long the end of a run waits for queued spans to reach the collector.
@@ -385,6 +414,10 @@ fn serve(
         plan.objects.len(),
         target.describe()
     ));
+    let mut signals = {
+        let _context = attached.runtime.enter();
+        wait::StopSignals::listen().context("listening for SIGINT and SIGTERM")?
+    };
     if let Some(ready) = ready {
         signal_ready(ready, address, plan);
     }
@@ -396,21 +429,19 @@ fn serve(
         metrics,
         ..
     } = attached;
+    // Its own thread: a large or slow scrape must not hold up the span reader.
+    let server = MetricsServer::start(metrics.clone(), listener).context("serving metrics")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let export = otlp
             .take()
             .map(|(exporter, queue)| tokio::spawn(queue.run(exporter, stopped, SPAN_FLUSH_LIMIT)));
         let exit_code = tokio::select! {
-            result = metrics.clone().serve(listener) => {
-                result.context("serving metrics")?;
-                unreachable!("the metrics server runs until stopped")
-            }
             result = pump_spans(pump.as_mut(), plan) => {
                 result.context("writing spans")?;
                 unreachable!("the span pump runs until stopped")
             }
-            result = wait::until_done(target, config.duration, probes) => result?,
+            result = wait::until_done(target, config.duration, probes, &mut signals) => result?,
         };
         if let Some(pump) = pump {
             pump.pump(plan).context("writing spans")?;
@@ -420,7 +451,9 @@ fn serve(
             export.await.context("exporting spans")?;
         }
         anyhow::Ok(exit_code)
-    })
+    });
+    server.stop();
+    result
 }
 
 /// The line `--ready-fd` promises scripts, in a format kept stable for them.
@@ -475,7 +508,7 @@ fn write_report(file: Option<File>, config: &RunConfig, report: &Report) -> anyh
             status(format_args!("report written to {}", path.display()));
         }
         // The launched command owns standard output; the report goes where strace's would.
-        _ if matches!(config.target, Some(TargetSpec::Launch(_))) => {
+        _ if matches!(config.target, Some(TargetSpec::Launch { .. })) => {
             report.write(&mut std::io::stderr().lock(), config.report)?
         }
         _ => print(|out| report.write(out, config.report))?,

@@ -9,7 +9,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use tokio::io::unix::AsyncFd;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
+};
 
 use crate::{
     loader::Probes,
@@ -25,6 +28,7 @@ pub(super) async fn until_done(
     target: Target,
     duration: Option<Duration>,
     probes: &Mutex<Probes>,
+    signals: &mut StopSignals,
 ) -> anyhow::Result<Option<i32>> {
     let deadline = async {
         match duration {
@@ -32,14 +36,13 @@ pub(super) async fn until_done(
             None => std::future::pending().await,
         }
     };
-    let interrupted = interrupted();
     match target.kind {
         TargetKind::Process { pid } => {
             let exited = process_exit(pid.get())?;
             tokio::select! {
                 _ = exited.readable() => {},
                 _ = deadline => {},
-                _ = interrupted => {},
+                _ = signals.next() => {},
             }
             Ok(None)
         }
@@ -49,23 +52,28 @@ pub(super) async fn until_done(
             tokio::select! {
                 result = follow_binary(file, is_library, probes) => result?,
                 _ = deadline => {},
-                _ = interrupted => {},
+                _ = signals.next() => {},
             }
             Ok(None)
         }
-        TargetKind::Launch { child, .. } => run_child(child, deadline).await.map(Some),
+        TargetKind::Launch { child, .. } => run_child(child, deadline, signals).await.map(Some),
     }
 }
+
+/// How long the command has, after a stop signal was passed on, before flowtap stops anyway.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 async fn run_child(
     child: HeldChild,
     deadline: impl std::future::Future<Output = ()>,
+    signals: &mut StopSignals,
 ) -> anyhow::Result<i32> {
     let pid = child.pid;
     child.release().context("starting the command")?;
     let mut exited = tokio::task::spawn_blocking(move || launch::wait_exit_code(pid));
-    let mut interrupt = std::pin::pin!(interrupted());
     let mut deadline = std::pin::pin!(deadline);
+    let mut grace = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut passed_on = None;
     loop {
         tokio::select! {
             code = &mut exited => {
@@ -73,11 +81,24 @@ async fn run_child(
                 crate::console::status(format_args!("command exited with code {code}"));
                 return Ok(code);
             }
-            // The command shares our terminal and gets Ctrl-C too; pass on other stops.
-            _ = &mut interrupt => {
+            // The command gets the same signal (Ctrl-C reaches it through the terminal too);
+            // a second one, or the grace period, stops flowtap with its report.
+            signal = signals.next() => {
+                if let Some(first) = passed_on {
+                    eprintln!("flowtap: stopping on a second signal; command {pid} keeps running untraced");
+                    return Ok(128 + first);
+                }
                 // SAFETY: signalling our own child, which we have not reaped yet.
-                unsafe { libc::kill(pid as i32, libc::SIGINT) };
-                interrupt.set(interrupted());
+                unsafe { libc::kill(pid as i32, signal) };
+                passed_on = Some(signal);
+                grace.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+            }
+            _ = &mut grace, if passed_on.is_some() => {
+                eprintln!(
+                    "flowtap: command {pid} did not exit within {}s of the signal; stopping, it keeps running untraced",
+                    STOP_GRACE.as_secs()
+                );
+                return Ok(128 + passed_on.unwrap_or(libc::SIGTERM));
             }
             _ = &mut deadline => {
                 crate::console::status(format_args!(
@@ -106,18 +127,28 @@ async fn follow_binary(
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {},
-        _ = term.recv() => {},
+/// SIGINT and SIGTERM, listened to from before the ready line: a stop sent as soon as the
+/// probes are attached is not lost, nor does it kill flowtap without its report.
+pub(super) struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Call inside the event loop's context.
+    pub(super) fn listen() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM: which one.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+        }
     }
 }
 

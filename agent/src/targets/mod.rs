@@ -11,7 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::symbols::{ElfObject, SymbolError};
+use crate::{
+    invoker::{self, TraceRefused},
+    symbols::{ElfObject, SymbolError},
+};
 use launch::HeldChild;
 use process::FileId;
 
@@ -19,6 +22,8 @@ use process::FileId;
 pub(crate) enum TargetError {
     #[error("no process with PID {pid}: check it with `ps -p {pid}` or find one with `pgrep`")]
     NoSuchProcess { pid: u32 },
+    #[error("{pid} is a thread of process {process}: give the process ID, --pid {process}")]
+    Thread { pid: u32, process: u32 },
     #[error("process {pid} has already exited (zombie): nothing left to trace")]
     Zombie { pid: u32 },
     #[error("PID {pid} is a kernel thread: flowtap traces user-space programs only")]
@@ -27,6 +32,10 @@ pub(crate) enum TargetError {
         "not allowed to inspect process {pid}: run flowtap as root (or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
     )]
     PermissionDenied { pid: u32 },
+    #[error(
+        "the kernel does not let even root inspect process {pid} (it is not dumpable, or a security module or another namespace protects it): trace another process"
+    )]
+    ProtectedProcess { pid: u32 },
     #[error("{path} does not exist: give the path of an executable or shared library")]
     PathNotFound { path: PathBuf },
     #[error("command `{command}` not found in PATH: give its full path")]
@@ -37,6 +46,12 @@ pub(crate) enum TargetError {
     Launch(#[source] std::io::Error),
     #[error(transparent)]
     Symbols(#[from] SymbolError),
+    #[error(transparent)]
+    NotYours(#[from] TraceRefused),
+    #[error(
+        "--exe traces every user's processes running {path}, which needs root: trace your own with --pid PID or launch it with -- CMD"
+    )]
+    EveryUser { path: PathBuf },
 }
 
 /// What the user pointed flowtap at, before anything is resolved.
@@ -44,7 +59,11 @@ pub(crate) enum TargetError {
 pub(crate) enum TargetSpec {
     Pid(u32),
     Binary(PathBuf),
-    Launch(Vec<OsString>),
+    /// A command, run as the `sudo` user when there is one unless `as_root`.
+    Launch {
+        command: Vec<OsString>,
+        as_root: bool,
+    },
 }
 
 /// A resolved target: its objects, and how probes on them are scoped.
@@ -81,13 +100,14 @@ impl Target {
         match spec {
             TargetSpec::Pid(pid) => Self::process(*pid),
             TargetSpec::Binary(path) => Self::binary(path),
-            TargetSpec::Launch(command) => Self::launch(command),
+            TargetSpec::Launch { command, as_root } => Self::launch(command, *as_root),
         }
     }
 
     fn process(pid: u32) -> Result<Self, TargetError> {
         let pid = NonZeroU32::new(pid).ok_or(TargetError::NoSuchProcess { pid })?;
         process::check_traceable(pid.get())?;
+        invoker::may_trace(pid.get())?;
         let mut skipped = Vec::new();
         let paths = process::mapped_objects(pid.get())?;
         let mut progress = crate::console::Progress::new();
@@ -120,6 +140,11 @@ impl Target {
     }
 
     fn binary(path: &Path) -> Result<Self, TargetError> {
+        if invoker::is_unprivileged_user() {
+            return Err(TargetError::EveryUser {
+                path: path.to_path_buf(),
+            });
+        }
         if !path.exists() {
             return Err(TargetError::PathNotFound {
                 path: path.to_path_buf(),
@@ -148,13 +173,14 @@ impl Target {
         })
     }
 
-    fn launch(command: &[OsString]) -> Result<Self, TargetError> {
+    fn launch(command: &[OsString], as_root: bool) -> Result<Self, TargetError> {
         let first = command.first().ok_or_else(|| TargetError::BadCommand {
             reason: "no command after `--`".into(),
         })?;
         let program = launch::find_command(first)?;
         let objects = libraries::load_closure(&program)?;
-        let child = HeldChild::spawn(&program, command)?;
+        let run_as = (!as_root).then(invoker::sudo_user).flatten();
+        let child = HeldChild::spawn(&program, command, run_as)?;
         Ok(Self {
             kind: TargetKind::Launch { child, program },
             objects,

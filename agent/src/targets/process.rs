@@ -37,13 +37,36 @@ pub(crate) fn check_traceable(pid: u32) -> Result<(), TargetError> {
     if state == "Z" || state == "X" {
         return Err(TargetError::Zombie { pid });
     }
+    if let Some(process) = thread_group(pid).filter(|&process| process != pid) {
+        return Err(TargetError::Thread { pid, process });
+    }
     match std::fs::read_link(format!("/proc/{pid}/exe")) {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-            Err(TargetError::PermissionDenied { pid })
+            Err(permission_denied(pid))
         }
         // Kernel threads have no executable.
         Err(_) => Err(TargetError::KernelThread { pid }),
+    }
+}
+
+/// The process a thread id belongs to (`Tgid`), which is the id itself for a process.
+fn thread_group(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Refused inspection: for root, the kernel itself protects the process; else privileges lack.
+fn permission_denied(pid: u32) -> TargetError {
+    if crate::invoker::is_unprivileged_user() {
+        TargetError::PermissionDenied { pid }
+    } else {
+        TargetError::ProtectedProcess { pid }
     }
 }
 
@@ -52,7 +75,7 @@ pub(crate) fn mapped_objects(pid: u32) -> Result<Vec<PathBuf>, TargetError> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|error| match error
         .kind()
     {
-        std::io::ErrorKind::PermissionDenied => TargetError::PermissionDenied { pid },
+        std::io::ErrorKind::PermissionDenied => permission_denied(pid),
         _ => TargetError::NoSuchProcess { pid },
     })?;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
