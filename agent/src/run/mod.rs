@@ -153,7 +153,7 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     let listener = prometheus::bind(config.metrics_addr)?;
     // Launch mode forks here, so this comes before any thread is started.
     let mut target = Target::resolve(&spec)?;
-    target.follow_children(config.children);
+    target.follow_children(children(config.children)?);
     let plan = Arc::new(Plan::build(
         &target.objects,
         &selection,
@@ -473,6 +473,21 @@ async fn pump_spans(pump: Option<&mut SpanPump>, plan: &Plan) -> std::io::Result
         Some(pump) => pump.run(plan).await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether to follow forked children, as asked or by the mode's default. Following them puts
+/// probes on every process (the kernel then counts the traced ones), which a user holding
+/// capabilities may not do: for them children are not followed unless asked, and asking fails.
+fn children(asked: Option<bool>) -> anyhow::Result<Option<bool>> {
+    if !crate::invoker::is_unprivileged_user() {
+        return Ok(asked);
+    }
+    if asked == Some(true) {
+        bail!(
+            "--children needs root: following forked processes probes every process, beyond what this user may trace; run as root or leave out --children"
+        );
+    }
+    Ok(Some(false))
 }
 
 /// Reads the final counts and writes the report.
