@@ -38,6 +38,12 @@ fn effective_capabilities() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether this process may put probes on every process (what following children and `--exe`
+/// do): the kernel refuses system-wide uprobes without CAP_SYS_ADMIN, even with CAP_PERFMON.
+pub(crate) fn may_probe_every_process() -> bool {
+    effective_capabilities() & (1 << CAP_SYS_ADMIN) != 0
+}
+
 /// Fails with the list of missing capabilities unless this process may load and attach probes.
 pub(crate) fn check_privileges() -> Result<(), PrivilegeError> {
     let capabilities = effective_capabilities();

@@ -124,7 +124,7 @@ pub(crate) struct RunArgs {
     /// Trace the processes the target forks too, from their first instruction (and theirs,
     /// and so on; one that execs another program stops being traced): default true for a
     /// launched command, false with --pid; --exe always traces every process of its binary.
-    /// Needs root: it probes every process (a user holding capabilities gets false).
+    /// Needs root with CAP_SYS_ADMIN, since it probes every process (without it: false).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     children: Option<bool>,
     /// What the target's functions mean: a built-in profile (`flowtap profile list`) or a

@@ -476,15 +476,16 @@ async fn pump_spans(pump: Option<&mut SpanPump>, plan: &Plan) -> std::io::Result
 }
 
 /// Whether to follow forked children, as asked or by the mode's default. Following them puts
-/// probes on every process (the kernel then counts the traced ones), which a user holding
-/// capabilities may not do: for them children are not followed unless asked, and asking fails.
+/// probes on every process (the kernel then counts the traced ones), which needs CAP_SYS_ADMIN
+/// and reaches beyond what a user holding capabilities may trace: without those, children are
+/// not followed unless asked, and asking fails.
 fn children(asked: Option<bool>) -> anyhow::Result<Option<bool>> {
-    if !crate::invoker::is_unprivileged_user() {
+    if crate::host::may_probe_every_process() && !crate::invoker::is_unprivileged_user() {
         return Ok(asked);
     }
     if asked == Some(true) {
         bail!(
-            "--children needs root: following forked processes probes every process, beyond what this user may trace; run as root or leave out --children"
+            "--children needs root with CAP_SYS_ADMIN: following forked processes probes every process, which the kernel refuses without it; leave out --children to trace the process alone"
         );
     }
     Ok(Some(false))
