@@ -867,3 +867,72 @@ fn profile_compilation_is_linear_in_rules() {
     // Quadratic, this took 16 s on the test VM; linear, well under a second.
     assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
 }
+
+/// A program that exits the moment a probe lands in `victim`: its code changes when the kernel
+/// writes the first breakpoint there, and flowtap still has probes to attach.
+const EXITS_WHEN_PROBED: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((noinline)) int victim(int x) { return x * 3 + 1; }
+int main(void) {
+    unsigned char before[32];
+    memcpy(before, (const void *)victim, sizeof before);
+    printf("ready\n");
+    fflush(stdout);
+    const volatile unsigned char *code = (const volatile unsigned char *)victim;
+    for (;;)
+        for (size_t i = 0; i < sizeof before; i++)
+            if (code[i] != before[i])
+                _exit(0);
+}
+"#;
+
+#[test]
+fn a_process_exiting_during_attach_is_told_in_one_line() {
+    let dir = scratch_dir("exits-during-attach");
+    let source = dir.join("exits.c");
+    let program = dir.join("exits");
+    std::fs::write(&source, EXITS_WHEN_PROBED).unwrap();
+    let compiled = Command::new("cc")
+        .args(["-O1", "-rdynamic", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(compiled.success());
+    // The exit races flowtap's next attach; it loses that race only when descheduled long.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let mut target = Command::new(&program)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(target.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
+        let pid = target.id().to_string();
+        // Reaped at once, as a parent would: a zombie would still accept probes.
+        let reaper = std::thread::spawn(move || target.wait().unwrap());
+        let (code, stderr) = run_bounded(&["run", "--pid", &pid, "--symbols", "victim"]);
+        assert!(reaper.join().unwrap().success());
+        if code == Some(2) {
+            // Notes on the probes may come first; the error is one line, the last.
+            let errors = stderr.lines().filter(|line| line.contains("error"));
+            assert_eq!(errors.count(), 1, "{stderr}");
+            assert!(!stderr.contains("bpf_link_create"), "{stderr}");
+            let last = stderr.lines().last().unwrap_or_default();
+            if last.contains(&format!(
+                "process {pid} exited while flowtap was attaching its probes"
+            )) {
+                return;
+            }
+        }
+        seen.push((code, stderr));
+    }
+    panic!("the process never exited during attach: {seen:?}");
+}
