@@ -936,3 +936,43 @@ fn a_process_exiting_during_attach_is_told_in_one_line() {
     }
     panic!("the process never exited during attach: {seen:?}");
 }
+
+#[test]
+fn no_cause_is_printed_twice() {
+    let dir = scratch_dir("cause-once");
+    let dir_text = dir.to_str().unwrap();
+    let missing = dir.join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let pid = std::process::id().to_string();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["run", "--output", dir_text, "--pid", &pid],
+            "(os error 21)",
+        ),
+        (
+            &["run", "--spans-out", dir_text, "--pid", &pid],
+            "(os error 21)",
+        ),
+        (
+            &["run", "--profile", dir_text, "--pid", &pid],
+            "(os error 21)",
+        ),
+        (
+            &["run", "--config", dir_text, "--pid", &pid],
+            "(os error 21)",
+        ),
+        (&["profile", "check", dir_text], "(os error 21)"),
+        (
+            &["run", "--profile", missing, "--pid", &pid],
+            "(os error 2)",
+        ),
+    ];
+    for (args, cause) in cases {
+        let (code, _, stderr) = run_flowtap(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("flowtap: error: "), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches(cause).count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(dir_text), "{args:?}: {stderr}");
+    }
+}
