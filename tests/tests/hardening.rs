@@ -976,3 +976,115 @@ fn no_cause_is_printed_twice() {
         assert!(stderr.contains(dir_text), "{args:?}: {stderr}");
     }
 }
+
+/// An OTLP/gRPC collector counting the spans it receives.
+#[derive(Default, Clone)]
+struct GrpcCollector(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for GrpcCollector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        self.0
+            .fetch_add(spans, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Serves `collector` over gRPC with TLS: the test CA's server certificate, client
+/// certificates required.
+fn serve_grpc_tls(dir: &Path, collector: GrpcCollector) -> String {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.pem"), read("server.key")))
+        .client_ca_root(Certificate::from_pem(read("ca.pem")));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(TraceServiceServer::new(collector))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+    });
+    endpoint
+}
+
+#[test]
+fn spans_reach_a_grpc_collector_over_tls_with_its_own_ca() {
+    let dir = scratch_dir("otlp-grpc-tls");
+    make_certificates(&dir);
+    let collector = GrpcCollector::default();
+    let endpoint = serve_grpc_tls(&dir, collector.clone());
+    let run = |runs: &str, client_certificate: bool| {
+        let mut command = flowtap();
+        command
+            .args([
+                "run",
+                "--otlp-endpoint",
+                &endpoint,
+                "--otlp-protocol",
+                "grpc",
+                "--symbols",
+                "wf_workflow_run",
+                "--",
+            ])
+            .arg(demo_path())
+            .args(["--runs", runs])
+            .env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", dir.join("ca.pem"));
+        if client_certificate {
+            command
+                .env(
+                    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                    dir.join("client.pem"),
+                )
+                .env(
+                    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+                    dir.join("client.key"),
+                );
+        }
+        command.output().unwrap()
+    };
+    let output = run("7", true);
+    assert!(output.status.success(), "{output:?}");
+    let received = || collector.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(received(), 7, "{output:?}");
+
+    // Without the client certificate the collector refuses the handshake, and flowtap says so.
+    let output = run("2", false);
+    assert_eq!(received(), 7);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "2 spans not delivered to the OTLP collector {endpoint}"
+        )),
+        "{stderr}"
+    );
+}
