@@ -45,6 +45,8 @@ pub(crate) enum LoadError {
         #[source]
         cause: Refusal,
     },
+    #[error("process {pid} exited while flowtap was attaching its probes: nothing left to trace")]
+    TargetExited { pid: u32 },
     #[error("cannot attach probes to {object}")]
     Attach {
         object: String,
@@ -579,12 +581,23 @@ impl Attach<'_> {
             progress.show(total, format_args!("attaching {program} {done}/{total}"));
             uprobe
                 .attach(points, path, self.scope)
-                .map_err(|error| LoadError::Attach {
-                    object: path.display().to_string(),
-                    cause: Refusal(Box::new(error)),
-                })?;
+                .map_err(|error| self.attach_error(path, error))?;
         }
         Ok(())
+    }
+
+    /// A refused attach to one process is told apart from the process having gone meanwhile,
+    /// which the kernel reports as a bare `ESRCH` or perf error.
+    fn attach_error(&self, path: &Path, error: ProgramError) -> LoadError {
+        match self.scope {
+            UProbeScope::OneProcess(pid) if crate::targets::process::has_exited(pid.get()) => {
+                LoadError::TargetExited { pid: pid.get() }
+            }
+            _ => LoadError::Attach {
+                object: path.display().to_string(),
+                cause: Refusal(Box::new(error)),
+            },
+        }
     }
 }
 

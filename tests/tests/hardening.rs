@@ -867,3 +867,224 @@ fn profile_compilation_is_linear_in_rules() {
     // Quadratic, this took 16 s on the test VM; linear, well under a second.
     assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
 }
+
+/// A program that exits the moment a probe lands in `victim`: its code changes when the kernel
+/// writes the first breakpoint there, and flowtap still has probes to attach.
+const EXITS_WHEN_PROBED: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((noinline)) int victim(int x) { return x * 3 + 1; }
+int main(void) {
+    unsigned char before[32];
+    memcpy(before, (const void *)victim, sizeof before);
+    printf("ready\n");
+    fflush(stdout);
+    const volatile unsigned char *code = (const volatile unsigned char *)victim;
+    for (;;)
+        for (size_t i = 0; i < sizeof before; i++)
+            if (code[i] != before[i])
+                _exit(0);
+}
+"#;
+
+#[test]
+fn a_process_exiting_during_attach_is_told_in_one_line() {
+    let dir = scratch_dir("exits-during-attach");
+    let source = dir.join("exits.c");
+    let program = dir.join("exits");
+    std::fs::write(&source, EXITS_WHEN_PROBED).unwrap();
+    let compiled = Command::new("cc")
+        .args(["-O1", "-rdynamic", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(compiled.success());
+    // The exit races flowtap's next attach; it loses that race only when descheduled long.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let mut target = Command::new(&program)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(target.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
+        let pid = target.id().to_string();
+        // Reaped at once, as a parent would: a zombie would still accept probes.
+        let reaper = std::thread::spawn(move || target.wait().unwrap());
+        let (code, stderr) = run_bounded(&["run", "--pid", &pid, "--symbols", "victim"]);
+        assert!(reaper.join().unwrap().success());
+        if code == Some(2) {
+            // Notes on the probes may come first; the error is one line, the last.
+            let errors = stderr.lines().filter(|line| line.contains("error"));
+            assert_eq!(errors.count(), 1, "{stderr}");
+            assert!(!stderr.contains("bpf_link_create"), "{stderr}");
+            let last = stderr.lines().last().unwrap_or_default();
+            if last.contains(&format!(
+                "process {pid} exited while flowtap was attaching its probes"
+            )) {
+                return;
+            }
+        }
+        seen.push((code, stderr));
+    }
+    panic!("the process never exited during attach: {seen:?}");
+}
+
+#[test]
+fn no_cause_is_printed_twice() {
+    let dir = scratch_dir("cause-once");
+    let dir_text = dir.to_str().unwrap();
+    let missing = dir.join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let pid = std::process::id().to_string();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["run", "--output", dir_text, "--pid", &pid],
+            "(os error 21)",
+        ),
+        (
+            &["run", "--spans-out", dir_text, "--pid", &pid],
+            "(os error 21)",
+        ),
+        (
+            &["run", "--profile", dir_text, "--pid", &pid],
+            "(os error 21)",
+        ),
+        (
+            &["run", "--config", dir_text, "--pid", &pid],
+            "(os error 21)",
+        ),
+        (&["profile", "check", dir_text], "(os error 21)"),
+        (
+            &["run", "--profile", missing, "--pid", &pid],
+            "(os error 2)",
+        ),
+    ];
+    for (args, cause) in cases {
+        let (code, _, stderr) = run_flowtap(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("flowtap: error: "), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches(cause).count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(dir_text), "{args:?}: {stderr}");
+    }
+}
+
+/// An OTLP/gRPC collector counting the spans it receives.
+#[derive(Default, Clone)]
+struct GrpcCollector(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for GrpcCollector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        self.0
+            .fetch_add(spans, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Serves `collector` over gRPC with TLS: the test CA's server certificate, client
+/// certificates required.
+fn serve_grpc_tls(dir: &Path, collector: GrpcCollector) -> String {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.pem"), read("server.key")))
+        .client_ca_root(Certificate::from_pem(read("ca.pem")));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(TraceServiceServer::new(collector))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+    });
+    endpoint
+}
+
+#[test]
+fn spans_reach_a_grpc_collector_over_tls_with_its_own_ca() {
+    let dir = scratch_dir("otlp-grpc-tls");
+    make_certificates(&dir);
+    let collector = GrpcCollector::default();
+    let endpoint = serve_grpc_tls(&dir, collector.clone());
+    let run = |runs: &str, client_certificate: bool| {
+        let mut command = flowtap();
+        command
+            .args([
+                "run",
+                "--otlp-endpoint",
+                &endpoint,
+                "--otlp-protocol",
+                "grpc",
+                "--symbols",
+                "wf_workflow_run",
+                "--",
+            ])
+            .arg(demo_path())
+            .args(["--runs", runs])
+            .env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", dir.join("ca.pem"));
+        if client_certificate {
+            command
+                .env(
+                    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                    dir.join("client.pem"),
+                )
+                .env(
+                    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+                    dir.join("client.key"),
+                );
+        }
+        command.output().unwrap()
+    };
+    let output = run("7", true);
+    assert!(output.status.success(), "{output:?}");
+    let received = || collector.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(received(), 7, "{output:?}");
+
+    // Without the client certificate the collector refuses the handshake, and flowtap says so.
+    let output = run("2", false);
+    assert_eq!(received(), 7);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "2 spans not delivered to the OTLP collector {endpoint}"
+        )),
+        "{stderr}"
+    );
+}

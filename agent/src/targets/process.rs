@@ -29,12 +29,7 @@ impl FileId {
 pub(crate) fn check_traceable(pid: u32) -> Result<(), TargetError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|_| TargetError::NoSuchProcess { pid })?;
-    // The state follows the command name, which is parenthesised and may contain spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or("?");
-    if state == "Z" || state == "X" {
+    if is_zombie(&stat) {
         return Err(TargetError::Zombie { pid });
     }
     if let Some(process) = thread_group(pid).filter(|&process| process != pid) {
@@ -48,6 +43,21 @@ pub(crate) fn check_traceable(pid: u32) -> Result<(), TargetError> {
         // Kernel threads have no executable.
         Err(_) => Err(TargetError::KernelThread { pid }),
     }
+}
+
+/// Whether `pid` is gone or a zombie: exited, whether or not its parent has reaped it.
+pub(crate) fn has_exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| is_zombie(&stat))
+}
+
+/// Whether a `/proc/PID/stat` line is that of a process that has exited.
+fn is_zombie(stat: &str) -> bool {
+    // The state follows the command name, which is parenthesised and may contain spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("?");
+    state == "Z" || state == "X"
 }
 
 /// The process a thread id belongs to (`Tgid`), which is the id itself for a process.
@@ -134,5 +144,25 @@ mod tests {
             check_traceable(u32::MAX - 1),
             Err(TargetError::NoSuchProcess { .. })
         ));
+    }
+
+    #[test]
+    fn a_process_has_exited_once_a_zombie_and_once_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(!has_exited(pid));
+        child.kill().unwrap();
+        // Killed but not yet reaped: a zombie.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !is_zombie(&stat))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(has_exited(pid));
+        child.wait().unwrap();
+        assert!(has_exited(pid));
     }
 }
