@@ -588,6 +588,24 @@ fn receiver_tls(dir: &Path) -> std::sync::Arc<rustls::ServerConfig> {
     )
 }
 
+/// flowtap launching the demo for `runs` workflow runs, its spans of `wf_workflow_run` sent
+/// over OTLP to `endpoint`.
+fn demo_exporting_to(endpoint: &str, protocol: &str, runs: &str) -> Command {
+    let mut command = flowtap();
+    command
+        .args([
+            "run",
+            "--otlp-endpoint",
+            endpoint,
+            "--otlp-protocol",
+            protocol,
+        ])
+        .args(["--symbols", "wf_workflow_run", "--"])
+        .arg(demo_path())
+        .args(["--runs", runs]);
+    command
+}
+
 #[test]
 fn spans_reach_an_https_collector_with_its_own_ca_and_a_client_certificate() {
     let dir = scratch_dir("otlp-https");
@@ -595,19 +613,7 @@ fn spans_reach_an_https_collector_with_its_own_ca_and_a_client_certificate() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("https://{}", listener.local_addr().unwrap());
     let receiver = flowtap_tests::otlp::HttpReceiver::start_tls(listener, receiver_tls(&dir));
-    let output = flowtap()
-        .args([
-            "run",
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            "http/protobuf",
-            "--symbols",
-            "wf_workflow_run",
-            "--",
-        ])
-        .arg(demo_path())
-        .args(["--runs", "7"])
+    let output = demo_exporting_to(&endpoint, "http/protobuf", "7")
         .env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", dir.join("ca.pem"))
         .env(
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
@@ -620,19 +626,7 @@ fn spans_reach_an_https_collector_with_its_own_ca_and_a_client_certificate() {
     assert_eq!(receiver.spans().len(), 7, "{output:?}");
 
     // Without the client certificate the collector refuses, and flowtap says so.
-    let output = flowtap()
-        .args([
-            "run",
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            "http/protobuf",
-            "--symbols",
-            "wf_workflow_run",
-            "--",
-        ])
-        .arg(demo_path())
-        .args(["--runs", "2"])
+    let output = demo_exporting_to(&endpoint, "http/protobuf", "2")
         .env("OTEL_EXPORTER_OTLP_CERTIFICATE", dir.join("ca.pem"))
         .output()
         .unwrap();
@@ -1044,21 +1038,8 @@ fn spans_reach_a_grpc_collector_over_tls_with_its_own_ca() {
     let collector = GrpcCollector::default();
     let endpoint = serve_grpc_tls(&dir, collector.clone());
     let run = |runs: &str, client_certificate: bool| {
-        let mut command = flowtap();
-        command
-            .args([
-                "run",
-                "--otlp-endpoint",
-                &endpoint,
-                "--otlp-protocol",
-                "grpc",
-                "--symbols",
-                "wf_workflow_run",
-                "--",
-            ])
-            .arg(demo_path())
-            .args(["--runs", runs])
-            .env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", dir.join("ca.pem"));
+        let mut command = demo_exporting_to(&endpoint, "grpc", runs);
+        command.env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", dir.join("ca.pem"));
         if client_certificate {
             command
                 .env(

@@ -28,27 +28,27 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         "-Werror",
         "-fno-omit-frame-pointer",
     ];
-    run(Command::new("cc")
-        .args(flags)
-        .args(["-fPIC", "-shared", "-o"])
-        .arg(out.join("libwfrt.so"))
-        .arg(source.join("wfrt.c"))
-        .arg("-lpthread"))?;
-    run(Command::new("cc")
-        .args(flags)
-        .arg("-o")
-        .arg(out.join("wfdemo"))
-        .arg(source.join("wfdemo.c"))
-        .arg("-L")
-        .arg(&out)
-        .args(["-lwfrt", "-Wl,-rpath,$ORIGIN"]))?;
+    run(compile(
+        "cc",
+        &flags,
+        &out.join("libwfrt.so"),
+        &source.join("wfrt.c"),
+    )
+    .args(["-fPIC", "-shared", "-lpthread"]))?;
+    run(
+        compile("cc", &flags, &out.join("wfdemo"), &source.join("wfdemo.c"))
+            .arg("-L")
+            .arg(&out)
+            .args(["-lwfrt", "-Wl,-rpath,$ORIGIN"]),
+    )?;
     build_probe_placement(&source, &out, &flags)?;
     build_bookkeeping(&source, &out)?;
-    run(Command::new("cc")
-        .args(flags)
-        .arg("-o")
-        .arg(out.join("forkdemo"))
-        .arg(source.join("forkdemo.c")))?;
+    run(&mut compile(
+        "cc",
+        &flags,
+        &out.join("forkdemo"),
+        &source.join("forkdemo.c"),
+    ))?;
     Ok(out)
 }
 
@@ -57,22 +57,26 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
 /// `stdthrow` (exceptions thrown inside libstdc++) and `panics` (a Rust panic caught with
 /// `catch_unwind` through two functions).
 fn build_probe_placement(source: &Path, out: &Path, flags: &[&str]) -> anyhow::Result<()> {
-    run(Command::new("cc")
-        .args(flags)
-        .arg("-o")
-        .arg(out.join("cold"))
-        .arg(source.join("cold.c")))?;
-    run(Command::new("c++")
-        .args(flags)
-        .arg("-o")
-        .arg(out.join("throws"))
-        .arg(source.join("throws.cpp")))?;
-    run(Command::new("c++")
-        .args(flags)
-        .arg("-o")
-        .arg(out.join("stdthrow"))
-        .arg(source.join("stdthrow.cpp")))?;
-    run(Command::new(rustc())
+    run(&mut compile(
+        "cc",
+        flags,
+        &out.join("cold"),
+        &source.join("cold.c"),
+    ))?;
+    run(&mut compile(
+        "c++",
+        flags,
+        &out.join("throws"),
+        &source.join("throws.cpp"),
+    ))?;
+    run(&mut compile(
+        "c++",
+        flags,
+        &out.join("stdthrow"),
+        &source.join("stdthrow.cpp"),
+    ))?;
+    run(Command::new("rustup")
+        .args(["run", crate::setup::RUST_TOOLCHAIN, "rustc"])
         .current_dir(workspace_root())
         .args(["--edition", "2024", "-O", "-C", "panic=unwind"])
         .args(["-C", "force-frame-pointers=yes", "-o"])
@@ -80,13 +84,11 @@ fn build_probe_placement(source: &Path, out: &Path, flags: &[&str]) -> anyhow::R
         .arg(source.join("panics.rs")))
 }
 
-/// The pinned toolchain's rustc: beside the cargo that runs xtask, else the one on PATH (which
-/// the workspace's rust-toolchain.toml pins as well).
-fn rustc() -> PathBuf {
-    std::env::var_os("CARGO")
-        .map(|cargo| PathBuf::from(cargo).with_file_name("rustc"))
-        .filter(|rustc| rustc.exists())
-        .unwrap_or_else(|| PathBuf::from("rustc"))
+/// `compiler FLAGS -o OUTPUT SOURCE`, to which callers add libraries and link options.
+fn compile(compiler: &str, flags: &[&str], output: &Path, source: &Path) -> Command {
+    let mut command = Command::new(compiler);
+    command.args(flags).arg("-o").arg(output).arg(source);
+    command
 }
 
 /// The bookkeeping fixture: `libbk.so` (calls that longjmp, recurse, end with their thread)
@@ -106,19 +108,16 @@ fn build_bookkeeping(source: &std::path::Path, out: &std::path::Path) -> anyhow:
         "-fno-inline",
         "-fno-ipa-icf",
     ];
-    run(Command::new("cc")
-        .args(flags)
-        .args(["-fPIC", "-shared", "-o"])
-        .arg(out.join("libbk.so"))
-        .arg(source.join("bk.c")))?;
-    run(Command::new("cc")
-        .args(flags)
-        .arg("-o")
-        .arg(out.join("bkdemo"))
-        .arg(source.join("bkdemo.c"))
-        .arg("-L")
-        .arg(out)
-        .args(["-lbk", "-lpthread", "-Wl,-rpath,$ORIGIN"]))
+    run(
+        compile("cc", &flags, &out.join("libbk.so"), &source.join("bk.c"))
+            .args(["-fPIC", "-shared"]),
+    )?;
+    run(
+        compile("cc", &flags, &out.join("bkdemo"), &source.join("bkdemo.c"))
+            .arg("-L")
+            .arg(out)
+            .args(["-lbk", "-lpthread", "-Wl,-rpath,$ORIGIN"]),
+    )
 }
 
 /// Builds the benchmark's programs into `target/bench`: `bench` (a tight loop over one tiny
