@@ -242,6 +242,8 @@ pub(crate) struct Plan {
     pub probes: Vec<PlannedProbe>,
     /// Selected functions that must not be probed, and why.
     pub refused: Vec<RefusedFunction>,
+    /// The profiles' LLM price tables, in order.
+    pub prices: Vec<crate::profile::Price>,
 }
 
 /// A selected function flowtap will not probe.
@@ -316,7 +318,14 @@ impl Plan {
         selection: &Selection,
         target: &str,
     ) -> Result<Self, PlanError> {
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            prices: selection
+                .profiles
+                .iter()
+                .flat_map(|profile| profile.prices.iter().cloned())
+                .collect(),
+            ..Plan::default()
+        };
         for object in objects {
             plan.add_object(object, selection)?;
         }
@@ -420,6 +429,13 @@ impl Plan {
             ));
         }
         notes
+    }
+
+    /// Whether any probe captures buffer bytes.
+    pub(crate) fn captures_bytes(&self) -> bool {
+        self.probes
+            .iter()
+            .any(|probe| probe.spec.buffer.mode != flowtap_common::capture::BufferMode::None)
     }
 
     /// The probes of one object, in id order.
