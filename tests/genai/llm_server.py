@@ -1,7 +1,7 @@
 """A local HTTPS server speaking enough of the OpenAI and Anthropic APIs for flowtap's GenAI
 tests: chat completions (plain, streamed with include_usage, gzip), completions, embeddings,
-responses, Anthropic messages (plain and streamed), and errors on request (model "rate-limited"
-answers 429, "broken" answers 500). Tokens are deterministic: the prompt's tokens are its
+responses, Anthropic messages (plain and streamed), and errors on request (a model named
+"rate-limited..." answers 429, "broken..." 500). Tokens are deterministic: the prompt's tokens are its
 words, the completion's are 3 + the request's max_tokens % 5; every call served is appended to
 a JSON-lines ledger so tests compare flowtap's counts with what was served.
 
@@ -41,9 +41,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(length) or b"{}")
         model = request.get("model", "unknown")
         path = self.path.split("?")[0]
-        if model == "rate-limited":
+        if model.startswith("rate-limited"):
             return self.error(429, path, model, "rate_limit_exceeded", "rate_limit_error")
-        if model == "broken":
+        if model.startswith("broken"):
             return self.error(500, path, model, "server_error", "api_error")
         if path.endswith("/messages"):
             prompt = words(request.get("messages", [])) + words(request.get("system", ""))

@@ -105,6 +105,24 @@ pub(crate) fn response_facts(api: Api, body: &[u8], events: bool) -> ResponseFac
     facts
 }
 
+/// Whether these last bytes of an event stream hold its final event: OpenAI's `[DONE]`,
+/// Anthropic's `message_stop`, the Responses API's `response.completed` (or failure).
+pub(crate) fn last_event_in(tail: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(tail);
+    let ended = |marker: &str| {
+        text.find(marker)
+            .is_some_and(|at| text[at..].contains("\n\n") || text[at..].contains("\r\n\r\n"))
+    };
+    [
+        "data: [DONE]",
+        "\"message_stop\"",
+        "\"response.completed\"",
+        "\"response.failed\"",
+    ]
+    .iter()
+    .any(|marker| ended(marker))
+}
+
 /// The `data:` payloads of a server-sent event stream, one per event.
 pub(crate) fn sse_data(body: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(body);
@@ -291,6 +309,16 @@ event: message_delta\r\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reas
         );
         assert_eq!(facts.finish_reasons, ["end_turn"]);
         assert_eq!(facts.content, "Hi");
+    }
+
+    #[test]
+    fn final_events_are_recognised_once_whole() {
+        assert!(last_event_in(b"data: {}\n\ndata: [DONE]\n\n"));
+        assert!(!last_event_in(b"data: {}\n\ndata: [DONE]\n"));
+        assert!(last_event_in(
+            b"event: message_stop\r\ndata: {\"type\": \"message_stop\"}\r\n\r\n"
+        ));
+        assert!(!last_event_in(b"data: {\"choices\":[]}\n\n"));
     }
 
     #[test]

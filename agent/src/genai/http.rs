@@ -64,6 +64,8 @@ enum Framing {
 
 struct Partial<C> {
     head: Head,
+    /// Already handed out by [`Stream::deliver_early`]: its end is only waited for.
+    delivered: bool,
     framing: Framing,
     first_ns: u64,
     first_body_ns: Option<u64>,
@@ -136,27 +138,30 @@ impl<C: Clone> Stream<C> {
                 break;
             }
             match self.parse_body(now)? {
-                Some(message) => {
-                    done.push(message);
+                Body::Done(message) => {
+                    done.extend(message);
                     if self.buffer.is_empty() {
                         break;
                     }
                     self.buffer_start = Some((now, context.clone()));
                 }
-                None => break,
+                Body::Incomplete => break,
             }
         }
         Ok(done)
     }
 
-    /// The connection ended: a response read until its end is complete.
+    /// The connection ended: the message under way is as complete as it will get (a
+    /// response read until the end, or a stream its reader stopped reading).
     pub(crate) fn close(&mut self, now: u64) -> Option<Message<C>> {
         let partial = self.partial.take()?;
-        if partial.framing != Framing::UntilClose {
+        if partial.delivered {
             return None;
         }
         let mut body = partial.body;
-        body.append(&mut self.buffer);
+        if partial.framing == Framing::UntilClose {
+            body.append(&mut self.buffer);
+        }
         Some(finish(
             partial.head,
             body,
@@ -164,6 +169,26 @@ impl<C: Clone> Stream<C> {
             partial.first_body_ns,
             now,
             partial.context,
+        ))
+    }
+
+    /// The body read so far of the message under way.
+    pub(crate) fn current_body(&self) -> Option<&[u8]> {
+        self.partial.as_ref().map(|p| p.body.as_slice())
+    }
+
+    /// Hands out the message under way before its framing ends (a stream whose last event
+    /// has come: its reader may never read the rest); its end is still consumed.
+    pub(crate) fn deliver_early(&mut self, now: u64) -> Option<Message<C>> {
+        let partial = self.partial.as_mut().filter(|p| !p.delivered)?;
+        partial.delivered = true;
+        Some(finish(
+            partial.head.clone(),
+            partial.body.clone(),
+            partial.first_ns,
+            partial.first_body_ns,
+            now,
+            partial.context.clone(),
         ))
     }
 
@@ -199,6 +224,7 @@ impl<C: Clone> Stream<C> {
         let (first_ns, context) = self.buffer_start.take().ok_or(StreamError::NotHttp)?;
         self.partial = Some(Partial {
             head,
+            delivered: false,
             framing,
             first_ns,
             first_body_ns: None,
@@ -209,9 +235,9 @@ impl<C: Clone> Stream<C> {
     }
 
     /// Moves body bytes out of the buffer; the message when it is complete.
-    fn parse_body(&mut self, now: u64) -> Result<Option<Message<C>>, StreamError> {
+    fn parse_body(&mut self, now: u64) -> Result<Body<C>, StreamError> {
         let Some(partial) = &mut self.partial else {
-            return Ok(None);
+            return Ok(Body::Incomplete);
         };
         if !self.buffer.is_empty() && partial.first_body_ns.is_none() {
             partial.first_body_ns = Some(now);
@@ -229,20 +255,30 @@ impl<C: Clone> Stream<C> {
             }
         };
         if !complete {
-            return Ok(None);
+            return Ok(Body::Incomplete);
         }
         let Some(partial) = self.partial.take() else {
-            return Ok(None);
+            return Ok(Body::Incomplete);
         };
-        Ok(Some(finish(
+        if partial.delivered {
+            return Ok(Body::Done(None));
+        }
+        Ok(Body::Done(Some(finish(
             partial.head,
             partial.body,
             partial.first_ns,
             partial.first_body_ns,
             now,
             partial.context,
-        )))
+        ))))
     }
+}
+
+/// Where a message's body got to.
+enum Body<C> {
+    Incomplete,
+    /// Complete; the message, unless it was delivered early.
+    Done(Option<Message<C>>),
 }
 
 fn finish<C>(
@@ -432,6 +468,20 @@ mod tests {
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].head.status, 200);
         assert_eq!(messages[0].body, b"hello world");
+    }
+
+    #[test]
+    fn a_message_delivered_early_is_not_delivered_again() {
+        let mut stream = Stream::responses();
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+        assert!(push_all(&mut stream, head).is_empty());
+        let early = stream.deliver_early(5).expect("a message under way");
+        assert_eq!(early.body, b"hello");
+        assert!(stream.deliver_early(6).is_none());
+        let next = b"0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let messages = push_all(&mut stream, next);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].head.status, 204);
     }
 
     #[test]

@@ -328,10 +328,13 @@ impl LlmTap {
         let pushed = connection
             .responses
             .push(&chunk.data, header.end_ns, &context, || head_request);
-        let messages = match pushed {
+        let mut messages = match pushed {
             Ok(messages) => messages,
             Err(error) => return self.stream_error(connection, error, true),
         };
+        if stream_ended(&connection.responses) {
+            messages.extend(connection.responses.deliver_early(header.end_ns));
+        }
         for message in messages {
             self.answer(connection, message, header.tgid, calls);
         }
@@ -399,7 +402,10 @@ impl LlmTap {
             StreamError::TooLarge => Dropped::TooLarge,
         };
         self.dropped(reason);
-        if error == StreamError::Http2 || (!read && connection.sent.is_empty()) {
+        // Never spoke HTTP/1.1 as a client: HTTP/2, another protocol, or the server's side
+        // of a connection (its writes are responses, its reads requests).
+        let never_client = !connection.llm_seen && connection.sent.is_empty();
+        if error == StreamError::Http2 || never_client {
             return Verdict::Quiet;
         }
         if read {
@@ -437,6 +443,20 @@ impl LlmTap {
             self.dropped(Dropped::Evicted);
         }
     }
+}
+
+/// Whether the event stream under way has sent its last event: readers (the SDKs) stop
+/// reading there, and may never read the transfer coding's end.
+fn stream_ended(responses: &Stream<CallContext>) -> bool {
+    let events = responses
+        .current_head()
+        .and_then(|head| head.header("content-type"))
+        .is_some_and(|t| t.contains("text/event-stream"));
+    let Some(body) = responses.current_body().filter(|_| events) else {
+        return false;
+    };
+    let tail = &body[body.len().saturating_sub(512)..];
+    decode::last_event_in(tail)
 }
 
 fn call_context(chunk: &Chunk) -> CallContext {
