@@ -124,6 +124,15 @@ pub(super) fn families(service: &str, llm: &LlmMetrics) -> Vec<MetricFamily> {
         ),
     ];
     families.push(health(service, llm));
+    families.push(family(
+        "flowtap_llm_content_truncated_total",
+        "Prompt or completion texts cut to fit a span (--capture-content).",
+        MetricType::COUNTER,
+        vec![counter_metric(
+            &[("service_name", service)],
+            llm.content_truncated as f64,
+        )],
+    ));
     families
 }
 

@@ -155,6 +155,7 @@ impl Exporter {
         drop(labels);
         // The text format has no empty families (a series appears with its first value).
         families.retain(|family| !family.get_metric().is_empty());
+        let families = merge_same_names(families);
         let mut text = Vec::new();
         TextEncoder::new().encode(&families, &mut text)?;
         *self.last_scrape_seconds.lock().expect("scrape lock") = started.elapsed().as_secs_f64();
@@ -365,6 +366,20 @@ impl Exporter {
         })
         .collect()
     }
+}
+
+/// One family per name: a profile may declare a metric the LLM decoder also exports
+/// (`llm_tokens_total` of a runtime that passes tokens as arguments), and the text format
+/// allows a name once.
+fn merge_same_names(families: Vec<MetricFamily>) -> Vec<MetricFamily> {
+    let mut merged: Vec<MetricFamily> = Vec::with_capacity(families.len());
+    for mut family in families {
+        match merged.iter_mut().find(|f| f.name() == family.name()) {
+            Some(first) => first.mut_metric().extend(family.take_metric()),
+            None => merged.push(family),
+        }
+    }
+    merged
 }
 
 /// The first `max` series (the snapshot lists the most total time first) and the rest summed

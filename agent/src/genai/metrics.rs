@@ -139,6 +139,8 @@ pub(crate) struct LlmMetrics {
     pub quiet_connections: u64,
     /// Model names folded into `other` by the cap.
     pub models_capped: u64,
+    /// Prompt or completion texts cut to fit a span (`--capture-content`).
+    pub content_truncated: u64,
     seen_models: HashSet<String>,
 }
 

@@ -210,7 +210,7 @@ impl LlmTap {
         for call in &calls {
             metrics.record(call);
             if call.context.sampled {
-                spans.push((call.pid, self.spans.span(call)));
+                spans.push((call.pid, self.spans.span(call, &mut metrics)));
             }
         }
         spans

@@ -11,7 +11,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
 
-use super::LlmCall;
+use super::{LlmCall, metrics::LlmMetrics};
 use crate::spans::WallClock;
 
 /// Bytes of prompt or completion text kept on a span.
@@ -36,7 +36,8 @@ impl LlmSpans {
         }
     }
 
-    pub(crate) fn span(&self, call: &LlmCall) -> SpanData {
+    /// The call's span; texts cut to fit are counted in `metrics`.
+    pub(crate) fn span(&self, call: &LlmCall, metrics: &mut LlmMetrics) -> SpanData {
         let context = &call.context;
         // Inside a probed call: that call's trace. Outermost: a trace of its own.
         let (trace_id, parent) = if context.parent_span_id != 0 {
@@ -62,7 +63,7 @@ impl LlmSpans {
             name: Cow::Owned(format!("{operation} {model}")),
             start_time: self.clock.wall(call.start_ns),
             end_time: self.clock.wall(call.end_ns.max(call.start_ns)),
-            attributes: self.attributes(call),
+            attributes: self.attributes(call, metrics),
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
@@ -74,7 +75,7 @@ impl LlmSpans {
         }
     }
 
-    fn attributes(&self, call: &LlmCall) -> Vec<KeyValue> {
+    fn attributes(&self, call: &LlmCall, metrics: &mut LlmMetrics) -> Vec<KeyValue> {
         let response = &call.response;
         let mut attributes = vec![
             KeyValue::new("gen_ai.operation.name", call.api.operation()),
@@ -122,12 +123,12 @@ impl LlmSpans {
         }
         if self.capture_content {
             if let Some(prompt) = &call.prompt {
-                attributes.push(KeyValue::new("gen_ai.input.messages", cut(prompt)));
+                attributes.push(KeyValue::new("gen_ai.input.messages", cut(prompt, metrics)));
             }
             if !response.content.is_empty() {
                 attributes.push(KeyValue::new(
                     "gen_ai.output.messages",
-                    cut(&response.content),
+                    cut(&response.content, metrics),
                 ));
             }
         }
@@ -135,8 +136,11 @@ impl LlmSpans {
     }
 }
 
-/// At most [`MAX_CONTENT_BYTES`], not splitting a character.
-fn cut(text: &str) -> String {
+/// At most [`MAX_CONTENT_BYTES`], not splitting a character; a text cut is counted.
+fn cut(text: &str, metrics: &mut LlmMetrics) -> String {
+    if text.len() > MAX_CONTENT_BYTES {
+        metrics.content_truncated += 1;
+    }
     let mut end = text.len().min(MAX_CONTENT_BYTES);
     while !text.is_char_boundary(end) {
         end -= 1;
