@@ -353,7 +353,6 @@ impl SpanPump {
         );
         let mut by_process: HashMap<(u32, u64), Vec<SpanData>> = HashMap::new();
         for record in &self.events {
-            self.slowest.add(record, plan);
             let hidden = plan
                 .probes
                 .get(record.event.probe_id as usize)
@@ -362,6 +361,7 @@ impl SpanPump {
             if hidden {
                 continue;
             }
+            self.slowest.add(record, plan);
             if let Some(span) = self.factory.span(record, plan) {
                 let event = &record.event;
                 by_process

@@ -142,7 +142,11 @@ pub(crate) fn at_return(
     ready(header, pending.data, length.max(0) as u64, buffer.max_bytes)
 }
 
-/// Leaves a call's bytes for the chunk program; false when there is nothing to copy.
+/// Leaves a call's bytes for the chunk program; false when there is nothing to copy. The slot
+/// is per CPU and read by the tail call right after; a uprobe program of another thread
+/// preempting between the two on this CPU (uprobe programs run with migration disabled, not
+/// preemption) could overwrite it: that call's bytes would go out twice and this one's not.
+/// Rare, and seen by the agent as a gap; a per-thread slot would close it at a lookup's cost.
 #[inline(always)]
 fn ready(header: ChunkHeader, data: u64, length: u64, max_bytes: u32) -> bool {
     if length == 0 {

@@ -50,6 +50,36 @@ pub(super) fn capture_families(service: &str, snapshot: &Snapshot) -> Vec<Metric
 
 /// Every LLM family, each series labelled with the service.
 pub(super) fn families(service: &str, llm: &LlmMetrics) -> Vec<MetricFamily> {
+    let mut families = model_families(service, llm);
+    families.extend([
+        family(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration (OpenTelemetry semantic conventions).",
+            MetricType::HISTOGRAM,
+            genai_series(service, &llm.operation_duration),
+        ),
+        family(
+            "gen_ai_client_token_usage",
+            "Tokens used per GenAI operation, by token type (OpenTelemetry semantic conventions).",
+            MetricType::HISTOGRAM,
+            genai_series(service, &llm.token_usage),
+        ),
+        health(service, llm),
+        family(
+            "flowtap_llm_content_truncated_total",
+            "Prompt or completion texts cut to fit a span (--capture-content).",
+            MetricType::COUNTER,
+            vec![counter_metric(
+                &[("service_name", service)],
+                llm.content_truncated as f64,
+            )],
+        ),
+    ]);
+    families
+}
+
+/// The per-model families in-process APM users know.
+fn model_families(service: &str, llm: &LlmMetrics) -> Vec<MetricFamily> {
     let mut requests = Vec::new();
     let mut tokens = Vec::new();
     let mut cost = Vec::new();
@@ -72,14 +102,15 @@ pub(super) fn families(service: &str, llm: &LlmMetrics) -> Vec<MetricFamily> {
             ));
         }
         cost.push(counter_metric(&base, totals.cost_usd));
-        if let Some(h) = &totals.duration {
-            durations.push(histogram(&base, h));
-        }
-        if let Some(h) = &totals.time_to_first_token {
-            first_tokens.push(histogram(&base, h));
-        }
+        durations.extend(totals.duration.as_ref().map(|h| histogram(&base, h)));
+        first_tokens.extend(
+            totals
+                .time_to_first_token
+                .as_ref()
+                .map(|h| histogram(&base, h)),
+        );
     }
-    let mut families = vec![
+    vec![
         family(
             "llm_requests_total",
             "LLM API calls, by model and HTTP status.",
@@ -110,30 +141,7 @@ pub(super) fn families(service: &str, llm: &LlmMetrics) -> Vec<MetricFamily> {
             MetricType::HISTOGRAM,
             first_tokens,
         ),
-        family(
-            "gen_ai_client_operation_duration_seconds",
-            "GenAI operation duration (OpenTelemetry semantic conventions).",
-            MetricType::HISTOGRAM,
-            genai_series(service, &llm.operation_duration),
-        ),
-        family(
-            "gen_ai_client_token_usage",
-            "Tokens used per GenAI operation, by token type (OpenTelemetry semantic conventions).",
-            MetricType::HISTOGRAM,
-            genai_series(service, &llm.token_usage),
-        ),
-    ];
-    families.push(health(service, llm));
-    families.push(family(
-        "flowtap_llm_content_truncated_total",
-        "Prompt or completion texts cut to fit a span (--capture-content).",
-        MetricType::COUNTER,
-        vec![counter_metric(
-            &[("service_name", service)],
-            llm.content_truncated as f64,
-        )],
-    ));
-    families
+    ]
 }
 
 fn genai_series(

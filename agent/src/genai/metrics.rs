@@ -158,7 +158,7 @@ impl LlmMetrics {
 
     /// A label value for `model`, capped.
     fn label(&mut self, model: &str) -> String {
-        if self.seen_models.contains(model) {
+        if model.is_empty() || self.seen_models.contains(model) {
             return model.to_string();
         }
         if self.seen_models.len() >= MAX_MODELS {
@@ -229,5 +229,84 @@ impl LlmMetrics {
                 .or_insert_with(|| Histogram::new(&TOKEN_BOUNDS))
                 .observe(tokens as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genai::{
+        CallContext,
+        decode::{Api, ResponseFacts},
+    };
+
+    fn call(model: &str, status: u16, input: u64, output: u64, streamed: bool) -> LlmCall {
+        LlmCall {
+            api: Api::ChatCompletions,
+            pid: 1,
+            context: CallContext::default(),
+            request_model: Some(model.to_string()),
+            streamed,
+            status,
+            response: ResponseFacts {
+                input_tokens: Some(input),
+                output_tokens: Some(output),
+                ..ResponseFacts::default()
+            },
+            start_ns: 1_000_000_000,
+            first_body_ns: Some(1_200_000_000),
+            end_ns: 3_000_000_000,
+            server_address: None,
+            server_port: 443,
+            prompt: None,
+        }
+    }
+
+    #[test]
+    fn calls_add_up_per_model_with_cost_from_the_first_matching_price() {
+        let prices = vec![
+            Price {
+                model: glob::Pattern::new("gpt-4o-mini*").unwrap(),
+                input_per_million: 0.15,
+                output_per_million: 0.60,
+            },
+            Price {
+                model: glob::Pattern::new("gpt-4o*").unwrap(),
+                input_per_million: 2.5,
+                output_per_million: 10.0,
+            },
+        ];
+        let mut metrics = LlmMetrics::new(prices);
+        metrics.record(&call("gpt-4o-mini", 200, 1_000_000, 1_000_000, false));
+        metrics.record(&call("gpt-4o", 200, 1000, 100, true));
+        metrics.record(&call("gpt-4o", 429, 0, 0, false));
+        let mini = &metrics.models["gpt-4o-mini"];
+        assert!((mini.cost_usd - 0.75).abs() < 1e-9);
+        let big = &metrics.models["gpt-4o"];
+        assert_eq!(big.requests, BTreeMap::from([(200, 1), (429, 1)]));
+        assert_eq!((big.prompt_tokens, big.completion_tokens), (1000, 100));
+        assert!((big.cost_usd - 0.0035).abs() < 1e-9);
+        let duration = big.duration.as_ref().unwrap();
+        assert_eq!((duration.count, duration.sum), (2, 4.0));
+        let first = big.time_to_first_token.as_ref().unwrap();
+        assert_eq!(first.count, 1, "only the streamed call has a first token");
+        assert!((first.sum - 0.2).abs() < 1e-9);
+        let input_usage: u64 = metrics
+            .token_usage
+            .iter()
+            .filter(|(key, _)| key.token_type == "input")
+            .map(|(_, h)| h.count)
+            .sum();
+        assert_eq!(input_usage, 3);
+    }
+
+    #[test]
+    fn models_past_the_cap_are_other_and_counted() {
+        let mut metrics = LlmMetrics::new(Vec::new());
+        for n in 0..MAX_MODELS + 5 {
+            metrics.record(&call(&format!("m{n}"), 200, 1, 1, false));
+        }
+        assert_eq!(metrics.models["other"].requests[&200], 5);
+        assert!(metrics.models_capped >= 5);
     }
 }
