@@ -23,7 +23,7 @@ const DEFAULT_DIRS: &[&str] = &[
 /// cannot be found are left out: the program would not start either, and ld.so will say so.
 pub(crate) fn load_closure(executable: &Path) -> Result<Vec<ElfObject>, SymbolError> {
     let cache = LdSoCache::read();
-    let mut objects = vec![ElfObject::read(executable)?];
+    let mut objects = vec![read(executable)?];
     let mut seen: HashSet<String> = HashSet::new();
     let mut queue: VecDeque<(String, usize)> = objects[0]
         .needed
@@ -37,12 +37,22 @@ pub(crate) fn load_closure(executable: &Path) -> Result<Vec<ElfObject>, SymbolEr
         let Some(path) = resolve(&name, &objects[parent], &cache) else {
             continue;
         };
-        let object = ElfObject::read(&path)?;
+        let object = read(&path)?;
         let index = objects.len();
         queue.extend(object.needed.iter().map(|needed| (needed.clone(), index)));
         objects.push(object);
     }
     Ok(objects)
+}
+
+/// Reads the object at `path`, known by the name it is loaded as (the path's) and by its real
+/// file's (`libz.so.1` is a link to `libz.so.1.2.13`).
+fn read(path: &Path) -> Result<ElfObject, SymbolError> {
+    let mut object = ElfObject::read(path)?;
+    if let Ok(real) = path.canonicalize() {
+        object.add_names([crate::symbols::file_name(&real)]);
+    }
+    Ok(object)
 }
 
 fn resolve(name: &str, parent: &ElfObject, cache: &LdSoCache) -> Option<PathBuf> {
