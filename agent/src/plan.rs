@@ -324,6 +324,34 @@ pub(crate) struct Selection {
     pub exit_probes: ExitPolicy,
 }
 
+impl Selection {
+    /// The object names selectors give that none of `objects` has: libraries that may be
+    /// loaded later.
+    pub(crate) fn absent_objects(&self, objects: &[ElfObject]) -> Vec<Pattern> {
+        let profiles = self
+            .profiles
+            .iter()
+            .filter(|_| !self.defaulted)
+            .flat_map(|profile| {
+                profile
+                    .functions
+                    .iter()
+                    .filter_map(|rule| rule.object.as_ref())
+            });
+        let symbols = self
+            .symbols
+            .iter()
+            .filter_map(|selector| selector.object.as_ref());
+        let mut absent: Vec<Pattern> = Vec::new();
+        for glob in profiles.chain(symbols) {
+            if !objects.iter().any(|object| object.is_named(glob)) && !absent.contains(glob) {
+                absent.push(glob.clone());
+            }
+        }
+        absent
+    }
+}
+
 impl Plan {
     pub(crate) fn build(
         objects: &[ElfObject],

@@ -282,13 +282,13 @@ fn a_selector_that_never_matched_is_reported_and_one_that_cannot_fails() {
 const SQLITE: &str = "/lib/x86_64-linux-gnu/libsqlite3.so.0";
 const PYTHON: &str = "/usr/bin/python3.11";
 
-/// A script that imports sqlite3 (CPython then loads libsqlite3), waits for the agent, and runs
-/// a fixed workload.
+/// A script that imports sqlite3 (CPython then loads libsqlite3) once its standard input is
+/// closed, and runs a fixed workload at once.
 fn sqlite_script(dir: &Path) -> PathBuf {
     let script = dir.join("app.py");
     std::fs::write(
         &script,
-        "import sqlite3, time\ntime.sleep(0.3)\ndb = sqlite3.connect(':memory:')\n\
+        "import sys\nsys.stdin.read()\nimport sqlite3\ndb = sqlite3.connect(':memory:')\n\
          db.execute('create table t(x)')\nfor i in range(300):\n    db.execute('insert into t values (?)', (i,))\n\
          db.executescript('create table u(y); insert into u values (1);')\n\
          print(sum(r[0] for r in db.execute('select x from t')))\n",
@@ -297,41 +297,98 @@ fn sqlite_script(dir: &Path) -> PathBuf {
     script
 }
 
-/// Calls of `function` of libsqlite3 made by the script, with bpftrace.
-fn bpftrace_count(function: &str, script: &Path) -> u64 {
-    let probe = format!("uprobe:{SQLITE}:{function} /pid == cpid/ {{ @calls = count(); }}");
-    let command = format!("{PYTHON} {}", script.display());
-    let output = Command::new("bpftrace")
-        .args(["-e", &probe, "-c", &command])
-        .output()
-        .expect("bpftrace is installed by `cargo xtask setup`");
-    assert!(output.status.success(), "bpftrace failed: {output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| line.strip_prefix("@calls: "))
-        .map_or(0, |n| n.trim().parse().unwrap())
+/// Calls of each function of the sqlite profile made by the script, with bpftrace.
+fn bpftrace_counts(script: &Path) -> Vec<(&'static str, u64)> {
+    ["sqlite3_prepare_v2", "sqlite3_step", "sqlite3_exec"]
+        .into_iter()
+        .map(|function| {
+            let probe = format!("uprobe:{SQLITE}:{function} /pid == cpid/ {{ @calls = count(); }}");
+            let command = format!("{PYTHON} {}", script.display());
+            // The script's standard input is closed at once: it runs without waiting.
+            let output = Command::new("bpftrace")
+                .args(["-e", &probe, "-c", &command])
+                .stdin(Stdio::null())
+                .output()
+                .expect("bpftrace is installed by `cargo xtask setup`");
+            assert!(output.status.success(), "bpftrace failed: {output:?}");
+            let calls = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .find_map(|line| line.strip_prefix("@calls: "))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            assert!(calls > 0, "{function}: bpftrace saw no call");
+            (function, calls)
+        })
+        .collect()
 }
 
-#[test]
-fn cpython_import_sqlite3_counts_what_bpftrace_counts() {
-    let dir = scratch_dir("later-sqlite");
-    let script = sqlite_script(&dir);
-    let traced = launch_with_report(
-        &dir,
-        &["--profile", "sqlite"],
-        Path::new(PYTHON),
-        &[script.to_str().unwrap()],
-    );
-    assert_eq!(traced.code, 0, "{}", traced.stderr);
-    let counts = report_counts(&read_report(&traced.report));
-    for function in ["sqlite3_prepare_v2", "sqlite3_step", "sqlite3_exec"] {
-        let expected = bpftrace_count(function, &script);
-        assert!(expected > 0, "{function}: bpftrace saw no call");
+fn assert_bpftrace_counts(script: &Path, report: &Path, what: &str) {
+    let counts = report_counts(&read_report(report));
+    for (function, expected) in bpftrace_counts(script) {
         assert_eq!(
             counts.get(function).copied().unwrap_or(0),
             expected,
-            "{function}: {}",
-            traced.stderr
+            "{what}: {function}"
         );
     }
+}
+
+#[test]
+fn cpython_import_sqlite3_counts_what_bpftrace_counts_in_launch_mode() {
+    let dir = scratch_dir("later-sqlite-launch");
+    let script = sqlite_script(&dir);
+    let output = flowtap()
+        .args(["run", "--profile", "sqlite", "--report", "json", "--output"])
+        .arg(dir.join("report.json"))
+        .args(["--", PYTHON])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("before it is loaded"), "{stderr}");
+    assert_bpftrace_counts(&script, &dir.join("report.json"), "launch");
+}
+
+#[test]
+fn cpython_import_sqlite3_counts_what_bpftrace_counts_by_pid() {
+    let dir = scratch_dir("later-sqlite-pid");
+    let script = sqlite_script(&dir);
+    let held = Command::new(PYTHON)
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_mapped(held.id(), "libc.so");
+    let (_, report) = trace_pid(&dir, held, &["--profile", "sqlite"]);
+    assert_bpftrace_counts(&script, &report, "pid");
+}
+
+#[test]
+fn cpython_import_sqlite3_counts_what_bpftrace_counts_in_exe_mode() {
+    let dir = scratch_dir("later-sqlite-exe");
+    let script = sqlite_script(&dir);
+    // A copy: other python3.11 processes on the machine are not this test's.
+    let python = dir.join("python3.11");
+    std::fs::copy(PYTHON, &python).unwrap();
+    wait_not_busy(&python);
+    let report = dir.join("report.json");
+    let flowtap = Running::start(
+        flowtap()
+            .args(["run", "--profile", "sqlite", "--exe"])
+            .arg(&python)
+            .args(["--report", "json", "--output"])
+            .arg(&report),
+    );
+    let output = Command::new(&python)
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    flowtap.interrupt();
+    let (code, stderr) = flowtap.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_bpftrace_counts(&script, &report, "exe");
 }

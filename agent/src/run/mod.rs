@@ -157,6 +157,13 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     // Launch mode forks here, so this comes before any thread is started.
     let mut target = Target::resolve(&spec)?;
     target.follow_children(children(config.children)?);
+    let installed = target.add_installed(&selection.absent_objects(&target.objects));
+    if !installed.is_empty() {
+        status(format_args!(
+            "probing {} before it is loaded: selected by name, found in the dynamic loader's cache",
+            installed.join(", ")
+        ));
+    }
     let plan = Plan::build(&target.objects, &selection, &target.describe())?;
     for note in plan.notes() {
         eprintln!("flowtap: note: {note}");

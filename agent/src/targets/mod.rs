@@ -224,6 +224,38 @@ impl Target {
         }
     }
 
+    /// Adds the installed libraries that names `globs` match (see [`libraries::installed`]),
+    /// under the process's root in PID mode: their probes are then in place before a process
+    /// loads them. Returns the names of those added.
+    pub(crate) fn add_installed(&mut self, globs: &[glob::Pattern]) -> Vec<String> {
+        if !self.loads_libraries_later() {
+            return Vec::new();
+        }
+        let root = match &self.kind {
+            TargetKind::Process { pid } => PathBuf::from(format!("/proc/{pid}/root")),
+            _ => PathBuf::from("/"),
+        };
+        let mut known: Vec<FileId> = self
+            .objects
+            .iter()
+            .filter_map(|object| FileId::of(&object.path).ok())
+            .collect();
+        let mut added = Vec::new();
+        for glob in globs {
+            for object in libraries::installed(&root, glob) {
+                let Ok(file) = FileId::of(&object.path) else {
+                    continue;
+                };
+                if !known.contains(&file) {
+                    known.push(file);
+                    added.push(object.path.display().to_string());
+                    self.objects.push(object);
+                }
+            }
+        }
+        added
+    }
+
     /// Whether libraries its processes load later are looked for: a library target's probes
     /// are on its file already, wherever and whenever it is loaded.
     pub(crate) fn loads_libraries_later(&self) -> bool {
