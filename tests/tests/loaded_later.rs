@@ -392,3 +392,29 @@ fn cpython_import_sqlite3_counts_what_bpftrace_counts_in_exe_mode() {
     assert_eq!(code, 0, "{stderr}");
     assert_bpftrace_counts(&script, &report, "exe");
 }
+
+#[test]
+fn the_program_answers_to_the_name_it_was_started_as_in_every_mode() {
+    let dir = scratch_dir("later-names");
+    let (demo, _) = fixture_copy(&dir, "lib");
+    let link = dir.join("dlo");
+    std::os::unix::fs::symlink(&demo, &link).unwrap();
+    let select = ["--symbols", "dlo:dl_main_work"];
+    let args = ["--calls", CALLS].map(String::from);
+    let held = spawn_held(&link, &args, &dir);
+    let (stdout, report) = trace_pid(&dir, held, &select);
+    let counts = report_counts(&read_report(&report));
+    assert_eq!(
+        counts.get("dl_main_work"),
+        demo_counts(&stdout).get("dl_main_work")
+    );
+    let traced = launch_with_report(&dir, &select, &link, &strs(&args));
+    assert_eq!(traced.code, 0, "{}", traced.stderr);
+    let report = read_report(&traced.report);
+    assert_eq!(report_counts(&report).get("dl_main_work"), Some(&2000));
+    // Shown by its file's name, as by PID.
+    assert_eq!(
+        report_function(&report, "dl_main_work")["object"],
+        "dlopendemo"
+    );
+}

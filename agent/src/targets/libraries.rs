@@ -75,12 +75,12 @@ pub(crate) fn installed(root: &Path, glob: &glob::Pattern) -> Vec<ElfObject> {
         .collect()
 }
 
-/// Reads the object at `path`, known by the name it is loaded as (the path's) and by its real
-/// file's (`libz.so.1` is a link to `libz.so.1.2.13`).
+/// Reads the object at `path`, shown by its real file's name as in PID mode (`libz.so.1` is a
+/// link to `libz.so.1.2.13`) and known by the name it is loaded as (the path's) too.
 fn read(path: &Path) -> Result<ElfObject, SymbolError> {
     let mut object = ElfObject::read(path)?;
     if let Ok(real) = path.canonicalize() {
-        object.add_names([crate::symbols::file_name(&real)]);
+        object.show_as(crate::symbols::file_name(&real));
     }
     Ok(object)
 }
