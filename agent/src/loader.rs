@@ -682,12 +682,12 @@ impl Attach<'_> {
         let mut progress = crate::console::Progress::new();
         let mut done = 0;
         for (object, points) in per_object {
-            let path = &self.plan.objects[object].path;
+            let object = &self.plan.objects[object];
             done += points.len();
             progress.show(total, format_args!("attaching {program} {done}/{total}"));
             uprobe
-                .attach(points, path, self.scope)
-                .map_err(|error| self.attach_error(path, error))?;
+                .attach(points, &object.path, self.scope)
+                .map_err(|error| self.attach_error(&object.shown_path, error))?;
         }
         Ok(())
     }

@@ -241,7 +241,10 @@ impl ExitProbes {
 
 #[derive(Debug, Clone)]
 pub(crate) struct PlannedObject {
+    /// Where probes attach (a process's objects: their `/proc/PID/map_files` entry).
     pub path: PathBuf,
+    /// The path shown in messages.
+    pub shown_path: PathBuf,
     pub name: String,
 }
 
@@ -496,6 +499,7 @@ impl Plan {
         {
             self.objects.push(PlannedObject {
                 path: object.path.clone(),
+                shown_path: object.shown_path.clone(),
                 name,
             });
         }
@@ -573,7 +577,7 @@ impl Listing {
         wanted: impl Fn(&Function) -> bool,
     ) -> Result<Self, SymbolError> {
         let mut listing = Self {
-            path: object.path.clone(),
+            path: object.shown_path.clone(),
             exits: exit_probes.describe(object),
             traceable: Vec::new(),
             refused: Vec::new(),
@@ -748,6 +752,54 @@ mod tests {
                 && returns.iter().all(|&r| r > this.file_offset && r < this.file_offset + this.size)),
             "{exit:?}"
         );
+    }
+
+    /// A plain selection of `symbols`, as written.
+    fn plain(symbols: &[&str]) -> Selection {
+        Selection {
+            profiles: Vec::new(),
+            symbols: symbols.iter().map(|text| selector(text)).collect(),
+            texts: symbols.iter().map(|text| text.to_string()).collect(),
+            defaulted: false,
+            exit_probes: ExitPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn selectors_naming_objects_not_loaded_wait_and_later_objects_fill_the_room_left() {
+        let object = ElfObject::read(&std::env::current_exe().unwrap()).unwrap();
+        let name = object.file_name();
+        let own = format!("{name}:*the_last_exit_probe_choice*");
+        let waits = "libnot_loaded.so:*the_last_exit_probe_choice*";
+        let selection = plain(&[waits, &own, "no_such_function_anywhere"]);
+        let objects = std::slice::from_ref(&object);
+        let mut plan = Plan::build(objects, &selection, "test").unwrap();
+        let planned = plan.probes.len();
+        assert!(planned > 0);
+        assert_eq!(plan.waiting(&selection, objects), [waits]);
+        assert_eq!(
+            plan.unmatched(&selection),
+            [waits, "no_such_function_anywhere"]
+        );
+        let absent = selection.absent_objects(objects);
+        assert_eq!(absent.len(), 1);
+        assert_eq!(absent[0].as_str(), "libnot_loaded.so");
+        // The same object loaded again under the waited-for name: probes, if there is room.
+        let mut later = object.clone();
+        later.show_as("libnot_loaded.so".into());
+        let full = plan.extend(std::slice::from_ref(&later), &selection, planned);
+        assert!(full.unwrap().is_empty());
+        assert!(plan.over_capacity >= planned);
+        let added = plan.extend(&[later], &selection, usize::MAX).unwrap();
+        assert_eq!(added, 1..2);
+        assert!(plan.probes.len() > planned);
+        assert_eq!(plan.unmatched(&selection), ["no_such_function_anywhere"]);
+        // Nothing waits and nothing matches: one clear failure.
+        let nothing = plain(&["no_such_function_anywhere"]);
+        assert!(matches!(
+            Plan::build(objects, &nothing, "test"),
+            Err(PlanError::NoMatch { .. })
+        ));
     }
 
     #[test]

@@ -77,6 +77,8 @@ impl Function {
 pub struct ElfObject {
     /// Where the agent reads the file (through `/proc/PID/map_files` for a process's objects).
     pub(crate) path: PathBuf,
+    /// The path shown in messages: as the process maps it.
+    pub(crate) shown_path: PathBuf,
     /// The names `OBJECT:` selectors match, the one shown first: the file name, the name it
     /// was loaded or run as, and its DT_SONAME, without repeats.
     pub(crate) names: Vec<String>,
@@ -123,6 +125,21 @@ pub enum SymbolError {
     Malformed { path: PathBuf, reason: String },
 }
 
+impl SymbolError {
+    /// The same error, naming the file by `shown` (as the process maps it) rather than by where
+    /// it was read.
+    pub(crate) fn at(mut self, shown: &Path) -> Self {
+        let (SymbolError::Read { path, .. }
+        | SymbolError::NotElf { path }
+        | SymbolError::NotRegular { path, .. }
+        | SymbolError::Not64Bit { path }
+        | SymbolError::ForeignArch { path, .. }
+        | SymbolError::Malformed { path, .. }) = &mut self;
+        *path = shown.to_path_buf();
+        self
+    }
+}
+
 impl ElfObject {
     /// Maps the file rather than reading it whole; refuses what is not a regular file.
     pub(crate) fn read(path: &Path) -> Result<Self, SymbolError> {
@@ -166,6 +183,7 @@ impl ElfObject {
         let entry_offset = (entry != 0).then(|| segments.file_offset(entry)).flatten();
         let mut object = Self {
             path: path.to_path_buf(),
+            shown_path: path.to_path_buf(),
             names: vec![file_name(path)],
             functions: collect_functions(&elf, &segments, data, entry_offset),
             entry_offset,

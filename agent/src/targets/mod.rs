@@ -60,7 +60,8 @@ pub(crate) fn read_mapped(
     pid: u32,
     mapped: &process::MappedObject,
 ) -> Result<ElfObject, SymbolError> {
-    let mut object = ElfObject::read(&mapped.open_path)?;
+    let mut object = ElfObject::read(&mapped.open_path).map_err(|error| error.at(&mapped.path))?;
+    object.shown_path = mapped.path.clone();
     object.show_as(crate::symbols::file_name(&mapped.path));
     if FileId::of(Path::new(&format!("/proc/{pid}/exe"))).ok() == Some(mapped.file) {
         object.add_names(process::run_as_name(pid));
