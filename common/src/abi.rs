@@ -40,8 +40,11 @@ pub mod maps {
     /// The chunk program, tail-called by the uprobe.multi entry and exit programs (slot 0).
     pub const CAPTURE_TAIL_MULTI: &str = "CAPTURE_TAIL_MULTI";
 
+    /// The dynamic loader's notices that a traced process's objects changed.
+    pub const LOADS: &str = "LOADS";
+
     /// Every map the agent uses.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         STACKS,
         STATS,
         PROBE_STATS,
@@ -57,6 +60,7 @@ pub mod maps {
         QUIET,
         CAPTURE_TAIL,
         CAPTURE_TAIL_MULTI,
+        LOADS,
     ];
 }
 
@@ -65,6 +69,10 @@ pub mod maps {
 pub const NEW_TASK_TRACEPOINT: (&str, &str) = ("task", "task_newtask");
 pub const NEW_TASK_PID_FIELD: &str = "pid";
 pub const NEW_TASK_FLAGS_FIELD: &str = "clone_flags";
+
+/// The function glibc's dynamic loader calls whenever its list of loaded objects changes, for
+/// debuggers: exported by `ld-linux*.so` (GLIBC_PRIVATE).
+pub const LOADER_HOOK: &str = "_dl_debug_state";
 
 /// Program names (the functions' names in the eBPF crate).
 pub mod programs {
@@ -86,8 +94,11 @@ pub mod programs {
     /// The same for uprobe.multi programs.
     pub const CAPTURE_CHUNKS_MULTI: &str = "capture_chunks_multi";
 
+    /// On the dynamic loader's debugger hook ([`super::LOADER_HOOK`]).
+    pub const OBJECTS_CHANGED: &str = "objects_changed";
+
     /// Every program of the production object the agent uses.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         ENTRY,
         ENTRY_MULTI,
         RETURN,
@@ -100,6 +111,7 @@ pub mod programs {
         PROCESS_FORK,
         CAPTURE_CHUNKS,
         CAPTURE_CHUNKS_MULTI,
+        OBJECTS_CHANGED,
     ];
 
     /// The benchmark's kernel floor: a separate object of programs that do nothing.

@@ -13,6 +13,7 @@ mod capture;
 mod entry;
 mod exit;
 mod lifecycle;
+mod loads;
 mod log;
 mod maps;
 mod span;

@@ -10,9 +10,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Config, Loss, MAX_AGGREGATES, MAX_HANDOFFS, MAX_PROBES,
-    MAX_TEXTS, MAX_TRACED_PROCESSES, ProbeSpec, ProbeStats, SPAN_RING_BYTES, ShadowStack, StatsKey,
-    TEXT_LEN, TraceContext,
+    AggregateKey, AggregateValue, Config, LOAD_RING_BYTES, Loss, MAX_AGGREGATES, MAX_HANDOFFS,
+    MAX_PROBES, MAX_TEXTS, MAX_TRACED_PROCESSES, ProbeSpec, ProbeStats, SPAN_RING_BYTES,
+    ShadowStack, StatsKey, TEXT_LEN, TraceContext,
     abi::{self, maps as names, same},
     capture::{
         CAPTURE_RING_BYTES, CaptureArgs, CaptureCount, ConnectionKey, MAX_PENDING, MAX_QUIET,
@@ -104,6 +104,7 @@ const _: () = assert!(same(names::CAPTURE_COUNTS, "CAPTURE_COUNTS"));
 const _: () = assert!(same(names::QUIET, "QUIET"));
 const _: () = assert!(same(names::CAPTURE_TAIL, "CAPTURE_TAIL"));
 const _: () = assert!(same(names::CAPTURE_TAIL_MULTI, "CAPTURE_TAIL_MULTI"));
+const _: () = assert!(same(names::LOADS, "LOADS"));
 
 /// Per-thread shadow stacks.
 #[btf_map(name = "STACKS")]
@@ -147,6 +148,10 @@ pub(crate) static TEXT_SCRATCH: PerCpuArray<[u8; TEXT_LEN]> = PerCpuArray::with_
 
 #[map(name = "SPANS")]
 pub(crate) static SPANS: RingBuf = RingBuf::with_byte_size(SPAN_RING_BYTES, 0);
+
+/// Notices that a traced process's loaded objects changed: rare, so each wakes the agent.
+#[map(name = "LOADS")]
+pub(crate) static LOADS: RingBuf = RingBuf::with_byte_size(LOAD_RING_BYTES, 0);
 
 /// Threads with a shadow stack: added 1 when one is created, `u64::MAX` (-1) at thread exit.
 #[map(name = "LIVE_STACKS")]

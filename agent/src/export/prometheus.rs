@@ -3,7 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Instant,
 };
 
@@ -60,7 +60,7 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError>
 /// What a scrape reads.
 pub(crate) struct Exporter {
     pub probes: Arc<Mutex<Probes>>,
-    pub plan: Arc<Plan>,
+    pub plan: Arc<RwLock<Plan>>,
     pub labels: Arc<Mutex<LabelCap>>,
     /// `service_name` label on every series.
     pub service: String,
@@ -86,7 +86,7 @@ pub(crate) const DEFAULT_MAX_FUNCTION_SERIES: usize = 2000;
 impl Exporter {
     pub(crate) fn new(
         probes: Arc<Mutex<Probes>>,
-        plan: Arc<Plan>,
+        plan: Arc<RwLock<Plan>>,
         labels: Arc<Mutex<LabelCap>>,
         service: String,
         fixed_processes: Option<u64>,
@@ -123,21 +123,26 @@ impl Exporter {
     /// The whole exposition, as text.
     pub(crate) fn render(&self) -> Result<String, ScrapeError> {
         let started = Instant::now();
+        // Probes before the plan: the order the library follower takes them in.
+        let probes = self.probes.lock().expect("probes lock");
+        let plan = self.plan.read().expect("plan lock");
         let (snapshot, processes, map_entries) = {
-            let probes = self.probes.lock().expect("probes lock");
             let processes = match self.fixed_processes {
                 Some(count) => count,
                 None => probes.traced_processes()?,
             };
             let map_entries = probes.map_entries()?;
-            (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
+            (Snapshot::read(&probes, &plan)?, processes, map_entries)
         };
+        drop(probes);
         let mut labels = self.labels.lock().expect("labels lock");
         let declared =
-            ProfileMetrics::derive(&snapshot, &self.plan, &mut labels, self.workloads.as_ref());
+            ProfileMetrics::derive(&snapshot, &plan, &mut labels, self.workloads.as_ref());
+        let attached = plan.probes.len();
+        drop(plan);
         let mut families = self.function_families(&snapshot);
         families.extend(self.profile_families(&declared));
-        families.extend(self.health_families(&snapshot, &labels, processes));
+        families.extend(self.health_families(&snapshot, &labels, processes, attached));
         families.extend(super::llm::capture_families(&self.service, &snapshot));
         if let Some(llm) = &self.llm {
             let llm = llm.lock().expect("llm metrics lock");
@@ -262,6 +267,7 @@ impl Exporter {
         snapshot: &Snapshot,
         labels: &LabelCap,
         processes: u64,
+        attached: usize,
     ) -> Vec<MetricFamily> {
         let lost = snapshot
             .losses
@@ -285,7 +291,7 @@ impl Exporter {
                 "flowtap_probes_attached",
                 "Functions with probes attached.",
                 MetricType::GAUGE,
-                vec![gauge(&[], self.plan.probes.len() as f64)],
+                vec![gauge(&[], attached as f64)],
             ),
             family(
                 "flowtap_processes_traced",

@@ -10,7 +10,7 @@ use std::{
     io::Write,
     net::{SocketAddr, TcpListener},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -31,12 +31,13 @@ use crate::{
     host,
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
+    library_loads::LoadFollower,
     loader::{KernelLogLevel, LoadOptions, Probes},
     output_file::{self, OutputFile},
     plan::{ExitPolicy, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
-    report::{Report, ReportFormat, SpanSummary},
+    report::{LoadsSummary, Report, ReportFormat, SpanSummary},
     span_ring::SpanStream,
     spans::{SpanFactory, SpanPump},
     targets::{Target, TargetSpec},
@@ -129,7 +130,9 @@ pub(crate) fn run(mut config: RunConfig) -> anyhow::Result<i32> {
 /// The target resolved, its probes planned, the outputs open.
 struct Prepared {
     target: Target,
-    plan: Arc<Plan>,
+    plan: Arc<RwLock<Plan>>,
+    /// What the plan was made of: applied again to libraries loaded later.
+    selection: Arc<Selection>,
     workloads: Arc<dyn Workloads>,
     report_file: Option<OutputFile>,
     spans_file: Option<OutputFile>,
@@ -162,26 +165,55 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     // Launch mode forks here, so this comes before any thread is started.
     let mut target = Target::resolve(&spec)?;
     target.follow_children(children(config.children)?);
-    let plan = Arc::new(Plan::build(
-        &target.objects,
-        &selection,
-        &target.describe(),
-    )?);
+    let installed = target.add_installed(&selection.absent_objects(&target.objects));
+    if !installed.is_empty() {
+        status(format_args!(
+            "probing {} before it is loaded: selected by name, found in the dynamic loader's cache",
+            installed.join(", ")
+        ));
+    }
+    let plan = Plan::build(&target.objects, &selection, &target.describe())?;
     for note in plan.notes() {
         eprintln!("flowtap: note: {note}");
     }
+    selector_notes(&plan, &selection, &target);
     let workloads: Arc<dyn Workloads> = match cluster {
         Some(cluster) => Arc::new(PodWorkloads::new(cluster, target.pid())),
         None => Arc::new(NoWorkloads),
     };
     Ok(Prepared {
         target,
-        plan,
+        plan: Arc::new(RwLock::new(plan)),
+        selection: Arc::new(selection),
         workloads,
         report_file,
         spans_file,
         listener,
     })
+}
+
+/// Says which selectors wait for libraries loaded later, and which match nothing (when others
+/// do, the run goes on without them).
+fn selector_notes(plan: &Plan, selection: &Selection, target: &Target) {
+    let waiting = plan.waiting(selection, &target.objects);
+    if !waiting.is_empty() {
+        status(format_args!(
+            "waiting for libraries loaded later: {} names objects not loaded yet",
+            waiting.join(", ")
+        ));
+    }
+    let unmatched: Vec<String> = plan
+        .unmatched(selection)
+        .into_iter()
+        .filter(|text| !waiting.contains(text))
+        .collect();
+    if !unmatched.is_empty() && !selection.defaulted {
+        eprintln!(
+            "flowtap: note: {} matches no function of {} yet: probed if a library loaded later has one",
+            unmatched.join(", "),
+            target.describe()
+        );
+    }
 }
 
 /// What to trace, and the cluster when Kubernetes is asked for: a pod selector picks the
@@ -239,7 +271,10 @@ fn selection(config: &RunConfig) -> anyhow::Result<Selection> {
 /// The probes attached and every sink ready: what serving and finishing use.
 struct Attached {
     runtime: Runtime,
-    plan: Arc<Plan>,
+    plan: Arc<RwLock<Plan>>,
+    selection: Arc<Selection>,
+    /// Probes libraries loaded later; stopped before the final counts are read.
+    follower: Option<LoadFollower>,
     workloads: Arc<dyn Workloads>,
     probes: Arc<Mutex<Probes>>,
     /// OTLP export: the exporter and the queue the pump fills.
@@ -283,15 +318,26 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let pump = spans_wanted
         .then(|| span_pump(config, &prepared, &mut probes, sinks))
         .transpose()?;
-    let tap = llm_tap(config, &prepared.plan, &mut probes)?;
+    let tap = llm_tap(
+        config,
+        &prepared.plan.read().expect("plan lock"),
+        &mut probes,
+    )?;
     let llm = tap.as_ref().map(|tap| tap.metrics.clone());
     let probes = Arc::new(Mutex::new(probes));
     let labels = Arc::new(Mutex::new(LabelCap::default()));
     let span_counts = spans_wanted.then(|| counts.clone());
     let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts, &llm);
+    let follower = LoadFollower::start(
+        &prepared.target,
+        &probes,
+        &prepared.plan,
+        prepared.selection.clone(),
+    )?;
     let Prepared {
         target,
         plan,
+        selection,
         workloads,
         listener,
         ..
@@ -299,6 +345,8 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let attached = Attached {
         runtime,
         plan,
+        selection,
+        follower,
         workloads,
         probes,
         otlp,
@@ -329,7 +377,8 @@ fn load(config: &RunConfig, prepared: &Prepared, spans_wanted: bool) -> anyhow::
         verifier_log: config.verifier_log.clone(),
         capture_ring_bytes: config.capture_ring_bytes,
     };
-    Ok(Probes::load(&prepared.plan, &prepared.target, &options)?)
+    let plan = prepared.plan.read().expect("plan lock");
+    Ok(Probes::load(&plan, &prepared.target, &options)?)
 }
 
 /// The consumer of captured bytes, when a probe captures them.
@@ -441,18 +490,21 @@ fn serve(
     let address = listener.local_addr().context("metrics address")?;
     let plan = &attached.plan;
     status(format_args!("serving metrics on http://{address}/metrics"));
-    status(format_args!(
-        "attached {} probes in {} objects of {}; Ctrl-C to stop",
-        plan.probes.len(),
-        plan.objects.len(),
-        target.describe()
-    ));
+    {
+        let plan = plan.read().expect("plan lock");
+        status(format_args!(
+            "attached {} probes in {} objects of {}; Ctrl-C to stop",
+            plan.probes.len(),
+            plan.objects.len(),
+            target.describe()
+        ));
+    }
     let mut signals = {
         let _context = attached.runtime.enter();
         wait::StopSignals::listen().context("listening for SIGINT and SIGTERM")?
     };
     if let Some(ready) = ready {
-        signal_ready(ready, address, plan);
+        signal_ready(ready, address, &plan.read().expect("plan lock"));
     }
     let Attached {
         runtime,
@@ -507,7 +559,7 @@ const PUMP_INTERVAL: Duration = Duration::from_millis(100);
 async fn pump_spans(
     mut pump: Option<&mut SpanPump>,
     mut tap: Option<&mut LlmTap>,
-    plan: &Plan,
+    plan: &RwLock<Plan>,
 ) -> std::io::Result<()> {
     if pump.is_none() && tap.is_none() {
         return std::future::pending().await;
@@ -519,14 +571,15 @@ async fn pump_spans(
     }
 }
 
-/// Moves the kernel's spans, then the LLM calls' (metrics always, spans when exported).
+/// Moves the kernel's spans, then the LLM calls' (metrics always, spans when exported). The
+/// plan grows as libraries are loaded.
 fn pump_once(
     mut pump: Option<&mut SpanPump>,
     tap: Option<&mut LlmTap>,
-    plan: &Plan,
+    plan: &RwLock<Plan>,
 ) -> std::io::Result<()> {
     if let Some(pump) = pump.as_deref_mut() {
-        pump.pump(plan)?;
+        pump.pump(&plan.read().expect("plan lock"))?;
     }
     if let Some(tap) = tap {
         let spans = tap.pump();
@@ -554,15 +607,31 @@ fn children(asked: Option<bool>) -> anyhow::Result<Option<bool>> {
 }
 
 /// Reads the final counts and writes the report.
-fn finish(config: &RunConfig, attached: Attached, exit_code: Option<i32>) -> anyhow::Result<i32> {
+fn finish(
+    config: &RunConfig,
+    mut attached: Attached,
+    exit_code: Option<i32>,
+) -> anyhow::Result<i32> {
+    // No probes are added while the last counts are read.
+    let loaded_later = attached.follower.take().map(LoadFollower::stop);
     let probes = attached.probes.lock().expect("probes lock");
-    let snapshot = Snapshot::read(&probes, &attached.plan)
+    let plan = attached.plan.read().expect("plan lock");
+    let loaded_later = loaded_later.unwrap_or_default();
+    let loads = LoadsSummary {
+        objects: loaded_later.objects,
+        probes: loaded_later.probes,
+        slowest_attach_ms: loaded_later.slowest.map(|d| d.as_secs_f64() * 1e3),
+        failed: loaded_later.failed,
+        not_probed_tables_full: plan.over_capacity,
+        unmatched_selectors: plan.unmatched(&attached.selection),
+    };
+    let snapshot = Snapshot::read(&probes, &plan)
         .context("reading the kernel's counters")?
         .per_function(attached.workloads.as_ref());
     // Per function: the workloads' labels do not apply.
     let declared = ProfileMetrics::derive(
         &snapshot,
-        &attached.plan,
+        &plan,
         &mut attached.labels.lock().expect("labels"),
         &NoWorkloads,
     );
@@ -579,6 +648,7 @@ fn finish(config: &RunConfig, attached: Attached, exit_code: Option<i32>) -> any
         spans: spans.as_ref(),
         llm: llm.as_deref(),
         exit_code,
+        loads: &loads,
     };
     write_report(attached.report_file, config, &report)?;
     Ok(exit_code.unwrap_or(0))
