@@ -1,6 +1,7 @@
 //! LLM calls decoded from TLS plaintext (profile `genai`): a local HTTPS server speaking the
 //! OpenAI and Anthropic APIs (its own CA, given to clients the standard way), called by curl
-//! (launch mode) and by the official Python SDKs (library mode on libssl). Tokens per model and
+//! (launch mode) and by the official Python SDKs (library mode on libssl, and launch mode,
+//! where libssl is loaded later). Tokens per model and
 //! kind in flowtap's report and metrics must equal what the server served, one GenAI span per
 //! call with its attributes, and the byte capture's accounting must add up under a small ring.
 
@@ -292,5 +293,42 @@ fn captured_bytes_are_delivered_or_counted_lost_under_a_small_ring() {
     assert!(
         count("ring_full_bytes") > 0,
         "a 4 KiB ring cannot hold the request: {capture}"
+    );
+}
+
+#[test]
+fn python_sdk_calls_in_launch_mode_are_counted_once_libssl_is_loaded() {
+    let python = std::env::var("FLOWTAP_GENAI_PYTHON").unwrap_or_else(|_| {
+        panic!("FLOWTAP_GENAI_PYTHON is not set: run with `cargo xtask test`, which installs the openai and anthropic SDKs")
+    });
+    let dir = scratch_dir("genai-sdk-launch");
+    let server = LlmServer::start(&dir);
+    let suffix = "-launch";
+    // CPython loads libssl with dlopen (its _ssl module): probed when it is loaded.
+    let report = dir.join("report.json");
+    let output = flowtap()
+        .args(["run", "--profile", "genai", "--report", "json", "--output"])
+        .arg(&report)
+        .arg("--")
+        .arg(&python)
+        .arg(genai_dir().join("sdk_calls.py"))
+        .arg(server.url(""))
+        .arg(suffix)
+        .env("SSL_CERT_FILE", &server.ca)
+        .output()
+        .expect("running flowtap");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("call ")).count(), 7);
+    let served = server.served(suffix);
+    assert_eq!(served.requests.values().sum::<u64>(), 7);
+    assert_eq!(
+        reported(&read_report(&report), suffix),
+        served,
+        "report vs ledger"
     );
 }
