@@ -1,9 +1,9 @@
 //! LLM calls decoded from TLS plaintext (profile `genai`): a local HTTPS server speaking the
 //! OpenAI and Anthropic APIs (its own CA, given to clients the standard way), called by curl
-//! (launch mode) and by the official Python SDKs (library mode on libssl, and launch mode,
-//! where libssl is loaded later). Tokens per model and
-//! kind in flowtap's report and metrics must equal what the server served, one GenAI span per
-//! call with its attributes, and the byte capture's accounting must add up under a small ring.
+//! (launch mode) and by the official Python SDKs (library mode on libssl, and launch mode, where
+//! libssl is loaded later). Tokens per model and kind in flowtap's report and metrics must equal
+//! what the server served, one GenAI span per call with its attributes, and the byte capture's
+//! accounting must add up under a small ring.
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
