@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use flowtap_common::{
-    Loss,
+    Loss, ShadowStack,
     abi::{programs, same},
 };
 
@@ -82,6 +82,35 @@ fn on_return(probe_id: u32, sp: u64, ret: u64) -> Result<(), Loss> {
         }
         Thread::Traced(stack) => stack,
     };
+    let level = opaque(stack.depth as usize).wrapping_sub(1);
+    // Nearly every return is that of the newest frame, with nothing to realign first.
+    let returning_top = stack.untracked_sp == 0
+        && stack
+            .frames
+            .get(level)
+            .is_some_and(|frame| frame.entry_sp == sp && frame.probe_id == probe_id);
+    if !returning_top {
+        return realign_and_return(stack, probe_id, sp, ret, now);
+    }
+    stack.depth = level as u32;
+    let stack: &ShadowStack = stack;
+    // The popped frame stays in place until the next push: it is read there, not copied.
+    match stack.frames.get(level) {
+        Some(frame) => stack::end(stack, level, frame, Ending::Returned(ret), now),
+        None => Ok(()),
+    }
+}
+
+/// A return that is not the newest frame's: below a call nested too deep to store, or after
+/// frames the stack has been unwound past (closed here), or of a call entered before attach.
+#[inline(never)]
+fn realign_and_return(
+    stack: &mut ShadowStack,
+    probe_id: u32,
+    sp: u64,
+    ret: u64,
+    now: u64,
+) -> Result<(), Loss> {
     if stack.untracked_sp != 0 {
         if sp <= stack.untracked_sp {
             // A call nested too deep to store, counted at entry; the outermost one ends it.
