@@ -53,7 +53,7 @@ pub(crate) fn call_ret_insn(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn by_return_probe(ctx: &RetProbeContext) -> u32 {
     let sp = stack::stack_pointer(ctx.regs).wrapping_sub(RETURN_ADDRESS_BYTES);
-    if let Err(loss) = on_return(stack::probe_id(ctx), sp, ctx.ret::<u64>()) {
+    if let Err(loss) = on_return(|| stack::probe_id(ctx), sp, ctx.ret::<u64>()) {
         count_loss(loss);
     }
     0
@@ -64,33 +64,37 @@ fn by_return_probe(ctx: &RetProbeContext) -> u32 {
 fn at_return_instruction(ctx: &ProbeContext) -> u32 {
     let sp = stack::stack_pointer(ctx.regs);
     let ret = RetProbeContext::new(ctx.regs.cast()).ret::<u64>();
-    if let Err(loss) = on_return(stack::probe_id(ctx), sp, ret) {
+    if let Err(loss) = on_return(|| stack::probe_id(ctx), sp, ret) {
         count_loss(loss);
     }
     0
 }
 
-/// The call of `probe_id` entered at stack pointer `sp` returns `ret`.
+/// A call of the probe `probe_id` (read only when needed), entered at stack pointer `sp`, returns
+/// `ret`.
 #[inline(always)]
-fn on_return(probe_id: u32, sp: u64, ret: u64) -> Result<(), Loss> {
+fn on_return(probe_id: impl Fn() -> u32, sp: u64, ret: u64) -> Result<(), Loss> {
     let now = stack::now_ns();
     let stack = match stack::current_thread(false) {
         Thread::Untraced => return Ok(()),
         Thread::NoStack => {
-            Stats::of(probe_id)?.unentered_return();
+            Stats::of(probe_id())?.unentered_return();
             return Ok(());
         }
         Thread::Traced(stack) => stack,
     };
     let level = opaque(stack.depth as usize).wrapping_sub(1);
-    // Nearly every return is that of the newest frame, with nothing to realign first.
+    // Nearly every return is that of the newest frame, with nothing to realign first. Its
+    // entry stack pointer tells it: only a call entered there can return there while no newer
+    // frame is open, so the attach cookie (a helper call) is not read to tell it again. Calls
+    // sharing an entry stack pointer (tail calls) return newest first, as they are stacked.
     let returning_top = stack.untracked_sp == 0
         && stack
             .frames
             .get(level)
-            .is_some_and(|frame| frame.entry_sp == sp && frame.probe_id == probe_id);
+            .is_some_and(|frame| frame.entry_sp == sp);
     if !returning_top {
-        return realign_and_return(stack, probe_id, sp, ret, now);
+        return realign_and_return(stack, probe_id(), sp, ret, now);
     }
     stack.depth = level as u32;
     let stack: &ShadowStack = stack;
