@@ -252,8 +252,6 @@ fn function_stats(
         function.entered += cpu.entered;
         function.unwound += cpu.unwound;
         function.untimed += cpu.untimed;
-        // Pushed on one CPU, closed on another: only the sum is meaningful.
-        function.in_flight = function.in_flight.wrapping_add(cpu.in_flight);
         function.unentered_returns += cpu.unentered_returns;
         function.errors += cpu.errors;
         function.total_ns += cpu.total_ns;
@@ -263,6 +261,10 @@ fn function_stats(
         }
     }
     function.calls = function.returned() + function.unwound + function.untimed;
+    // The kernel does not count calls in flight apart (see `ProbeStats`). A read while calls
+    // run copies `entered` before the fields after it, so it can be short by the calls entered
+    // meanwhile: never below zero.
+    function.in_flight = function.entered.saturating_sub(function.calls);
     (function.entered > 0 || function.unentered_returns > 0).then_some(function)
 }
 

@@ -187,16 +187,16 @@ pub struct StatsKey {
 
 /// Per-probe totals, kept per CPU in the kernel and summed by the agent. Every call entered
 /// ends in exactly one of: returned (timed: the histogram's count), unwound, untimed (counted
-/// at entry, with a [`Loss`] reason for its missing duration), or still in flight:
-/// `entered = Σ buckets + unwound + untimed + in_flight`.
+/// at entry, with a [`Loss`] reason for its missing duration), or still in flight. Calls in
+/// flight are not counted apart (two atomic adds per call on the hot path): they are
+/// `entered - Σ buckets - unwound - untimed`, each call being pushed at most once and closed at
+/// most once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeStats {
     pub entered: u64,
     pub unwound: u64,
     pub untimed: u64,
-    /// Added 1 at push and `u64::MAX` (-1) at close, maybe on other CPUs: sum it wrapping.
-    pub in_flight: u64,
     /// Returns of calls entered before the probes were attached: not in `entered`.
     pub unentered_returns: u64,
     pub errors: u64,
@@ -210,7 +210,6 @@ impl ProbeStats {
         entered: 0,
         unwound: 0,
         untimed: 0,
-        in_flight: 0,
         unentered_returns: 0,
         errors: 0,
         total_ns: 0,

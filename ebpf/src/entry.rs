@@ -69,25 +69,15 @@ fn on_entry(ctx: &ProbeContext) -> Result<bool, Loss> {
     let stats = Stats::of(probe_id)?;
     let spec = SPECS.get(probe_id);
     let return_probe = spec.is_none_or(|spec| spec.return_probe != 0);
-    if stack.untracked_sp != 0 {
-        if sp < stack.untracked_sp {
+    let depth = match plain_push(stack, sp) {
+        Some(depth) => depth,
+        None => realign_before_push(stack, sp, probe_id, return_probe).inspect_err(|_| {
             stats.entered(false);
-            return Err(too_deep(return_probe));
-        }
-        stack.untracked_sp = 0;
-    }
-    close_before_entry(stack, sp, probe_id);
-    let depth = opaque(stack.depth as usize);
-    if depth >= MAX_DEPTH {
-        stats.entered(false);
-        stack.untracked_sp = sp;
-        log::too_deep(probe_id, depth);
-        return Err(too_deep(return_probe));
-    }
+        })?,
+    };
     stats.entered(true);
-    let registers = registers(ctx);
     let values = match spec {
-        Some(spec) if spec.captures[0].arg != NO_ARG => capture(&registers, spec),
+        Some(spec) if spec.captures[0].arg != NO_ARG => capture(&registers(ctx), spec),
         // Most probes capture nothing. A zero the compiler cannot see makes four stores, where
         // a constant one makes a call to a byte-by-byte memset.
         _ => [opaque(0) as u64; CAPTURES],
@@ -110,7 +100,7 @@ fn on_entry(ctx: &ProbeContext) -> Result<bool, Loss> {
         }
         if spec.wants_text(sampled) {
             let tid = bpf_get_current_pid_tgid() as u32;
-            capture_text(&registers, &spec.text, text_key(tid, depth));
+            capture_text(&registers(ctx), &spec.text, text_key(tid, depth));
         }
         if spec.buffer.mode != BufferMode::None {
             let context = CallContext {
@@ -118,7 +108,7 @@ fn on_entry(ctx: &ProbeContext) -> Result<bool, Loss> {
                 parent_span_id,
                 sampled,
             };
-            readied = capture::at_entry(&registers, spec, probe_id, depth, &context);
+            readied = capture::at_entry(&registers(ctx), spec, probe_id, depth, &context);
         }
     }
     let mut flags = if sampled { FRAME_SAMPLED } else { 0 };
@@ -141,6 +131,44 @@ fn on_entry(ctx: &ProbeContext) -> Result<bool, Loss> {
     };
     stack.depth = depth as u32 + 1;
     Ok(readied)
+}
+
+/// Where a call entered at `sp` is pushed when nothing is to be realigned first, as for nearly
+/// every call: no call nested too deep is running, the newest frame is a caller (entered
+/// above `sp`), and there is room.
+#[inline(always)]
+fn plain_push(stack: &ShadowStack, sp: u64) -> Option<usize> {
+    let depth = opaque(stack.depth as usize);
+    let below_caller = match stack.frames.get(depth.wrapping_sub(1)) {
+        Some(caller) => caller.entry_sp > sp,
+        None => depth == 0,
+    };
+    (stack.untracked_sp == 0 && below_caller && depth < MAX_DEPTH).then_some(depth)
+}
+
+/// Where a call entered at `sp` is pushed after closing the frames its stack pointer shows are
+/// over; or its loss when it is nested too deep to store.
+#[inline(never)]
+fn realign_before_push(
+    stack: &mut ShadowStack,
+    sp: u64,
+    probe_id: u32,
+    return_probe: bool,
+) -> Result<usize, Loss> {
+    if stack.untracked_sp != 0 {
+        if sp < stack.untracked_sp {
+            return Err(too_deep(return_probe));
+        }
+        stack.untracked_sp = 0;
+    }
+    close_before_entry(stack, sp, probe_id);
+    let depth = opaque(stack.depth as usize);
+    if depth >= MAX_DEPTH {
+        stack.untracked_sp = sp;
+        log::too_deep(probe_id, depth);
+        return Err(too_deep(return_probe));
+    }
+    Ok(depth)
 }
 
 /// The loss of a call nested deeper than frames are stored: a return-probe exit gets no return

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use flowtap_common::{
-    Loss,
+    Frame, Loss, ShadowStack,
     abi::{programs, same},
     capture::BufferMode,
 };
@@ -57,7 +57,7 @@ pub(crate) fn call_ret_insn(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn by_return_probe(ctx: &RetProbeContext, capture_programs: &ProgramArray) -> u32 {
     let sp = stack::stack_pointer(ctx.regs).wrapping_sub(RETURN_ADDRESS_BYTES);
-    match on_return(stack::probe_id(ctx), sp, ctx.ret::<u64>()) {
+    match on_return(|| stack::probe_id(ctx), sp, ctx.ret::<u64>()) {
         Ok(true) => capture::tail_call(ctx, capture_programs),
         Ok(false) => {}
         Err(loss) => count_loss(loss),
@@ -70,7 +70,7 @@ fn by_return_probe(ctx: &RetProbeContext, capture_programs: &ProgramArray) -> u3
 fn at_return_instruction(ctx: &ProbeContext, capture_programs: &ProgramArray) -> u32 {
     let sp = stack::stack_pointer(ctx.regs);
     let ret = RetProbeContext::new(ctx.regs.cast()).ret::<u64>();
-    match on_return(stack::probe_id(ctx), sp, ret) {
+    match on_return(|| stack::probe_id(ctx), sp, ret) {
         Ok(true) => capture::tail_call(ctx, capture_programs),
         Ok(false) => {}
         Err(loss) => count_loss(loss),
@@ -78,19 +78,51 @@ fn at_return_instruction(ctx: &ProbeContext, capture_programs: &ProgramArray) ->
     0
 }
 
-/// The call of `probe_id` entered at stack pointer `sp` returns `ret`. Returns whether bytes
-/// were readied for the chunk program.
+/// A call of the probe `probe_id` (read only when needed), entered at stack pointer `sp`, returns
+/// `ret`. Returns whether bytes were readied for the chunk program.
 #[inline(always)]
-fn on_return(probe_id: u32, sp: u64, ret: u64) -> Result<bool, Loss> {
+fn on_return(probe_id: impl Fn() -> u32, sp: u64, ret: u64) -> Result<bool, Loss> {
     let now = stack::now_ns();
     let stack = match stack::current_thread(false) {
         Thread::Untraced => return Ok(false),
         Thread::NoStack => {
-            Stats::of(probe_id)?.unentered_return();
+            Stats::of(probe_id())?.unentered_return();
             return Ok(false);
         }
         Thread::Traced(stack) => stack,
     };
+    let level = opaque(stack.depth as usize).wrapping_sub(1);
+    // Nearly every return is that of the newest frame, with nothing to realign first. Its
+    // entry stack pointer tells it: only a call entered there can return there while no newer
+    // frame is open, so the attach cookie (a helper call) is not read to tell it again. Calls
+    // sharing an entry stack pointer (tail calls) return newest first, as they are stacked.
+    let returning_top = stack.untracked_sp == 0
+        && stack
+            .frames
+            .get(level)
+            .is_some_and(|frame| frame.entry_sp == sp);
+    if !returning_top {
+        return realign_and_return(stack, probe_id(), sp, ret, now);
+    }
+    stack.depth = level as u32;
+    let stack: &ShadowStack = stack;
+    // The popped frame stays in place until the next push: it is read there, not copied.
+    let Some(frame) = stack.frames.get(level) else {
+        return Ok(false);
+    };
+    Ok(end_returned(stack, level, frame, ret, now))
+}
+
+/// A return that is not the newest frame's: below a call nested too deep to store, or after
+/// frames the stack has been unwound past (closed here), or of a call entered before attach.
+#[inline(never)]
+fn realign_and_return(
+    stack: &mut ShadowStack,
+    probe_id: u32,
+    sp: u64,
+    ret: u64,
+    now: u64,
+) -> Result<bool, Loss> {
     if stack.untracked_sp != 0 {
         if sp <= stack.untracked_sp {
             // A call nested too deep to store, counted at entry; the outermost one ends it.
@@ -113,12 +145,19 @@ fn on_return(probe_id: u32, sp: u64, ret: u64) -> Result<bool, Loss> {
         return Ok(false);
     };
     stack.depth = level as u32;
-    let readied = SPECS.get(probe_id).is_some_and(|spec| {
+    Ok(end_returned(stack, level, &frame, ret, now))
+}
+
+/// Accounts for the call stored at `level` returning `ret`; returns whether it readied bytes
+/// for the chunk program (a return-mode capture).
+#[inline(always)]
+fn end_returned(stack: &ShadowStack, level: usize, frame: &Frame, ret: u64, now: u64) -> bool {
+    let readied = SPECS.get(frame.probe_id).is_some_and(|spec| {
         spec.buffer.mode == BufferMode::Return
-            && capture::at_return(spec, stack.trace_id, level, &frame, ret, now)
+            && capture::at_return(spec, stack.trace_id, level, frame, ret, now)
     });
-    if let Err(loss) = stack::end(stack, level, &frame, Ending::Returned(ret), now) {
+    if let Err(loss) = stack::end(stack, level, frame, Ending::Returned(ret), now) {
         count_loss(loss);
     }
-    Ok(readied)
+    readied
 }
