@@ -42,8 +42,9 @@ pub(crate) struct CallContext {
 
 /// At the entry of a probe with a buffer capture, stored at `depth` of the thread's stack:
 /// readies what an entry-mode call is given for the chunk program (true: tail-call it), or
-/// keeps where a return-mode call's bytes will be.
-#[inline(always)]
+/// keeps where a return-mode call's bytes will be. Out of line: its chunk header would
+/// otherwise add to the entry program's stack, which the realigning path's adds to as well.
+#[inline(never)]
 pub(crate) fn at_entry(
     registers: &[u64; ARGUMENT_REGISTERS],
     spec: &ProbeSpec,

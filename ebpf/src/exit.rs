@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use flowtap_common::{
-    Frame, Loss, ShadowStack,
+    Frame, Loss, ProbeSpec, ShadowStack,
     abi::{programs, same},
     capture::BufferMode,
 };
@@ -101,9 +101,10 @@ fn on_return(probe_id: impl Fn() -> u32, sp: u64, ret: u64) -> Result<bool, Loss
             .frames
             .get(level)
             .is_some_and(|frame| frame.entry_sp == sp);
-    if !returning_top {
-        return realign_and_return(stack, probe_id(), sp, ret, now);
+    if !returning_top && !realign_for_return(stack, probe_id(), sp)? {
+        return Ok(false);
     }
+    let level = opaque(stack.depth as usize).wrapping_sub(1);
     stack.depth = level as u32;
     let stack: &ShadowStack = stack;
     // The popped frame stays in place until the next push: it is read there, not copied.
@@ -115,14 +116,10 @@ fn on_return(probe_id: impl Fn() -> u32, sp: u64, ret: u64) -> Result<bool, Loss
 
 /// A return that is not the newest frame's: below a call nested too deep to store, or after
 /// frames the stack has been unwound past (closed here), or of a call entered before attach.
+/// True when the newest frame is then the returning call's. It only realigns, so that its
+/// stack never adds to that of the capture the ending may call.
 #[inline(never)]
-fn realign_and_return(
-    stack: &mut ShadowStack,
-    probe_id: u32,
-    sp: u64,
-    ret: u64,
-    now: u64,
-) -> Result<bool, Loss> {
+fn realign_for_return(stack: &mut ShadowStack, probe_id: u32, sp: u64) -> Result<bool, Loss> {
     if stack.untracked_sp != 0 {
         if sp <= stack.untracked_sp {
             // A call nested too deep to store, counted at entry; the outermost one ends it.
@@ -135,29 +132,44 @@ fn realign_and_return(
     }
     close_while(stack, |frame| frame.entry_sp < sp);
     let level = opaque(stack.depth as usize).wrapping_sub(1);
-    let Some(frame) = stack
+    let returning = stack
         .frames
         .get(level)
-        .copied()
-        .filter(|frame| frame.entry_sp == sp && frame.probe_id == probe_id)
-    else {
+        .is_some_and(|frame| frame.entry_sp == sp && frame.probe_id == probe_id);
+    if !returning {
         Stats::of(probe_id)?.unentered_return();
-        return Ok(false);
-    };
-    stack.depth = level as u32;
-    Ok(end_returned(stack, level, &frame, ret, now))
+    }
+    Ok(returning)
 }
 
 /// Accounts for the call stored at `level` returning `ret`; returns whether it readied bytes
 /// for the chunk program (a return-mode capture).
 #[inline(always)]
 fn end_returned(stack: &ShadowStack, level: usize, frame: &Frame, ret: u64, now: u64) -> bool {
-    let readied = SPECS.get(frame.probe_id).is_some_and(|spec| {
-        spec.buffer.mode == BufferMode::Return
-            && capture::at_return(spec, stack.trace_id, level, frame, ret, now)
-    });
+    let readied = match SPECS.get(frame.probe_id) {
+        Some(spec) if spec.buffer.mode == BufferMode::Return => {
+            captured_at_return(spec, stack, level, ret, now)
+        }
+        _ => false,
+    };
     if let Err(loss) = stack::end(stack, level, frame, Ending::Returned(ret), now) {
         count_loss(loss);
     }
     readied
+}
+
+/// Out of line: the chunk header it builds would otherwise sit in the stack of both return
+/// paths, and with the realigning path's own they pass the verifier's 512 bytes.
+#[inline(never)]
+fn captured_at_return(
+    spec: &ProbeSpec,
+    stack: &ShadowStack,
+    level: usize,
+    ret: u64,
+    now: u64,
+) -> bool {
+    stack
+        .frames
+        .get(level)
+        .is_some_and(|frame| capture::at_return(spec, stack.trace_id, level, frame, ret, now))
 }
