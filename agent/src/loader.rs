@@ -53,6 +53,16 @@ pub(crate) enum LoadError {
         #[source]
         cause: Refusal,
     },
+    /// Observed on kernel 6.18 in a container holding CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
+    /// CAP_DAC_READ_SEARCH: a uprobe on every process is refused, one on a PID is not.
+    #[error(
+        "cannot attach probes to every process of {object}, which the kernel allows only with CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON are not enough): grant SYS_ADMIN, or trace one process with --pid"
+    )]
+    EveryProcess {
+        object: String,
+        #[source]
+        cause: Refusal,
+    },
     #[error(
         "kernel type information (BTF) is unavailable; flowtap needs a kernel built with CONFIG_DEBUG_INFO_BTF"
     )]
@@ -293,10 +303,7 @@ impl Probes {
         uprobe.load().map_err(refusal(program, log.as_deref()))?;
         uprobe
             .attach([entry], executable, UProbeScope::AllProcesses)
-            .map_err(|error| LoadError::Attach {
-                object: executable.display().to_string(),
-                cause: Refusal(Box::new(error)),
-            })?;
+            .map_err(|error| every_process_refused(executable, error))?;
         Ok(())
     }
 
@@ -593,11 +600,23 @@ impl Attach<'_> {
             UProbeScope::OneProcess(pid) if crate::targets::process::has_exited(pid.get()) => {
                 LoadError::TargetExited { pid: pid.get() }
             }
+            UProbeScope::AllProcesses => every_process_refused(path, error),
             _ => LoadError::Attach {
                 object: path.display().to_string(),
                 cause: Refusal(Box::new(error)),
             },
         }
+    }
+}
+
+/// A refused probe on every process of `path` names the capability that is missing, if one is.
+fn every_process_refused(path: &Path, error: ProgramError) -> LoadError {
+    let object = path.display().to_string();
+    let cause = Refusal(Box::new(error));
+    if crate::host::may_probe_every_process() {
+        LoadError::Attach { object, cause }
+    } else {
+        LoadError::EveryProcess { object, cause }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | deploy-check | fixture`.
+//! Project tasks: `cargo xtask setup | demo | test | deploy-check | image | image-check | fixture`.
 //!
 //! xtask itself builds on an older stable (its own `rust-version`), so that `cargo xtask` works
 //! with whatever default toolchain rustup has; it installs the pinned toolchains and runs every
@@ -8,6 +8,7 @@ mod bench;
 mod deploy;
 mod fixture;
 mod fresh;
+mod image;
 mod setup;
 
 use std::{io::Write, process::Command};
@@ -55,6 +56,13 @@ enum Task {
     /// Validate `deploy/`: Kubernetes manifests, the compose file, the Dockerfile, Prometheus
     /// rules and their unit tests, Grafana dashboards.
     DeployCheck,
+    /// Build the agent and demo images from deploy/Dockerfile with docker (started, or
+    /// installed, when needed) or podman; base images from Debian packages when the registry
+    /// is out of reach. Prints the images' sizes and what the agent image holds.
+    Image,
+    /// `image`, then run the agent image as the DaemonSet does (and privileged), tracing the
+    /// demo on the host and in a container: counts, /metrics from the host, OTLP spans.
+    ImageCheck,
     /// Build the fixture workflow app into target/fixture (wfdemo and libwfrt.so).
     Fixture,
 }
@@ -81,6 +89,13 @@ fn main() -> anyhow::Result<()> {
         Task::DeployCheck => {
             setup::install_all()?;
             deploy::check()
+        }
+        Task::Image => image::build().map(drop),
+        Task::ImageCheck => {
+            setup::install_all()?;
+            let mut tests = cargo();
+            tests.args(["test", "--release", "--package", "flowtap-tests"]);
+            image::check(&mut tests)
         }
         Task::FreshClone => fresh::check(),
         Task::Fixture => {
