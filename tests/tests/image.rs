@@ -181,12 +181,21 @@ fn write_config(dir: &Path) {
 
 /// The host's address on the runtime's default bridge: where a container reaches the host.
 fn bridge_gateway() -> String {
+    // Docker's network is `bridge`, podman's `podman`, each with its own inspect layout.
+    let docker = client()
+        .args(["network", "inspect", "bridge", "--format"])
+        .arg("{{(index .IPAM.Config 0).Gateway}}")
+        .output()
+        .expect("running the container client");
+    if docker.status.success() {
+        return String::from_utf8_lossy(&docker.stdout).trim().to_string();
+    }
     client_output(&[
         "network",
         "inspect",
-        "bridge",
+        "podman",
         "--format",
-        "{{(index .IPAM.Config 0).Gateway}}",
+        "{{(index .Subnets 0).Gateway}}",
     ])
 }
 

@@ -7,8 +7,9 @@
 //! host's CA bundle is handed to the build as a secret, which no layer keeps.
 
 use std::{
+    collections::BTreeSet,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -54,19 +55,41 @@ fn out_dir() -> anyhow::Result<PathBuf> {
 pub(crate) struct Runtime {
     client: PathBuf,
     podman: bool,
+    /// Podman's configuration, when its defaults do not fit this machine.
+    containers_conf: Option<PathBuf>,
 }
 
 impl Runtime {
+    fn docker(client: impl Into<PathBuf>) -> Self {
+        Self {
+            client: client.into(),
+            podman: false,
+            containers_conf: None,
+        }
+    }
+
+    fn podman() -> Self {
+        Self {
+            client: "podman".into(),
+            podman: true,
+            containers_conf: None,
+        }
+    }
+
     pub(crate) fn command(&self) -> Command {
         let mut command = Command::new(&self.client);
-        if !self.podman {
-            command.env("DOCKER_BUILDKIT", "1");
-        }
+        self.environment(&mut command);
         command
     }
 
-    pub(crate) fn client(&self) -> &Path {
-        &self.client
+    /// What every command talking to this runtime needs in its environment.
+    fn environment(&self, command: &mut Command) {
+        if !self.podman {
+            command.env("DOCKER_BUILDKIT", "1");
+        }
+        if let Some(conf) = &self.containers_conf {
+            command.env("CONTAINERS_CONF", conf);
+        }
     }
 
     fn succeeds(&self, args: &[&str]) -> bool {
@@ -107,17 +130,11 @@ fn on_path(program: &str) -> bool {
 pub(crate) fn runtime() -> anyhow::Result<Runtime> {
     if !engine_answers() {
         if on_path("podman") {
-            return Ok(Runtime {
-                client: "podman".into(),
-                podman: true,
-            });
+            return Ok(Runtime::podman());
         }
         start_docker_engine()?;
     }
-    Ok(Runtime {
-        client: buildkit_client()?,
-        podman: false,
-    })
+    Ok(Runtime::docker(buildkit_client()?))
 }
 
 fn engine_answers() -> bool {
@@ -170,10 +187,7 @@ fn start_docker_engine() -> anyhow::Result<()> {
 /// (Debian's docker.io installs one as /usr/bin/docker).
 fn buildkit_client() -> anyhow::Result<PathBuf> {
     for client in ["docker", "/usr/bin/docker"] {
-        let runtime = Runtime {
-            client: client.into(),
-            podman: false,
-        };
+        let runtime = Runtime::docker(client);
         let builtin = runtime
             .output(&["version", "--format", "{{.Client.Version}}"])
             .ok()
@@ -526,32 +540,92 @@ fn certificates_in_images(runtime: &Runtime, lines: &[String]) -> anyhow::Result
         .args([AGENT_IMAGE, DEMO_IMAGE]))?;
     let bytes = std::fs::read(&archive)?;
     std::fs::remove_file(&archive)?;
-    Ok(lines
-        .iter()
-        .filter(|line| bytes.windows(line.len()).any(|w| w == line.as_bytes()))
-        .count())
+    // A PEM file in a layer keeps its lines whole.
+    let wanted: BTreeSet<&[u8]> = lines.iter().map(|line| line.as_bytes()).collect();
+    let found: BTreeSet<&[u8]> = bytes
+        .split(|&byte| byte == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter(|line| wanted.contains(line))
+        .collect();
+    Ok(found.len())
 }
 
 /// `cargo xtask image-check`: builds the images and the host's fixture, then runs the
-/// container tests (`tests/tests/image.rs`, ignored by the plain test run).
+/// container tests (`tests/tests/image.rs`, ignored by the plain test run) and the compose
+/// stack.
 pub(crate) fn check(agent_tests: &mut Command) -> anyhow::Result<()> {
     let Built { runtime, debian } = build()?;
     let fixture = fixture::build()?;
     fixture::mount_tracefs()?;
-    stage("the agent image run as the DaemonSet runs it (tests/tests/image.rs)");
     let started = Instant::now();
+    let runner = container_runner(runtime)?;
+    stage(&format!(
+        "the agent image run as the DaemonSet runs it, with {} (tests/tests/image.rs)",
+        runner.client.display()
+    ));
+    runner.environment(agent_tests);
     run(agent_tests
         .args(["--test", "image", "--", "--ignored", "--test-threads=1"])
-        .env("FLOWTAP_CONTAINER_CLIENT", runtime.client())
+        .env("FLOWTAP_CONTAINER_CLIENT", &runner.client)
         .env("FLOWTAP_IMAGE", AGENT_IMAGE)
         .env("FLOWTAP_DEMO_IMAGE", DEMO_IMAGE)
         .env("FLOWTAP_FIXTURE", fixture))?;
-    compose_check(&runtime, &debian)?;
+    compose_check(&runner, &debian)?;
     println!(
         "image-check: the container tests and the compose stack took {} s",
         started.elapsed().as_secs()
     );
     Ok(())
+}
+
+/// The runtime that runs the containers: the one that built them when it can grant CAP_BPF
+/// and CAP_PERFMON; else podman (Debian's), the images copied over. Docker 20.10 (Debian
+/// 12's docker.io) refuses them: "invalid CapAdd: unknown capability: CAP_BPF".
+fn container_runner(built: Runtime) -> anyhow::Result<Runtime> {
+    let probe = built
+        .command()
+        .args(["run", "--rm", "--cap-drop=ALL", "--cap-add=BPF", "--cap-add=PERFMON"])
+        .args([AGENT_IMAGE, "--version"])
+        .output()?;
+    if built.podman || probe.status.success() {
+        return Ok(built);
+    }
+    println!(
+        "image-check: {} cannot grant CAP_BPF and CAP_PERFMON ({}); running the containers with podman",
+        built.client.display(),
+        String::from_utf8_lossy(&probe.stderr).lines().next().unwrap_or_default()
+    );
+    if !on_path("podman") {
+        stage("installing Debian's podman");
+        run_quietly(Command::new("apt-get").args(["install", "-y", "-q", "podman"]))?;
+    }
+    let podman = Runtime {
+        containers_conf: Some(podman_conf()?),
+        ..Runtime::podman()
+    };
+    let archive = out_dir()?.join("images.tar");
+    run_quietly(
+        built
+            .command()
+            .args(["save", "--output"])
+            .arg(&archive)
+            .args([AGENT_IMAGE, DEMO_IMAGE]),
+    )?;
+    run_quietly(podman.command().args(["load", "--input"]).arg(&archive))?;
+    std::fs::remove_file(&archive)?;
+    Ok(podman)
+}
+
+/// Podman raises the containers' open-file and process limits to values only
+/// CAP_SYS_RESOURCE may set, which this machine kind's root lacks ("error setting rlimits
+/// ... operation not permitted"): these fit under its limits.
+fn podman_conf() -> anyhow::Result<PathBuf> {
+    let path = out_dir()?.join("containers.conf");
+    std::fs::write(
+        &path,
+        "[containers]\ndefault_ulimits = [\"nofile=16384:16384\", \"nproc=8192:8192\"]\n",
+    )?;
+    Ok(path)
 }
 
 /// The compose stack of deploy/compose with the Debian override, as project
@@ -561,6 +635,8 @@ struct Compose {
     program: PathBuf,
     plugin: bool,
     debian: String,
+    /// Where compose finds the engine's API.
+    runtime_env: Vec<(String, String)>,
 }
 
 impl Compose {
@@ -578,11 +654,15 @@ impl Compose {
             },
             plugin,
             debian: debian.to_string(),
+            runtime_env: Vec::new(),
         })
     }
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.program);
+        self.runtime_env.iter().for_each(|(k, v)| {
+            command.env(k, v);
+        });
         if self.plugin {
             command.arg("compose");
         }
