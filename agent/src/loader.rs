@@ -38,6 +38,10 @@ pub(crate) static EMPTY_PROGRAMS: &[u8] =
 pub(crate) enum LoadError {
     #[error("the kernel refused flowtap's eBPF programs (run `flowtap check`)")]
     Load(#[source] aya::EbpfError),
+    #[error(
+        "bpf(2) was refused with EPERM although flowtap holds its capabilities: a seccomp filter confines this process (Seccomp: 2 in /proc/self/status), as container runtimes' default profiles do without CAP_SYS_ADMIN; run it with seccomp unconfined (Kubernetes: seccompProfile type Unconfined; docker, podman: --security-opt seccomp=unconfined) or add SYS_ADMIN"
+    )]
+    Seccomp(#[source] aya::EbpfError),
     #[error("the kernel refused the {program} program ({log})")]
     Program {
         program: &'static str,
@@ -426,7 +430,25 @@ fn load_object(
         .map_max_entries(maps::PROBE_STATS, indexed.min(stats_capacity()))
         .map_max_entries(maps::SPECS, map_size)
         .load(KERNEL_PROGRAMS)
-        .map_err(LoadError::Load)
+        .map_err(load_refused)
+}
+
+/// A refused load, told apart when a seccomp filter is what refused it: EPERM although the
+/// capabilities were checked before.
+fn load_refused(error: aya::EbpfError) -> LoadError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    let mut eperm = false;
+    while let Some(error) = cause {
+        eperm |= error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM));
+        cause = error.source();
+    }
+    if eperm && crate::host::seccomp_filtered() {
+        LoadError::Seccomp(error)
+    } else {
+        LoadError::Load(error)
+    }
 }
 
 /// Where the new-task tracepoint's record keeps the child's id and clone flags, when processes

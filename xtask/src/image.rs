@@ -584,7 +584,13 @@ pub(crate) fn check(agent_tests: &mut Command) -> anyhow::Result<()> {
 fn container_runner(built: Runtime) -> anyhow::Result<Runtime> {
     let probe = built
         .command()
-        .args(["run", "--rm", "--cap-drop=ALL", "--cap-add=BPF", "--cap-add=PERFMON"])
+        .args([
+            "run",
+            "--rm",
+            "--cap-drop=ALL",
+            "--cap-add=BPF",
+            "--cap-add=PERFMON",
+        ])
         .args([AGENT_IMAGE, "--version"])
         .output()?;
     if built.podman || probe.status.success() {
@@ -593,7 +599,10 @@ fn container_runner(built: Runtime) -> anyhow::Result<Runtime> {
     println!(
         "image-check: {} cannot grant CAP_BPF and CAP_PERFMON ({}); running the containers with podman",
         built.client.display(),
-        String::from_utf8_lossy(&probe.stderr).lines().next().unwrap_or_default()
+        String::from_utf8_lossy(&probe.stderr)
+            .lines()
+            .next()
+            .unwrap_or_default()
     );
     if !on_path("podman") {
         stage("installing Debian's podman");
