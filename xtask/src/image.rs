@@ -155,9 +155,23 @@ fn start_docker_engine() -> anyhow::Result<()> {
         run_quietly(Command::new("apt-get").args(["install", "-y", "-q", "docker.io"]))?;
     }
     stage("starting dockerd");
-    let log = std::fs::File::create(out_dir()?.join("dockerd.log"))?;
-    let mut dockerd = Command::new("dockerd");
-    dockerd
+    spawn_service(&mut Command::new("dockerd"), "dockerd")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !engine_answers() {
+        ensure!(
+            Instant::now() < deadline,
+            "dockerd did not answer within 60 s: see target/image/dockerd.log"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// Starts a daemon in its own session (it outlives xtask, like a service would), its output
+/// in target/image/NAME.log.
+fn spawn_service(command: &mut Command, name: &str) -> anyhow::Result<()> {
+    let log = std::fs::File::create(out_dir()?.join(format!("{name}.log")))?;
+    command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -169,16 +183,10 @@ fn start_docker_engine() -> anyhow::Result<()> {
         Ok(())
     };
     // SAFETY: the closure calls only setsid, which is async-signal-safe.
-    unsafe { dockerd.pre_exec(new_session) };
-    dockerd.spawn().context("cannot start dockerd")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !engine_answers() {
-        ensure!(
-            Instant::now() < deadline,
-            "dockerd did not answer within 60 s: see target/image/dockerd.log"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    unsafe { command.pre_exec(new_session) };
+    command
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
     Ok(())
 }
 
@@ -558,7 +566,7 @@ pub(crate) fn check(agent_tests: &mut Command) -> anyhow::Result<()> {
     let fixture = fixture::build()?;
     fixture::mount_tracefs()?;
     let started = Instant::now();
-    let runner = container_runner(runtime)?;
+    let runner = container_runner(runtime, &debian)?;
     stage(&format!(
         "the agent image run as the DaemonSet runs it, with {} (tests/tests/image.rs)",
         runner.client.display()
@@ -581,7 +589,7 @@ pub(crate) fn check(agent_tests: &mut Command) -> anyhow::Result<()> {
 /// The runtime that runs the containers: the one that built them when it can grant CAP_BPF
 /// and CAP_PERFMON; else podman (Debian's), the images copied over. Docker 20.10 (Debian
 /// 12's docker.io) refuses them: "invalid CapAdd: unknown capability: CAP_BPF".
-fn container_runner(built: Runtime) -> anyhow::Result<Runtime> {
+fn container_runner(built: Runtime, debian: &str) -> anyhow::Result<Runtime> {
     let probe = built
         .command()
         .args([
@@ -618,7 +626,8 @@ fn container_runner(built: Runtime) -> anyhow::Result<Runtime> {
             .command()
             .args(["save", "--output"])
             .arg(&archive)
-            .args([AGENT_IMAGE, DEMO_IMAGE]),
+            // The Debian base too: compose builds Prometheus from it.
+            .args([AGENT_IMAGE, DEMO_IMAGE, debian]),
     )?;
     run_quietly(podman.command().args(["load", "--input"]).arg(&archive))?;
     std::fs::remove_file(&archive)?;
@@ -655,6 +664,11 @@ impl Compose {
             stage("installing Debian's docker-compose");
             run_quietly(Command::new("apt-get").args(["install", "-y", "-q", "docker-compose"]))?;
         }
+        let runtime_env = if runtime.podman {
+            vec![("DOCKER_HOST".to_string(), podman_socket(runtime)?)]
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             program: if plugin {
                 runtime.client.clone()
@@ -663,7 +677,7 @@ impl Compose {
             },
             plugin,
             debian: debian.to_string(),
-            runtime_env: Vec::new(),
+            runtime_env,
         })
     }
 
@@ -692,6 +706,30 @@ impl Compose {
             .output()?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
+}
+
+/// Podman's Docker-compatible API for compose, started when it does not answer; returns its
+/// DOCKER_HOST.
+fn podman_socket(podman: &Runtime) -> anyhow::Result<String> {
+    let socket = std::path::Path::new("/run/podman/podman.sock");
+    if std::os::unix::net::UnixStream::connect(socket).is_err() {
+        stage("starting podman's API service for compose");
+        std::fs::create_dir_all("/run/podman")?;
+        let mut service = podman.command();
+        service
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()));
+        spawn_service(&mut service, "podman-service")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "podman's API service did not start: see target/image/podman-service.log"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(format!("unix://{}", socket.display()))
 }
 
 /// The compose stack's services that build here (the demo and flowtap from the images, and
