@@ -265,12 +265,16 @@ fn check_agent_config(dir: &Path, venv: &Path) -> anyhow::Result<()> {
 fn check_compose(deploy: &Path, venv: &Path, stages: &[String]) -> anyhow::Result<()> {
     let dir = deploy.join("compose");
     let file = dir.join("docker-compose.yaml");
+    // The Debian override too, and the Prometheus image it builds.
     checked_output(
         Command::new(venv.join("check-jsonschema"))
             .args(["--builtin-schema", "vendor.compose-spec"])
-            .arg(&file),
+            .arg(&file)
+            .arg(dir.join("docker-compose.debian.yaml")),
     )
-    .context("deploy/compose/docker-compose.yaml does not follow the compose specification")?;
+    .context("a file of deploy/compose does not follow the compose specification")?;
+    checked_output(Command::new(venv.join("hadolint")).arg(dir.join("prometheus.Dockerfile")))
+        .context("hadolint found problems in deploy/compose/prometheus.Dockerfile")?;
     let compose = &load_yaml(&file)?[0];
     let services = compose["services"]
         .as_hash()
