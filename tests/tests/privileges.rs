@@ -63,3 +63,27 @@ fn a_missing_capability_is_named() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
+
+/// Every process of an executable is one system-wide uprobe, which the kernel refuses without
+/// CAP_SYS_ADMIN (EACCES from `perf_event_open` on 6.18): the error names what is missing.
+#[test]
+fn every_process_without_sys_admin_names_it() {
+    let dir = scratch_dir("capabilities-exe");
+    let (demo, _) = isolated_fixture(&dir);
+    let output = flowtap_with(&NEEDED)
+        .args(["run", "--exe"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("flowtap: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("which the kernel allows only with CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
+}
