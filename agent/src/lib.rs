@@ -32,6 +32,7 @@ mod kernel_log;
 #[cfg(test)]
 mod kernel_tests;
 mod kubernetes;
+mod library_loads;
 mod loader;
 mod mapped_file;
 mod output_file;

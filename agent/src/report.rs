@@ -27,6 +27,24 @@ pub(crate) struct Report<'a> {
     pub spans: Option<&'a SpanSummary>,
     /// The launched command's, in launch mode.
     pub exit_code: Option<i32>,
+    pub loads: &'a LoadsSummary,
+}
+
+/// Libraries probed after the start, and the selectors that never selected a function.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct LoadsSummary {
+    /// Objects loaded after the start that got probes, and how many.
+    pub objects: usize,
+    pub probes: usize,
+    /// The longest time from the dynamic loader's hook to their probes being live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowest_attach_ms: Option<f64>,
+    /// Objects loaded later whose probes could not be attached.
+    pub failed: usize,
+    /// Functions of objects loaded later not probed: the kernel's probe tables were full.
+    pub not_probed_tables_full: usize,
+    /// Selectors (as written) that selected no function in the whole run.
+    pub unmatched_selectors: Vec<String>,
 }
 
 /// What became of the spans, and the slowest trace seen.
@@ -68,6 +86,7 @@ struct JsonReport<'a> {
     in_progress: BTreeMap<&'a str, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
+    libraries_loaded_later: &'a LoadsSummary,
 }
 
 /// A series of a declared counter (histograms are in `functions`).
@@ -173,6 +192,7 @@ impl Report<'_> {
                         .map(|(function, n)| (function.as_str(), *n))
                         .collect(),
                     exit_code: self.exit_code,
+                    libraries_loaded_later: self.loads,
                 };
                 serde_json::to_writer_pretty(&mut *out, &report)?;
                 writeln!(out)
@@ -187,10 +207,44 @@ impl Report<'_> {
                 if let Some(spans) = self.spans {
                     write_spans(out, spans)?;
                 }
-                Ok(())
+                write_loads(out, self.loads)
             }
         }
     }
+}
+
+fn write_loads(out: &mut dyn Write, loads: &LoadsSummary) -> std::io::Result<()> {
+    if loads.objects > 0 {
+        writeln!(
+            out,
+            "\nlibraries loaded later: {} probes in {} objects, live at most {:.1} ms after the loader's hook",
+            loads.probes,
+            loads.objects,
+            loads.slowest_attach_ms.unwrap_or_default()
+        )?;
+    }
+    if loads.failed > 0 {
+        writeln!(
+            out,
+            "libraries loaded later whose probes could not be attached: {}",
+            loads.failed
+        )?;
+    }
+    if loads.not_probed_tables_full > 0 {
+        writeln!(
+            out,
+            "functions of libraries loaded later not probed (probe tables full): {}",
+            loads.not_probed_tables_full
+        )?;
+    }
+    if !loads.unmatched_selectors.is_empty() {
+        writeln!(
+            out,
+            "never matched: {}",
+            printable(&loads.unmatched_selectors.join(", "))
+        )?;
+    }
+    Ok(())
 }
 
 fn write_spans(out: &mut dyn Write, spans: &SpanSummary) -> std::io::Result<()> {
@@ -463,6 +517,7 @@ mod tests {
             declared: &declared,
             spans: None,
             exit_code: None,
+            loads: &LoadsSummary::default(),
         };
         let mut out = Vec::new();
         report.write(&mut out, ReportFormat::Table).unwrap();

@@ -344,11 +344,12 @@ impl SpanPump {
     }
 
     /// Pumps until the future is dropped.
-    pub(crate) async fn run(&mut self, plan: &Plan) -> std::io::Result<()> {
+    /// Pumps on a timer; the plan grows as libraries are loaded.
+    pub(crate) async fn run(&mut self, plan: &std::sync::RwLock<Plan>) -> std::io::Result<()> {
         let mut interval = tokio::time::interval(PUMP_INTERVAL);
         loop {
             interval.tick().await;
-            self.pump(plan)?;
+            self.pump(&plan.read().expect("plan lock"))?;
         }
     }
 

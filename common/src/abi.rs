@@ -29,9 +29,11 @@ pub mod maps {
     pub const LOSSES: &str = "LOSSES";
     /// Threads with a shadow stack (task storage cannot be listed from userspace).
     pub const LIVE_STACKS: &str = "LIVE_STACKS";
+    /// The dynamic loader's notices that a traced process's objects changed.
+    pub const LOADS: &str = "LOADS";
 
     /// Every map the agent uses.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         STACKS,
         STATS,
         PROBE_STATS,
@@ -42,6 +44,7 @@ pub mod maps {
         SPANS,
         LOSSES,
         LIVE_STACKS,
+        LOADS,
     ];
 }
 
@@ -50,6 +53,10 @@ pub mod maps {
 pub const NEW_TASK_TRACEPOINT: (&str, &str) = ("task", "task_newtask");
 pub const NEW_TASK_PID_FIELD: &str = "pid";
 pub const NEW_TASK_FLAGS_FIELD: &str = "clone_flags";
+
+/// The function glibc's dynamic loader calls whenever its list of loaded objects changes, for
+/// debuggers: exported by `ld-linux*.so` (GLIBC_PRIVATE).
+pub const LOADER_HOOK: &str = "_dl_debug_state";
 
 /// Program names (the functions' names in the eBPF crate).
 pub mod programs {
@@ -66,9 +73,11 @@ pub mod programs {
     pub const PROCESS_EXEC: &str = "process_exec";
     /// A traced process's forked child joins the traced set before its first instruction.
     pub const PROCESS_FORK: &str = "process_fork";
+    /// On the dynamic loader's debugger hook ([`super::LOADER_HOOK`]).
+    pub const OBJECTS_CHANGED: &str = "objects_changed";
 
     /// Every program of the production object the agent uses.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         ENTRY,
         ENTRY_MULTI,
         RETURN,
@@ -79,6 +88,7 @@ pub mod programs {
         THREAD_EXIT,
         PROCESS_EXEC,
         PROCESS_FORK,
+        OBJECTS_CHANGED,
     ];
 
     /// The benchmark's kernel floor: a separate object of programs that do nothing.

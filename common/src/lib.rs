@@ -119,6 +119,20 @@ pub const SPAN_FAILED: u32 = 1;
 /// its end is when flowtap noticed.
 pub const SPAN_UNWOUND: u32 = 2;
 
+/// Bytes of the ring buffer of [`LoadEvent`]s (a power of two, a multiple of the page size).
+pub const LOAD_RING_BYTES: u32 = 64 << 10;
+
+/// The dynamic loader of a traced process called its debugger hook: its set of loaded objects
+/// is changing (`RT_ADD`, `RT_DELETE`) or has changed (`RT_CONSISTENT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadEvent {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` when the hook ran.
+    pub time_ns: u64,
+}
+
 /// A finished call of a sampled trace, as the exit program emits it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -431,10 +445,13 @@ pub enum Loss {
     /// A forked child of a traced process could not join the traced set (map full): its calls
     /// are not counted.
     TracedMapFull = 6,
+    /// The dynamic loader changed a traced process's objects and the ring buffer telling the
+    /// agent was full: libraries it loaded then are probed only at its next change.
+    LoadRingFull = 7,
 }
 
 impl Loss {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Loss; Self::COUNT as usize] = [
         Loss::StackOverflow,
         Loss::ReturnProbeDepth,
@@ -443,6 +460,7 @@ impl Loss {
         Loss::AggregateMapFull,
         Loss::SpanRingFull,
         Loss::TracedMapFull,
+        Loss::LoadRingFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -454,6 +472,7 @@ impl Loss {
             Loss::AggregateMapFull => "aggregate_map_full",
             Loss::SpanRingFull => "span_ring_full",
             Loss::TracedMapFull => "traced_map_full",
+            Loss::LoadRingFull => "load_ring_full",
         }
     }
 }
@@ -511,4 +530,6 @@ mod pod {
     unsafe impl aya::Pod for super::TraceContext {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SpanEvent {}
+    // SAFETY: plain integers, repr(C), no padding.
+    unsafe impl aya::Pod for super::LoadEvent {}
 }

@@ -12,6 +12,7 @@
 mod entry;
 mod exit;
 mod lifecycle;
+mod loads;
 mod log;
 mod maps;
 mod span;

@@ -10,9 +10,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Config, Loss, MAX_AGGREGATES, MAX_HANDOFFS, MAX_PROBES,
-    MAX_TEXTS, MAX_TRACED_PROCESSES, ProbeSpec, ProbeStats, SPAN_RING_BYTES, ShadowStack, StatsKey,
-    TEXT_LEN, TraceContext,
+    AggregateKey, AggregateValue, Config, LOAD_RING_BYTES, Loss, MAX_AGGREGATES, MAX_HANDOFFS,
+    MAX_PROBES, MAX_TEXTS, MAX_TRACED_PROCESSES, ProbeSpec, ProbeStats, SPAN_RING_BYTES,
+    ShadowStack, StatsKey, TEXT_LEN, TraceContext,
     abi::{self, maps as names, same},
 };
 
@@ -95,6 +95,7 @@ const _: () = assert!(same(names::HANDOFFS, "HANDOFFS"));
 const _: () = assert!(same(names::SPANS, "SPANS"));
 const _: () = assert!(same(names::LOSSES, "LOSSES"));
 const _: () = assert!(same(names::LIVE_STACKS, "LIVE_STACKS"));
+const _: () = assert!(same(names::LOADS, "LOADS"));
 
 /// Per-thread shadow stacks.
 #[btf_map(name = "STACKS")]
@@ -138,6 +139,10 @@ pub(crate) static TEXT_SCRATCH: PerCpuArray<[u8; TEXT_LEN]> = PerCpuArray::with_
 
 #[map(name = "SPANS")]
 pub(crate) static SPANS: RingBuf = RingBuf::with_byte_size(SPAN_RING_BYTES, 0);
+
+/// Notices that a traced process's loaded objects changed: rare, so each wakes the agent.
+#[map(name = "LOADS")]
+pub(crate) static LOADS: RingBuf = RingBuf::with_byte_size(LOAD_RING_BYTES, 0);
 
 /// Threads with a shadow stack: added 1 when one is created, `u64::MAX` (-1) at thread exit.
 #[map(name = "LIVE_STACKS")]

@@ -49,7 +49,26 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         &out.join("forkdemo"),
         &source.join("forkdemo.c"),
     ))?;
+    build_loaded_later(&source, &out, &flags)?;
     Ok(out)
+}
+
+/// `dlopendemo`, which loads `libdlplug.so.1.0` (soname `libdlplug.so.1`) while it runs.
+fn build_loaded_later(source: &Path, out: &Path, flags: &[&str]) -> anyhow::Result<()> {
+    run(compile(
+        "cc",
+        flags,
+        &out.join("libdlplug.so.1.0"),
+        &source.join("dlplug.c"),
+    )
+    .args(["-fPIC", "-shared", "-Wl,-soname,libdlplug.so.1"]))?;
+    run(compile(
+        "cc",
+        flags,
+        &out.join("dlopendemo"),
+        &source.join("dlopendemo.c"),
+    )
+    .arg("-ldl"))
 }
 
 /// Programs whose code is where a careless probe harms them: `cold` (a GCC `.cold` fragment

@@ -3,7 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Instant,
 };
 
@@ -59,7 +59,7 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError>
 /// What a scrape reads.
 pub(crate) struct Exporter {
     pub probes: Arc<Mutex<Probes>>,
-    pub plan: Arc<Plan>,
+    pub plan: Arc<RwLock<Plan>>,
     pub labels: Arc<Mutex<LabelCap>>,
     /// `service_name` label on every series.
     pub service: String,
@@ -83,7 +83,7 @@ pub(crate) const DEFAULT_MAX_FUNCTION_SERIES: usize = 2000;
 impl Exporter {
     pub(crate) fn new(
         probes: Arc<Mutex<Probes>>,
-        plan: Arc<Plan>,
+        plan: Arc<RwLock<Plan>>,
         labels: Arc<Mutex<LabelCap>>,
         service: String,
         fixed_processes: Option<u64>,
@@ -113,21 +113,26 @@ impl Exporter {
     /// The whole exposition, as text.
     pub(crate) fn render(&self) -> Result<String, ScrapeError> {
         let started = Instant::now();
+        // Probes before the plan: the order the library follower takes them in.
+        let probes = self.probes.lock().expect("probes lock");
+        let plan = self.plan.read().expect("plan lock");
         let (snapshot, processes, map_entries) = {
-            let probes = self.probes.lock().expect("probes lock");
             let processes = match self.fixed_processes {
                 Some(count) => count,
                 None => probes.traced_processes()?,
             };
             let map_entries = probes.map_entries()?;
-            (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
+            (Snapshot::read(&probes, &plan)?, processes, map_entries)
         };
+        drop(probes);
         let mut labels = self.labels.lock().expect("labels lock");
         let declared =
-            ProfileMetrics::derive(&snapshot, &self.plan, &mut labels, self.workloads.as_ref());
+            ProfileMetrics::derive(&snapshot, &plan, &mut labels, self.workloads.as_ref());
+        let attached = plan.probes.len();
+        drop(plan);
         let mut families = self.function_families(&snapshot);
         families.extend(self.profile_families(&declared));
-        families.extend(self.health_families(&snapshot, &labels, processes));
+        families.extend(self.health_families(&snapshot, &labels, processes, attached));
         families.push(family(
             "flowtap_kernel_map_entries",
             "Entries of the kernel maps that grow with threads, processes, hand-offs and labels.",
@@ -246,6 +251,7 @@ impl Exporter {
         snapshot: &Snapshot,
         labels: &LabelCap,
         processes: u64,
+        attached: usize,
     ) -> Vec<MetricFamily> {
         let lost = snapshot
             .losses
@@ -269,7 +275,7 @@ impl Exporter {
                 "flowtap_probes_attached",
                 "Functions with probes attached.",
                 MetricType::GAUGE,
-                vec![gauge(&[], self.plan.probes.len() as f64)],
+                vec![gauge(&[], attached as f64)],
             ),
             family(
                 "flowtap_processes_traced",

@@ -247,6 +247,15 @@ impl Profile {
         }
     }
 
+    /// Whether the profile names objects none of `objects` is, which may be loaded later.
+    pub(crate) fn names_other_objects(&self, objects: &[ElfObject]) -> bool {
+        self.functions.iter().any(|rule| {
+            rule.object
+                .as_ref()
+                .is_some_and(|glob| !objects.iter().any(|object| object.is_named(glob)))
+        })
+    }
+
     /// Whether the profile's functions are looked for in `object`.
     pub(crate) fn applies_to(&self, object: &ElfObject) -> bool {
         self.marker.as_ref().is_none_or(|marker| {
@@ -257,15 +266,17 @@ impl Profile {
         })
     }
 
-    /// The rule giving a function of `object_name` its meaning, if any.
+    /// The rule giving a function of an object (known by `object_names`) its meaning, if any.
     pub(crate) fn rule_for(
         &self,
-        object_name: &str,
+        object_names: &[String],
         raw: &str,
         demangled: &str,
     ) -> Option<&Arc<FunctionRule>> {
         self.functions.iter().find(|rule| {
-            rule.object.as_ref().is_none_or(|o| o.matches(object_name))
+            rule.object
+                .as_ref()
+                .is_none_or(|o| object_names.iter().any(|name| o.matches(name)))
                 && crate::symbols::matches(&rule.pattern, raw, demangled)
         })
     }

@@ -55,7 +55,11 @@ fn every_builtin_profile_compiles() {
 #[test]
 fn the_workflow_profile_says_what_the_kernel_needs() {
     let workflow = Profile::builtin("workflow").unwrap();
-    let rule = |name: &str| workflow.rule_for("libwfrt.so", name, name).unwrap();
+    let rule = |name: &str| {
+        workflow
+            .rule_for(&["libwfrt.so".into()], name, name)
+            .unwrap()
+    };
     let llm = rule("wf_llm_call");
     assert_eq!(llm.spec.error, Condition::new(Compare::Lt, 0));
     assert_eq!((llm.spec.ret_bytes, llm.spec.ret_signed), (4, 1));
@@ -80,7 +84,7 @@ fn the_workflow_profile_says_what_the_kernel_needs() {
     assert!(rule("wf_cache_put").metrics.is_empty());
     assert!(
         workflow
-            .rule_for("libwfrt.so", "wfrt_set_seed", "")
+            .rule_for(&["libwfrt.so".into()], "wfrt_set_seed", "")
             .is_none()
     );
 }

@@ -10,7 +10,7 @@ use std::{
     io::Write,
     net::{SocketAddr, TcpListener},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -29,12 +29,13 @@ use crate::{
     host,
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
+    library_loads::LoadFollower,
     loader::{KernelLogLevel, LoadOptions, Probes},
     output_file::{self, OutputFile},
     plan::{ExitPolicy, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
-    report::{Report, ReportFormat, SpanSummary},
+    report::{LoadsSummary, Report, ReportFormat, SpanSummary},
     span_ring::SpanStream,
     spans::{SpanFactory, SpanPump},
     targets::{Target, TargetSpec},
@@ -121,7 +122,9 @@ pub(crate) fn run(mut config: RunConfig) -> anyhow::Result<i32> {
 /// The target resolved, its probes planned, the outputs open.
 struct Prepared {
     target: Target,
-    plan: Arc<Plan>,
+    plan: Arc<RwLock<Plan>>,
+    /// What the plan was made of: applied again to libraries loaded later.
+    selection: Arc<Selection>,
     workloads: Arc<dyn Workloads>,
     report_file: Option<OutputFile>,
     spans_file: Option<OutputFile>,
@@ -154,26 +157,55 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     // Launch mode forks here, so this comes before any thread is started.
     let mut target = Target::resolve(&spec)?;
     target.follow_children(children(config.children)?);
-    let plan = Arc::new(Plan::build(
-        &target.objects,
-        &selection,
-        &target.describe(),
-    )?);
+    let installed = target.add_installed(&selection.absent_objects(&target.objects));
+    if !installed.is_empty() {
+        status(format_args!(
+            "probing {} before it is loaded: selected by name, found in the dynamic loader's cache",
+            installed.join(", ")
+        ));
+    }
+    let plan = Plan::build(&target.objects, &selection, &target.describe())?;
     for note in plan.notes() {
         eprintln!("flowtap: note: {note}");
     }
+    selector_notes(&plan, &selection, &target);
     let workloads: Arc<dyn Workloads> = match cluster {
         Some(cluster) => Arc::new(PodWorkloads::new(cluster, target.pid())),
         None => Arc::new(NoWorkloads),
     };
     Ok(Prepared {
         target,
-        plan,
+        plan: Arc::new(RwLock::new(plan)),
+        selection: Arc::new(selection),
         workloads,
         report_file,
         spans_file,
         listener,
     })
+}
+
+/// Says which selectors wait for libraries loaded later, and which match nothing (when others
+/// do, the run goes on without them).
+fn selector_notes(plan: &Plan, selection: &Selection, target: &Target) {
+    let waiting = plan.waiting(selection, &target.objects);
+    if !waiting.is_empty() {
+        status(format_args!(
+            "waiting for libraries loaded later: {} names objects not loaded yet",
+            waiting.join(", ")
+        ));
+    }
+    let unmatched: Vec<String> = plan
+        .unmatched(selection)
+        .into_iter()
+        .filter(|text| !waiting.contains(text))
+        .collect();
+    if !unmatched.is_empty() && !selection.defaulted {
+        eprintln!(
+            "flowtap: note: {} matches no function of {} yet: probed if a library loaded later has one",
+            unmatched.join(", "),
+            target.describe()
+        );
+    }
 }
 
 /// What to trace, and the cluster when Kubernetes is asked for: a pod selector picks the
@@ -231,7 +263,10 @@ fn selection(config: &RunConfig) -> anyhow::Result<Selection> {
 /// The probes attached and every sink ready: what serving and finishing use.
 struct Attached {
     runtime: Runtime,
-    plan: Arc<Plan>,
+    plan: Arc<RwLock<Plan>>,
+    selection: Arc<Selection>,
+    /// Probes libraries loaded later; stopped before the final counts are read.
+    follower: Option<LoadFollower>,
     workloads: Arc<dyn Workloads>,
     probes: Arc<Mutex<Probes>>,
     /// OTLP export: the exporter and the queue the pump fills.
@@ -276,9 +311,16 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let labels = Arc::new(Mutex::new(LabelCap::default()));
     let span_counts = spans_wanted.then(|| counts.clone());
     let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts);
+    let follower = LoadFollower::start(
+        &prepared.target,
+        &probes,
+        &prepared.plan,
+        prepared.selection.clone(),
+    )?;
     let Prepared {
         target,
         plan,
+        selection,
         workloads,
         listener,
         ..
@@ -286,6 +328,8 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let attached = Attached {
         runtime,
         plan,
+        selection,
+        follower,
         workloads,
         probes,
         otlp,
@@ -313,7 +357,8 @@ fn load(config: &RunConfig, prepared: &Prepared, spans_wanted: bool) -> anyhow::
         kernel_log: config.kernel_log,
         verifier_log: config.verifier_log.clone(),
     };
-    Ok(Probes::load(&prepared.plan, &prepared.target, &options)?)
+    let plan = prepared.plan.read().expect("plan lock");
+    Ok(Probes::load(&plan, &prepared.target, &options)?)
 }
 
 /// Where the pump sends spans, and their counts.
@@ -408,18 +453,21 @@ fn serve(
     let address = listener.local_addr().context("metrics address")?;
     let plan = &attached.plan;
     status(format_args!("serving metrics on http://{address}/metrics"));
-    status(format_args!(
-        "attached {} probes in {} objects of {}; Ctrl-C to stop",
-        plan.probes.len(),
-        plan.objects.len(),
-        target.describe()
-    ));
+    {
+        let plan = plan.read().expect("plan lock");
+        status(format_args!(
+            "attached {} probes in {} objects of {}; Ctrl-C to stop",
+            plan.probes.len(),
+            plan.objects.len(),
+            target.describe()
+        ));
+    }
     let mut signals = {
         let _context = attached.runtime.enter();
         wait::StopSignals::listen().context("listening for SIGINT and SIGTERM")?
     };
     if let Some(ready) = ready {
-        signal_ready(ready, address, plan);
+        signal_ready(ready, address, &plan.read().expect("plan lock"));
     }
     let Attached {
         runtime,
@@ -444,7 +492,8 @@ fn serve(
             result = wait::until_done(target, config.duration, probes, &mut signals) => result?,
         };
         if let Some(pump) = pump {
-            pump.pump(plan).context("writing spans")?;
+            pump.pump(&plan.read().expect("plan lock"))
+                .context("writing spans")?;
         }
         let _ = stop.send(true);
         if let Some(export) = export {
@@ -468,7 +517,7 @@ fn signal_ready(mut ready: File, address: SocketAddr, plan: &Plan) {
     }
 }
 
-async fn pump_spans(pump: Option<&mut SpanPump>, plan: &Plan) -> std::io::Result<()> {
+async fn pump_spans(pump: Option<&mut SpanPump>, plan: &RwLock<Plan>) -> std::io::Result<()> {
     match pump {
         Some(pump) => pump.run(plan).await,
         None => std::future::pending().await,
@@ -492,15 +541,31 @@ fn children(asked: Option<bool>) -> anyhow::Result<Option<bool>> {
 }
 
 /// Reads the final counts and writes the report.
-fn finish(config: &RunConfig, attached: Attached, exit_code: Option<i32>) -> anyhow::Result<i32> {
+fn finish(
+    config: &RunConfig,
+    mut attached: Attached,
+    exit_code: Option<i32>,
+) -> anyhow::Result<i32> {
+    // No probes are added while the last counts are read.
+    let loaded_later = attached.follower.take().map(LoadFollower::stop);
     let probes = attached.probes.lock().expect("probes lock");
-    let snapshot = Snapshot::read(&probes, &attached.plan)
+    let plan = attached.plan.read().expect("plan lock");
+    let loaded_later = loaded_later.unwrap_or_default();
+    let loads = LoadsSummary {
+        objects: loaded_later.objects,
+        probes: loaded_later.probes,
+        slowest_attach_ms: loaded_later.slowest.map(|d| d.as_secs_f64() * 1e3),
+        failed: loaded_later.failed,
+        not_probed_tables_full: plan.over_capacity,
+        unmatched_selectors: plan.unmatched(&attached.selection),
+    };
+    let snapshot = Snapshot::read(&probes, &plan)
         .context("reading the kernel's counters")?
         .per_function(attached.workloads.as_ref());
     // Per function: the workloads' labels do not apply.
     let declared = ProfileMetrics::derive(
         &snapshot,
-        &attached.plan,
+        &plan,
         &mut attached.labels.lock().expect("labels"),
         &NoWorkloads,
     );
@@ -512,6 +577,7 @@ fn finish(config: &RunConfig, attached: Attached, exit_code: Option<i32>) -> any
         declared: &declared,
         spans: spans.as_ref(),
         exit_code,
+        loads: &loads,
     };
     write_report(attached.report_file, config, &report)?;
     Ok(exit_code.unwrap_or(0))
