@@ -755,7 +755,10 @@ fn compose_check(runtime: &Runtime, debian: &str) -> anyhow::Result<()> {
     {
         eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
     }
-    let down = run_quietly(&mut compose.command(&["down", "--volumes"]));
+    // flowtap first: it shares the demo's PID namespace, and podman refuses to remove the demo
+    // while it exists ("has dependent containers"), which `down` alone may try.
+    let down = run_quietly(&mut compose.command(&["rm", "--stop", "--force", "flowtap"]))
+        .and_then(|()| run_quietly(&mut compose.command(&["down", "--volumes"])));
     scraped.and(down)
 }
 
