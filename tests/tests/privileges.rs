@@ -87,3 +87,21 @@ fn every_process_without_sys_admin_names_it() {
         "{stderr}"
     );
 }
+
+/// By PID the objects are opened through /proc/PID/map_files, which needs CAP_SYS_ADMIN or
+/// CAP_CHECKPOINT_RESTORE; with the four capabilities they are reached under
+/// /proc/PID/root instead, and every call is still counted.
+#[test]
+fn four_capabilities_are_enough_by_pid() {
+    let dir = scratch_dir("capabilities-pid");
+    let report = dir.join("report.json");
+    let demo = spawn_held_demo(&["--runs", "20"]);
+    let pid = demo.id().to_string();
+    let mut flowtap = flowtap_with(&NEEDED);
+    flowtap.args(["run", "--pid", &pid, "--report", "json", "--output"]);
+    let agent = Running::start(flowtap.arg(&report));
+    let counts = demo_counts(&release_demo(demo));
+    let (code, stderr) = agent.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_same_counts(&counts, &report_counts(&read_report(&report)), "by PID");
+}
