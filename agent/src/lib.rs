@@ -21,9 +21,11 @@ macro_rules! eprint {
     }};
 }
 
+mod capture_ring;
 pub mod cli;
 mod console;
 mod export;
+mod genai;
 mod host;
 mod instructions;
 mod invoker;

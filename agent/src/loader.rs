@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         BtfTracePoint, ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -20,6 +20,7 @@ use aya::{
 use flowtap_common::{
     AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_TRACED, ProbeSpec, TraceContext,
     abi::{self, maps, programs},
+    capture::{CAPTURE_RING_BYTES, ConnectionKey},
 };
 
 use crate::symbols::ElfObject;
@@ -28,6 +29,9 @@ use crate::{
     plan::{ExitPoints, Plan, PlannedProbe},
     targets::Target,
 };
+
+/// The kernel's set of connections whose bytes are not captured.
+pub(crate) type QuietConnections = HashMap<MapData, ConnectionKey, u8>;
 
 /// The production programs.
 pub(crate) static KERNEL_PROGRAMS: &[u8] =
@@ -201,6 +205,8 @@ pub(crate) struct LoadOptions {
     pub(crate) kernel_log: Option<KernelLogLevel>,
     /// Write the verifier's log here when the kernel refuses a program.
     pub(crate) verifier_log: Option<PathBuf>,
+    /// Bytes of the capture ring (a power of two, at least a page); `None`: the default.
+    pub(crate) capture_ring_bytes: Option<u32>,
 }
 
 /// The loaded programs and their links: dropping this detaches every probe.
@@ -229,7 +235,13 @@ impl Probes {
         let fork_fields = fork_fields(target);
         let capacity = capacity(plan);
         let mut probes = Self {
-            ebpf: load_object(capacity, target, options, fork_fields)?,
+            ebpf: load_object(
+                capacity,
+                target,
+                options,
+                fork_fields,
+                capture_ring_bytes(plan, options),
+            )?,
             floor: None,
             _kernel_log: None,
             verifier_log: options.verifier_log.clone(),
@@ -242,6 +254,9 @@ impl Probes {
             probes._kernel_log = Some(crate::kernel_log::forward(&mut probes.ebpf)?);
         }
         probes.write_specs(plan, 0..plan.probes.len())?;
+        if plan.captures_bytes() && !options.empty_programs {
+            probes.load_capture_programs()?;
+        }
         probes.attach_lifecycle(fork_fields.is_some())?;
         // Enrolled before its probes go live: it counts from the moment they do.
         if target.filters_by_process()
@@ -363,6 +378,35 @@ impl Probes {
         Ok(())
     }
 
+    /// The chunk programs the entry and exit programs tail-call to copy captured bytes: one per
+    /// program kind, each in the program array its kind tail-calls through.
+    fn load_capture_programs(&mut self) -> Result<(), LoadError> {
+        let log = self.verifier_log.clone();
+        for (program, array) in [
+            (programs::CAPTURE_CHUNKS, maps::CAPTURE_TAIL),
+            (programs::CAPTURE_CHUNKS_MULTI, maps::CAPTURE_TAIL_MULTI),
+        ] {
+            let uprobe: &mut UProbe = program_mut(&mut self.ebpf, program, log.as_deref())?;
+            uprobe.load().map_err(refusal(program, log.as_deref()))?;
+            let fd = uprobe
+                .fd()
+                .map_err(refusal(program, log.as_deref()))?
+                .try_clone()
+                .map_err(|error| LoadError::Map {
+                    name: array,
+                    source: MapError::IoError(error),
+                })?;
+            let map_error = |source| LoadError::Map {
+                name: array,
+                source,
+            };
+            let mut slots =
+                ProgramArray::try_from(self.kernel_map_mut(array)).map_err(map_error)?;
+            slots.set(0, &fd, 0).map_err(map_error)?;
+        }
+        Ok(())
+    }
+
     /// Thread exit and exec always; fork when processes are followed (`follow`).
     fn attach_lifecycle(&mut self, follow: bool) -> Result<(), LoadError> {
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
@@ -427,6 +471,28 @@ impl Probes {
             name: maps::SPANS,
             source,
         })
+    }
+
+    /// The ring buffer of captured bytes and the map of quiet connections, which the capture
+    /// reader owns from then on.
+    pub(crate) fn take_capture(
+        &mut self,
+    ) -> Result<(RingBuf<MapData>, QuietConnections), LoadError> {
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name)
+                .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))
+        };
+        let ring = take(&mut self.ebpf, maps::CAPTURED);
+        let ring = RingBuf::try_from(ring).map_err(|source| LoadError::Map {
+            name: maps::CAPTURED,
+            source,
+        })?;
+        let quiet = take(&mut self.ebpf, maps::QUIET);
+        let quiet = HashMap::try_from(quiet).map_err(|source| LoadError::Map {
+            name: maps::QUIET,
+            source,
+        })?;
+        Ok((ring, quiet))
     }
 
     /// Processes enrolled in the kernel's TRACED set (binary mode).
@@ -497,6 +563,7 @@ fn load_object(
     target: &Target,
     options: &LoadOptions,
     fork_fields: Option<(u16, u16)>,
+    capture_ring_bytes: u32,
 ) -> Result<Ebpf, LoadError> {
     let (new_task_pid_offset, new_task_flags_offset) = fork_fields.unwrap_or((0, 0));
     let config = Config {
@@ -523,6 +590,7 @@ fn load_object(
         .map_max_entries(maps::STATS, keyed.min(stats_capacity()))
         .map_max_entries(maps::PROBE_STATS, indexed.min(stats_capacity()))
         .map_max_entries(maps::SPECS, map_size)
+        .map_max_entries(maps::CAPTURED, capture_ring_bytes)
         .load(KERNEL_PROGRAMS)
         .map_err(load_refused)
 }
@@ -543,6 +611,19 @@ fn load_refused(error: aya::EbpfError) -> LoadError {
     } else {
         LoadError::Load(error)
     }
+}
+
+/// The capture ring's size: at its smallest (one page) when no probe captures bytes.
+fn capture_ring_bytes(plan: &Plan, options: &LoadOptions) -> u32 {
+    let page = 4096;
+    if !plan.captures_bytes() {
+        return page;
+    }
+    options
+        .capture_ring_bytes
+        .unwrap_or(CAPTURE_RING_BYTES)
+        .max(page)
+        .next_power_of_two()
 }
 
 /// Where the new-task tracepoint's record keeps the child's id and clone flags, when processes

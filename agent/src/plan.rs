@@ -254,6 +254,11 @@ pub(crate) struct Plan {
     pub probes: Vec<PlannedProbe>,
     /// Selected functions that must not be probed, and why.
     pub refused: Vec<RefusedFunction>,
+    /// The profiles' LLM price tables, in order.
+    pub prices: Vec<crate::profile::Price>,
+    /// Whether a profile captures buffer bytes (its functions may be in libraries loaded
+    /// later: the capture is set up from the start).
+    captures: bool,
     /// Per selector ([`Selection::texts`] order): whether it selected a function yet.
     matched: Vec<bool>,
     /// Functions of objects loaded later not probed because the kernel's probe tables were
@@ -362,6 +367,12 @@ impl Plan {
         target: &str,
     ) -> Result<Self, PlanError> {
         let mut plan = Plan {
+            prices: selection
+                .profiles
+                .iter()
+                .flat_map(|profile| profile.prices.iter().cloned())
+                .collect(),
+            captures: selection.profiles.iter().any(Profile::captures_bytes),
             matched: vec![false; selection.texts.len()],
             ..Plan::default()
         };
@@ -528,6 +539,11 @@ impl Plan {
             ));
         }
         notes
+    }
+
+    /// Whether a profile captures buffer bytes.
+    pub(crate) fn captures_bytes(&self) -> bool {
+        self.captures
     }
 
     /// The probes of one object, in id order.

@@ -29,11 +29,22 @@ pub mod maps {
     pub const LOSSES: &str = "LOSSES";
     /// Threads with a shadow stack (task storage cannot be listed from userspace).
     pub const LIVE_STACKS: &str = "LIVE_STACKS";
+    /// Chunks of captured bytes (see [`crate::capture`]).
+    pub const CAPTURED: &str = "CAPTURED";
+    /// Per-CPU byte and call counters of the capture, by [`crate::capture::CaptureCount`].
+    pub const CAPTURE_COUNTS: &str = "CAPTURE_COUNTS";
+    /// Connections the agent marked quiet: their calls are not captured.
+    pub const QUIET: &str = "QUIET";
+    /// The chunk program, tail-called by the per-point entry and exit programs (slot 0).
+    pub const CAPTURE_TAIL: &str = "CAPTURE_TAIL";
+    /// The chunk program, tail-called by the uprobe.multi entry and exit programs (slot 0).
+    pub const CAPTURE_TAIL_MULTI: &str = "CAPTURE_TAIL_MULTI";
+
     /// The dynamic loader's notices that a traced process's objects changed.
     pub const LOADS: &str = "LOADS";
 
     /// Every map the agent uses.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 16] = [
         STACKS,
         STATS,
         PROBE_STATS,
@@ -44,6 +55,11 @@ pub mod maps {
         SPANS,
         LOSSES,
         LIVE_STACKS,
+        CAPTURED,
+        CAPTURE_COUNTS,
+        QUIET,
+        CAPTURE_TAIL,
+        CAPTURE_TAIL_MULTI,
         LOADS,
     ];
 }
@@ -73,11 +89,16 @@ pub mod programs {
     pub const PROCESS_EXEC: &str = "process_exec";
     /// A traced process's forked child joins the traced set before its first instruction.
     pub const PROCESS_FORK: &str = "process_fork";
+    /// Copies a captured buffer into the capture ring (tail-called, per-point attach).
+    pub const CAPTURE_CHUNKS: &str = "capture_chunks";
+    /// The same for uprobe.multi programs.
+    pub const CAPTURE_CHUNKS_MULTI: &str = "capture_chunks_multi";
+
     /// On the dynamic loader's debugger hook ([`super::LOADER_HOOK`]).
     pub const OBJECTS_CHANGED: &str = "objects_changed";
 
     /// Every program of the production object the agent uses.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         ENTRY,
         ENTRY_MULTI,
         RETURN,
@@ -88,6 +109,8 @@ pub mod programs {
         THREAD_EXIT,
         PROCESS_EXEC,
         PROCESS_FORK,
+        CAPTURE_CHUNKS,
+        CAPTURE_CHUNKS_MULTI,
         OBJECTS_CHANGED,
     ];
 

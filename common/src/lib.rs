@@ -6,6 +6,8 @@ pub mod histogram;
 
 pub mod abi;
 
+pub mod capture;
+
 /// Frames stored per thread: as many as the kernel installs nested return probes
 /// ([`abi::MAX_URETPROBE_DEPTH`]), so a return probe is never missing for a stored frame. Calls
 /// nested deeper are counted, not timed ([`Loss::StackOverflow`], [`Loss::ReturnProbeDepth`]).
@@ -337,6 +339,8 @@ pub struct ProbeSpec {
     /// its return instructions): see [`FRAME_RETURN_PROBE`].
     pub return_probe: u8,
     pub _pad: [u8; 5],
+    /// The buffer argument whose bytes are captured, if any.
+    pub buffer: capture::BufferSpec,
 }
 
 impl Default for ProbeSpec {
@@ -356,6 +360,7 @@ impl Default for ProbeSpec {
             context_capture: NO_ARG,
             return_probe: 1,
             _pad: [0; 5],
+            buffer: capture::BufferSpec::NONE,
         }
     }
 }

@@ -9,18 +9,21 @@ use aya_ebpf::{
         generated::bpf_probe_read_user_str,
     },
     macros::uprobe,
+    maps::ProgramArray,
     programs::ProbeContext,
 };
 use flowtap_common::{
     CAPTURES, Capture, ContextRole, FRAME_RETURN_PROBE, FRAME_SAMPLED, Frame, Loss, MAX_DEPTH,
     NO_ARG, ProbeSpec, ShadowStack, TEXT_LEN, TraceContext,
     abi::{ARGUMENT_REGISTERS, programs, same},
+    capture::BufferMode,
     text_key,
 };
 
 use crate::{
+    capture::{self, CallContext},
     log,
-    maps::{HANDOFFS, SPECS, TEXT_SCRATCH, TEXTS, config},
+    maps::{CAPTURE_TAIL, CAPTURE_TAIL_MULTI, HANDOFFS, SPECS, TEXT_SCRATCH, TEXTS, config},
     stack::{self, Thread, close_before_entry},
     stats::{Stats, count_loss, opaque},
 };
@@ -30,25 +33,31 @@ const _: () = assert!(same(programs::ENTRY, "call_entry"));
 
 #[uprobe(multi)]
 pub(crate) fn call_entry_multi(ctx: ProbeContext) -> u32 {
-    if let Err(loss) = on_entry(&ctx) {
-        count_loss(loss);
-    }
-    0
+    entry(&ctx, &CAPTURE_TAIL_MULTI)
 }
 
 /// Per-point attach, for kernels without uprobe.multi (< 6.6).
 #[uprobe]
 pub(crate) fn call_entry(ctx: ProbeContext) -> u32 {
-    if let Err(loss) = on_entry(&ctx) {
-        count_loss(loss);
+    entry(&ctx, &CAPTURE_TAIL)
+}
+
+/// The entry, then the chunk program when it readied bytes to capture.
+#[inline(always)]
+fn entry(ctx: &ProbeContext, capture_programs: &ProgramArray) -> u32 {
+    match on_entry(ctx) {
+        Ok(true) => capture::tail_call(ctx, capture_programs),
+        Ok(false) => {}
+        Err(loss) => count_loss(loss),
     }
     0
 }
 
+/// Returns whether bytes were readied for the chunk program.
 #[inline(always)]
-fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
+fn on_entry(ctx: &ProbeContext) -> Result<bool, Loss> {
     let stack = match stack::current_thread(true) {
-        Thread::Untraced => return Ok(()),
+        Thread::Untraced => return Ok(false),
         Thread::NoStack => {
             Stats::of(stack::probe_id(ctx))?.entered(false);
             return Err(Loss::StackMapFull);
@@ -87,6 +96,7 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
         Some(caller) => (caller.span_id, caller.flags & FRAME_SAMPLED != 0),
         None => start_trace(stack, spec, &values),
     };
+    let mut readied = false;
     if let Some(spec) = spec {
         if spec.context == ContextRole::HandOff
             && let Some(&key) = values.get(usize::from(spec.context_capture))
@@ -102,13 +112,21 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
             let tid = bpf_get_current_pid_tgid() as u32;
             capture_text(&registers, &spec.text, text_key(tid, depth));
         }
+        if spec.buffer.mode != BufferMode::None {
+            let context = CallContext {
+                trace_id: stack.trace_id,
+                parent_span_id,
+                sampled,
+            };
+            readied = capture::at_entry(&registers, spec, probe_id, depth, &context);
+        }
     }
     let mut flags = if sampled { FRAME_SAMPLED } else { 0 };
     if return_probe {
         flags |= FRAME_RETURN_PROBE;
     }
     let Some(slot) = stack.frames.get_mut(depth) else {
-        return Ok(());
+        return Ok(readied);
     };
     *slot = Frame {
         probe_id,
@@ -122,7 +140,7 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
         values,
     };
     stack.depth = depth as u32 + 1;
-    Ok(())
+    Ok(readied)
 }
 
 /// The loss of a call nested deeper than frames are stored: a return-probe exit gets no return

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::{build_agent, fixture, workspace_root};
 
 mod probe_points;
+mod tls_capture;
 
 const ROUNDS: usize = 3;
 const CALLS: u64 = 200_000;
@@ -102,6 +103,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
     }
     let placement = probe_points::measure(&agent, &dir.join("probe_cost"))?;
     println!("{}", probe_points::render(&placement));
+    let tls = tls_capture::measure(&agent, &dir)?;
+    println!("{}", tls_capture::render(&tls));
     let (calls_per_second, lost) = throughput(&agent, &bench)?;
     let attach_1k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_0*")?;
     let attach_10k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_*")?;
@@ -113,12 +116,15 @@ pub(crate) fn run() -> anyhow::Result<()> {
         (rss_kib, exported),
     );
     results["probe_points"] = placement;
+    results["tls_capture"] = tls;
     let out = workspace_root().join("target/bench");
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let table = render(&results) + &probe_points::render(&results["probe_points"]);
+    let table = render(&results)
+        + &probe_points::render(&results["probe_points"])
+        + &tls_capture::render(&results["tls_capture"]);
     std::fs::write(out.join("results.md"), &table)?;
     println!("\n{table}");
     println!("written: target/bench/results.json, target/bench/results.md");

@@ -14,6 +14,7 @@ use prometheus::{
 
 use crate::{
     export::{metrics_server::ServerCounts, otlp::SpanCounts},
+    genai::metrics::LlmMetrics,
     kernel_counters::{FunctionStats, Snapshot},
     loader::Probes,
     plan::Plan,
@@ -74,6 +75,8 @@ pub(crate) struct Exporter {
     max_function_series: usize,
     /// Clients the HTTP server turned away.
     pub server: ServerCounts,
+    /// LLM calls decoded from captured bytes, when a profile captures them.
+    llm: Option<Arc<Mutex<LlmMetrics>>>,
 }
 
 /// Per-function series kept by default: a scrape of a target with 20,000 called functions
@@ -101,7 +104,14 @@ impl Exporter {
             last_scrape_seconds: Mutex::new(0.0),
             max_function_series: DEFAULT_MAX_FUNCTION_SERIES,
             server: ServerCounts::default(),
+            llm: None,
         }
+    }
+
+    /// Serves the LLM metrics too.
+    pub(crate) fn with_llm(mut self, llm: Option<Arc<Mutex<LlmMetrics>>>) -> Self {
+        self.llm = llm;
+        self
     }
 
     /// Keeps at most `max` per-function series (`--max-function-series`).
@@ -133,6 +143,11 @@ impl Exporter {
         let mut families = self.function_families(&snapshot);
         families.extend(self.profile_families(&declared));
         families.extend(self.health_families(&snapshot, &labels, processes, attached));
+        families.extend(super::llm::capture_families(&self.service, &snapshot));
+        if let Some(llm) = &self.llm {
+            let llm = llm.lock().expect("llm metrics lock");
+            families.extend(super::llm::families(&self.service, &llm));
+        }
         families.push(family(
             "flowtap_kernel_map_entries",
             "Entries of the kernel maps that grow with threads, processes, hand-offs and labels.",
@@ -145,6 +160,7 @@ impl Exporter {
         drop(labels);
         // The text format has no empty families (a series appears with its first value).
         families.retain(|family| !family.get_metric().is_empty());
+        let families = merge_same_names(families);
         let mut text = Vec::new();
         TextEncoder::new().encode(&families, &mut text)?;
         *self.last_scrape_seconds.lock().expect("scrape lock") = started.elapsed().as_secs_f64();
@@ -358,6 +374,20 @@ impl Exporter {
     }
 }
 
+/// One family per name: a profile may declare a metric the LLM decoder also exports
+/// (`llm_tokens_total` of a runtime that passes tokens as arguments), and the text format
+/// allows a name once.
+fn merge_same_names(families: Vec<MetricFamily>) -> Vec<MetricFamily> {
+    let mut merged: Vec<MetricFamily> = Vec::with_capacity(families.len());
+    for mut family in families {
+        match merged.iter_mut().find(|f| f.name() == family.name()) {
+            Some(first) => first.mut_metric().extend(family.take_metric()),
+            None => merged.push(family),
+        }
+    }
+    merged
+}
+
 /// The first `max` series (the snapshot lists the most total time first) and the rest summed
 /// into one `function="other"` series.
 fn fold_functions(
@@ -380,7 +410,12 @@ fn fold_functions(
     (kept, Some(other))
 }
 
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+pub(super) fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    metrics: Vec<Metric>,
+) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_string());
     family.set_help(help.to_string());
@@ -389,7 +424,7 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     family
 }
 
-fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+pub(super) fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
         .map(|(name, value)| {
@@ -401,7 +436,7 @@ fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
-fn counter_metric(labels: &[(&str, &str)], value: f64) -> Metric {
+pub(super) fn counter_metric(labels: &[(&str, &str)], value: f64) -> Metric {
     let mut counter = Counter::default();
     counter.set_value(value);
     let mut metric = Metric::from_label(label_pairs(labels));
@@ -409,7 +444,7 @@ fn counter_metric(labels: &[(&str, &str)], value: f64) -> Metric {
     metric
 }
 
-fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
+pub(super) fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
     let mut gauge = Gauge::default();
     gauge.set_value(value);
     let mut metric = Metric::from_label(label_pairs(labels));

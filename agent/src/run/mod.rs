@@ -19,6 +19,7 @@ use opentelemetry_otlp::SpanExporter;
 use tokio::runtime::Runtime;
 
 use crate::{
+    capture_ring::CaptureStream,
     console::{print, status},
     export::{
         metrics_server::MetricsServer,
@@ -26,6 +27,7 @@ use crate::{
         prometheus::{self, Exporter},
         spans_file::SpansFile,
     },
+    genai::{LlmTap, metrics::LlmMetrics},
     host,
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
@@ -70,6 +72,10 @@ pub(crate) struct RunConfig {
     pub(crate) sample_rate: f64,
     /// Spans as OTLP JSON lines.
     pub(crate) spans_out: Option<PathBuf>,
+    /// Prompt and completion text on LLM spans.
+    pub(crate) capture_content: bool,
+    /// Bytes of the capture ring; `None`: the default.
+    pub(crate) capture_ring_bytes: Option<u32>,
     /// Gets the ready line once the probes are attached, then is closed.
     pub(crate) ready: Option<File>,
     /// Attach programs that do nothing (the kernel's own cost, for benchmarks).
@@ -100,6 +106,8 @@ impl Default for RunConfig {
             otlp_protocol: OtlpProtocol::default(),
             sample_rate: 1.0,
             spans_out: None,
+            capture_content: false,
+            capture_ring_bytes: None,
             ready: None,
             empty_programs: false,
             kernel_log: None,
@@ -272,6 +280,9 @@ struct Attached {
     /// OTLP export: the exporter and the queue the pump fills.
     otlp: Option<(SpanExporter, Arc<SpanQueue>)>,
     pump: Option<SpanPump>,
+    /// LLM calls decoded from captured bytes, when a profile captures them.
+    tap: Option<LlmTap>,
+    llm: Option<Arc<Mutex<LlmMetrics>>>,
     counts: Arc<SpanCounts>,
     labels: Arc<Mutex<LabelCap>>,
     metrics: Arc<Exporter>,
@@ -307,10 +318,16 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let pump = spans_wanted
         .then(|| span_pump(config, &prepared, &mut probes, sinks))
         .transpose()?;
+    let tap = llm_tap(
+        config,
+        &prepared.plan.read().expect("plan lock"),
+        &mut probes,
+    )?;
+    let llm = tap.as_ref().map(|tap| tap.metrics.clone());
     let probes = Arc::new(Mutex::new(probes));
     let labels = Arc::new(Mutex::new(LabelCap::default()));
     let span_counts = spans_wanted.then(|| counts.clone());
-    let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts);
+    let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts, &llm);
     let follower = LoadFollower::start(
         &prepared.target,
         &probes,
@@ -334,6 +351,8 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
         probes,
         otlp,
         pump,
+        tap,
+        llm,
         counts,
         labels,
         metrics,
@@ -356,9 +375,25 @@ fn load(config: &RunConfig, prepared: &Prepared, spans_wanted: bool) -> anyhow::
         empty_programs: config.empty_programs,
         kernel_log: config.kernel_log,
         verifier_log: config.verifier_log.clone(),
+        capture_ring_bytes: config.capture_ring_bytes,
     };
     let plan = prepared.plan.read().expect("plan lock");
     Ok(Probes::load(&plan, &prepared.target, &options)?)
+}
+
+/// The consumer of captured bytes, when a probe captures them.
+fn llm_tap(config: &RunConfig, plan: &Plan, probes: &mut Probes) -> anyhow::Result<Option<LlmTap>> {
+    if !plan.captures_bytes() {
+        return Ok(None);
+    }
+    let (ring, quiet) = probes.take_capture()?;
+    let metrics = Arc::new(Mutex::new(LlmMetrics::new(plan.prices.clone())));
+    Ok(Some(LlmTap::new(
+        CaptureStream::new(ring),
+        quiet,
+        metrics,
+        config.capture_content,
+    )))
 }
 
 /// Where the pump sends spans, and their counts.
@@ -397,6 +432,7 @@ fn metrics_exporter(
     probes: &Arc<Mutex<Probes>>,
     labels: &Arc<Mutex<LabelCap>>,
     span_counts: Option<Arc<SpanCounts>>,
+    llm: &Option<Arc<Mutex<LlmMetrics>>>,
 ) -> Arc<Exporter> {
     let target = &prepared.target;
     let service = config
@@ -414,7 +450,8 @@ fn metrics_exporter(
             span_counts,
             prepared.workloads.clone(),
         )
-        .with_max_function_series(config.max_function_series),
+        .with_max_function_series(config.max_function_series)
+        .with_llm(llm.clone()),
     )
 }
 
@@ -474,6 +511,7 @@ fn serve(
         probes,
         otlp,
         pump,
+        tap,
         metrics,
         ..
     } = attached;
@@ -485,16 +523,13 @@ fn serve(
             .take()
             .map(|(exporter, queue)| tokio::spawn(queue.run(exporter, stopped, SPAN_FLUSH_LIMIT)));
         let exit_code = tokio::select! {
-            result = pump_spans(pump.as_mut(), plan) => {
+            result = pump_spans(pump.as_mut(), tap.as_mut(), plan) => {
                 result.context("writing spans")?;
                 unreachable!("the span pump runs until stopped")
             }
             result = wait::until_done(target, config.duration, probes, &mut signals) => result?,
         };
-        if let Some(pump) = pump {
-            pump.pump(&plan.read().expect("plan lock"))
-                .context("writing spans")?;
-        }
+        pump_once(pump.as_mut(), tap.as_mut(), plan).context("writing spans")?;
         let _ = stop.send(true);
         if let Some(export) = export {
             export.await.context("exporting spans")?;
@@ -517,11 +552,42 @@ fn signal_ready(mut ready: File, address: SocketAddr, plan: &Plan) {
     }
 }
 
-async fn pump_spans(pump: Option<&mut SpanPump>, plan: &RwLock<Plan>) -> std::io::Result<()> {
-    match pump {
-        Some(pump) => pump.run(plan).await,
-        None => std::future::pending().await,
+/// How often the LLM tap and the span pump read the kernel's rings: the kernel never wakes
+/// us, to keep the probes cheap.
+const PUMP_INTERVAL: Duration = Duration::from_millis(100);
+
+async fn pump_spans(
+    mut pump: Option<&mut SpanPump>,
+    mut tap: Option<&mut LlmTap>,
+    plan: &RwLock<Plan>,
+) -> std::io::Result<()> {
+    if pump.is_none() && tap.is_none() {
+        return std::future::pending().await;
     }
+    let mut interval = tokio::time::interval(PUMP_INTERVAL);
+    loop {
+        interval.tick().await;
+        pump_once(pump.as_deref_mut(), tap.as_deref_mut(), plan)?;
+    }
+}
+
+/// Moves the kernel's spans, then the LLM calls' (metrics always, spans when exported). The
+/// plan grows as libraries are loaded.
+fn pump_once(
+    mut pump: Option<&mut SpanPump>,
+    tap: Option<&mut LlmTap>,
+    plan: &RwLock<Plan>,
+) -> std::io::Result<()> {
+    if let Some(pump) = pump.as_deref_mut() {
+        pump.pump(&plan.read().expect("plan lock"))?;
+    }
+    if let Some(tap) = tap {
+        let spans = tap.pump();
+        if let Some(pump) = pump {
+            pump.push_made(spans);
+        }
+    }
+    Ok(())
 }
 
 /// Whether to follow forked children, as asked or by the mode's default. Following them puts
@@ -572,10 +638,15 @@ fn finish(
     let spans = attached
         .pump
         .map(|pump| SpanSummary::new(&attached.counts, pump.slowest.slowest));
+    let llm = attached
+        .llm
+        .as_ref()
+        .map(|llm| llm.lock().expect("llm metrics lock"));
     let report = Report {
         snapshot: &snapshot,
         declared: &declared,
         spans: spans.as_ref(),
+        llm: llm.as_deref(),
         exit_code,
         loads: &loads,
     };
