@@ -40,7 +40,13 @@ fn git_commit() {
             .filter(|output| output.status.success())
             .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
     };
-    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // A container build has no .git in its context and passes the commit in instead.
+    println!("cargo::rerun-if-env-changed=FLOWTAP_GIT_COMMIT");
+    let commit = std::env::var("FLOWTAP_GIT_COMMIT")
+        .ok()
+        .filter(|commit| !commit.is_empty() && commit != "unknown")
+        .or_else(|| git(&["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     println!("cargo::rustc-env=FLOWTAP_GIT_COMMIT={commit}");
     // A commit or checkout in this work tree moves HEAD and appends to its log.
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {

@@ -26,16 +26,26 @@ pub(crate) struct PrivilegeError {
     missing: Vec<&'static str>,
 }
 
+/// A field of /proc/self/status.
+fn status_field(name: &str) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(|value| value.trim().to_string())
+}
+
 fn effective_capabilities() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
+    status_field("CapEff")
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .unwrap_or(0)
+}
+
+/// Whether a seccomp filter confines this process, as container runtimes' default profiles
+/// do: those refuse bpf(2) without CAP_SYS_ADMIN whatever other capabilities are held (seen
+/// with podman 4.3's).
+pub(crate) fn seccomp_filtered() -> bool {
+    status_field("Seccomp").as_deref() == Some("2")
 }
 
 /// Whether this process may put probes on every process (what following children and `--exe`

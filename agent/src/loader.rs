@@ -45,6 +45,10 @@ pub(crate) static EMPTY_PROGRAMS: &[u8] =
 pub(crate) enum LoadError {
     #[error("the kernel refused flowtap's eBPF programs (run `flowtap check`)")]
     Load(#[source] aya::EbpfError),
+    #[error(
+        "bpf(2) was refused with EPERM although flowtap holds its capabilities: a seccomp filter confines this process (Seccomp: 2 in /proc/self/status), as container runtimes' default profiles do without CAP_SYS_ADMIN; run it with seccomp unconfined (Kubernetes: seccompProfile type Unconfined; docker, podman: --security-opt seccomp=unconfined) or add SYS_ADMIN"
+    )]
+    Seccomp(#[source] aya::EbpfError),
     #[error("the kernel refused the {program} program ({log})")]
     Program {
         program: &'static str,
@@ -56,6 +60,16 @@ pub(crate) enum LoadError {
     TargetExited { pid: u32 },
     #[error("cannot attach probes to {object}")]
     Attach {
+        object: String,
+        #[source]
+        cause: Refusal,
+    },
+    /// Observed on kernel 6.18 in a container holding CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
+    /// CAP_DAC_READ_SEARCH: a uprobe on every process is refused, one on a PID is not.
+    #[error(
+        "cannot attach probes to every process of {object}, which the kernel allows only with CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON are not enough): grant SYS_ADMIN, or trace one process with --pid"
+    )]
+    EveryProcess {
         object: String,
         #[source]
         cause: Refusal,
@@ -424,10 +438,7 @@ impl Probes {
         uprobe.load().map_err(refusal(program, log.as_deref()))?;
         uprobe
             .attach([entry], executable, UProbeScope::AllProcesses)
-            .map_err(|error| LoadError::Attach {
-                object: executable.display().to_string(),
-                cause: Refusal(Box::new(error)),
-            })?;
+            .map_err(|error| every_process_refused(executable, error))?;
         Ok(())
     }
 
@@ -581,7 +592,25 @@ fn load_object(
         .map_max_entries(maps::SPECS, map_size)
         .map_max_entries(maps::CAPTURED, capture_ring_bytes)
         .load(KERNEL_PROGRAMS)
-        .map_err(LoadError::Load)
+        .map_err(load_refused)
+}
+
+/// A refused load, told apart when a seccomp filter is what refused it: EPERM although the
+/// capabilities were checked before.
+fn load_refused(error: aya::EbpfError) -> LoadError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    let mut eperm = false;
+    while let Some(error) = cause {
+        eperm |= error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM));
+        cause = error.source();
+    }
+    if eperm && crate::host::seccomp_filtered() {
+        LoadError::Seccomp(error)
+    } else {
+        LoadError::Load(error)
+    }
 }
 
 /// The capture ring's size: at its smallest (one page) when no probe captures bytes.
@@ -780,11 +809,23 @@ impl Attach<'_> {
             UProbeScope::OneProcess(pid) if crate::targets::process::has_exited(pid.get()) => {
                 LoadError::TargetExited { pid: pid.get() }
             }
+            UProbeScope::AllProcesses => every_process_refused(path, error),
             _ => LoadError::Attach {
                 object: path.display().to_string(),
                 cause: Refusal(Box::new(error)),
             },
         }
+    }
+}
+
+/// A refused probe on every process of `path` names the capability that is missing, if one is.
+fn every_process_refused(path: &Path, error: ProgramError) -> LoadError {
+    let object = path.display().to_string();
+    let cause = Refusal(Box::new(error));
+    if crate::host::may_probe_every_process() {
+        LoadError::Attach { object, cause }
+    } else {
+        LoadError::EveryProcess { object, cause }
     }
 }
 

@@ -63,3 +63,45 @@ fn a_missing_capability_is_named() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
+
+/// Every process of an executable is one system-wide uprobe, which the kernel refuses without
+/// CAP_SYS_ADMIN (EACCES from `perf_event_open` on 6.18): the error names what is missing.
+#[test]
+fn every_process_without_sys_admin_names_it() {
+    let dir = scratch_dir("capabilities-exe");
+    let (demo, _) = isolated_fixture(&dir);
+    let output = flowtap_with(&NEEDED)
+        .args(["run", "--exe"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("flowtap: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("which the kernel allows only with CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
+}
+
+/// By PID the objects are opened through /proc/PID/map_files, which needs CAP_SYS_ADMIN or
+/// CAP_CHECKPOINT_RESTORE; with the four capabilities they are reached under
+/// /proc/PID/root instead, and every call is still counted.
+#[test]
+fn four_capabilities_are_enough_by_pid() {
+    let dir = scratch_dir("capabilities-pid");
+    let report = dir.join("report.json");
+    let demo = spawn_held_demo(&["--runs", "20"]);
+    let pid = demo.id().to_string();
+    let mut flowtap = flowtap_with(&NEEDED);
+    flowtap.args(["run", "--pid", &pid, "--report", "json", "--output"]);
+    let agent = Running::start(flowtap.arg(&report));
+    let counts = demo_counts(&release_demo(demo));
+    let (code, stderr) = agent.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_same_counts(&counts, &report_counts(&read_report(&report)), "by PID");
+}

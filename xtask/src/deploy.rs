@@ -1,6 +1,6 @@
 //! `cargo xtask deploy-check`: validates everything under `deploy/` with the tools each format
-//! has (there is no Docker engine, cluster or Grafana to try them on), installed into a
-//! virtualenv under `target/`.
+//! has (no cluster or Grafana to try them on; the images are built and run by `cargo xtask
+//! image-check`), installed into a virtualenv under `target/`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -162,10 +162,24 @@ fn check_dockerfile(path: &Path, venv: &Path) -> anyhow::Result<Vec<String>> {
             "deploy/Dockerfile: `ARG {arg}={value}` (as in xtask/src/setup.rs) is missing"
         );
     }
+    // The bases are arguments (`cargo xtask image` passes local ones when the registry is out
+    // of reach) whose defaults are the public images.
+    for (arg, image) in [
+        (
+            "RUST_IMAGE",
+            format!("rust:{}-bookworm", setup::RUST_TOOLCHAIN),
+        ),
+        ("DEBIAN_IMAGE", "debian:bookworm-slim".to_string()),
+    ] {
+        ensure!(
+            text.contains(&format!("ARG {arg}={image}\n")),
+            "deploy/Dockerfile: `ARG {arg}={image}` (the default base) is missing"
+        );
+    }
+    // A `# syntax=` frontend is an image pulled from a registry, which may be out of reach.
     ensure!(
-        text.contains(&format!("FROM rust:{}-bookworm AS", setup::RUST_TOOLCHAIN)),
-        "deploy/Dockerfile: the toolchain stage must start from rust:{}-bookworm",
-        setup::RUST_TOOLCHAIN
+        !text.lines().any(|line| line.starts_with("# syntax=")),
+        "deploy/Dockerfile: no `# syntax=` line: the engine's built-in frontend must do"
     );
     for package in setup::APT_PACKAGES {
         ensure!(
@@ -251,12 +265,16 @@ fn check_agent_config(dir: &Path, venv: &Path) -> anyhow::Result<()> {
 fn check_compose(deploy: &Path, venv: &Path, stages: &[String]) -> anyhow::Result<()> {
     let dir = deploy.join("compose");
     let file = dir.join("docker-compose.yaml");
+    // The Debian override too, and the Prometheus image it builds.
     checked_output(
         Command::new(venv.join("check-jsonschema"))
             .args(["--builtin-schema", "vendor.compose-spec"])
-            .arg(&file),
+            .arg(&file)
+            .arg(dir.join("docker-compose.debian.yaml")),
     )
-    .context("deploy/compose/docker-compose.yaml does not follow the compose specification")?;
+    .context("a file of deploy/compose does not follow the compose specification")?;
+    checked_output(Command::new(venv.join("hadolint")).arg(dir.join("prometheus.Dockerfile")))
+        .context("hadolint found problems in deploy/compose/prometheus.Dockerfile")?;
     let compose = &load_yaml(&file)?[0];
     let services = compose["services"]
         .as_hash()

@@ -85,7 +85,8 @@ fn permission_denied(pid: u32) -> TargetError {
 #[derive(Debug, Clone)]
 pub(crate) struct MappedObject {
     /// `/proc/PID/map_files/START-END`: the mapped file itself, whatever the process's root and
-    /// mount namespace, even when deleted or renamed since.
+    /// mount namespace, even when deleted or renamed since; without the capability to open
+    /// those, `/proc/PID/root/PATH` (see [`open_mapped`]).
     pub open_path: PathBuf,
     /// The path the process mapped it by, as `/proc/PID/maps` shows it (" (deleted)" removed).
     pub path: PathBuf,
@@ -103,9 +104,8 @@ pub(crate) fn mapped_objects(pid: u32) -> Result<Vec<MappedObject>, TargetError>
         let Some(mapping) = Mapping::parse(line).filter(|m| m.executable) else {
             continue;
         };
-        let open_path = PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range));
         // The process may have unmapped it since: skip what is gone.
-        let Ok(file) = FileId::of(&open_path) else {
+        let Some((open_path, file)) = open_mapped(pid, &mapping) else {
             continue;
         };
         if !objects.iter().any(|object| object.file == file) {
@@ -117,6 +117,23 @@ pub(crate) fn mapped_objects(pid: u32) -> Result<Vec<MappedObject>, TargetError>
         }
     }
     Ok(objects)
+}
+
+/// Where to open a mapped file, and its identity. Opening `/proc/PID/map_files` needs
+/// CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE (EPERM otherwise, seen in a container holding
+/// BPF, PERFMON, SYS_PTRACE and DAC_READ_SEARCH): without them the file is reached by its path
+/// under the process's root, which those four allow.
+fn open_mapped(pid: u32, mapping: &Mapping) -> Option<(PathBuf, FileId)> {
+    let map_file = PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range));
+    match FileId::of(&map_file) {
+        Ok(file) => Some((map_file, file)),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            let relative = mapping.path.strip_prefix("/").unwrap_or(&mapping.path);
+            let rooted = Path::new(&format!("/proc/{pid}/root")).join(relative);
+            FileId::of(&rooted).ok().map(|file| (rooted, file))
+        }
+        Err(_) => None,
+    }
 }
 
 /// One line of `/proc/PID/maps` that maps a file.
