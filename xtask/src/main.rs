@@ -37,11 +37,10 @@ enum Task {
         runs: u32,
     },
     /// Run every test: lints, deploy/, unit tests, the integration tests that load real eBPF
-    /// (as root), the container images built and run (`image-check`), and the README's first
-    /// command in a fresh clone with fresh toolchains.
+    /// (as root), and the README's first command in a fresh clone with fresh toolchains
+    /// (`image-check` runs on its own).
     Test {
-        /// Only integration tests whose name contains this (skips image-check and the
-        /// fresh-clone check).
+        /// Only integration tests whose name contains this (skips the fresh-clone check).
         filter: Option<String>,
     },
     /// The README's first command in a fresh clone of HEAD, with a fresh RUSTUP_HOME and
@@ -303,10 +302,5 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     if filter_given {
         return Ok(());
     }
-    // The images built and run: ~35 minutes on a fresh 2-core machine, within CI's 90 with the
-    // rest (see the README's Deploy section).
-    let mut image_tests = cargo();
-    image_tests.args(["test", "--release", "--package", "flowtap-tests"]);
-    image::check(&mut image_tests)?;
     fresh::check()
 }
