@@ -313,3 +313,29 @@ fn symbols_lists_refusals_apart_with_reasons_and_the_exit_mode() {
         "{panics}"
     );
 }
+
+/// Uprobes already on a file (another tracer's, or ours on a library armed before it loads) are
+/// put by the kernel into every private mapping of it: reading a function's first instructions
+/// from such a mapping showed a breakpoint, and `accumulate` (a `push %rbp` entry) was listed as
+/// single-stepped while another test probed it.
+#[test]
+fn probes_already_on_a_file_do_not_change_what_its_code_reads_as() {
+    let dir = scratch_dir("probed-file");
+    let copy = dir.join("cold");
+    std::fs::copy(fixture_dir().join("cold"), &copy).unwrap();
+    let copy = copy.to_str().unwrap();
+    let listing = || {
+        let (code, stdout, stderr) =
+            run_flowtap(&["symbols", "--exe", copy, "--filter", "accumulate"]);
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+    };
+    let unprobed = listing();
+    assert!(unprobed.contains("\n  accumulate\n"), "{unprobed}");
+    let agent = Running::start(flowtap().args(["run", "--exe", copy, "--symbols", "accumulate"]));
+    let probed = listing();
+    agent.interrupt();
+    let (code, stderr) = agent.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(probed, unprobed, "the listing while the file is probed");
+}
