@@ -23,6 +23,7 @@ macro_rules! eprint {
 
 pub mod cli;
 mod console;
+mod debug_file;
 mod export;
 mod host;
 mod instructions;

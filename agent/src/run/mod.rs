@@ -154,11 +154,21 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     // Launch mode forks here, so this comes before any thread is started.
     let mut target = Target::resolve(&spec)?;
     target.follow_children(children(config.children)?);
-    let plan = Arc::new(Plan::build(
-        &target.objects,
-        &selection,
-        &target.describe(),
-    )?);
+    let plan = if target.is_launch() {
+        target.follow_exec::<_, anyhow::Error>(
+            |name| selection.names_object(name),
+            |target| {
+                Ok(Plan::build(
+                    &target.objects,
+                    &selection,
+                    &target.describe(),
+                )?)
+            },
+        )?
+    } else {
+        Plan::build(&target.objects, &selection, &target.describe())?
+    };
+    let plan = Arc::new(plan);
     for note in plan.notes() {
         eprintln!("flowtap: note: {note}");
     }
