@@ -125,8 +125,13 @@ impl HeldChild {
                 }
                 WaitStatus::Exited(_, code) => return Ok(Step::Exited(code)),
                 WaitStatus::Signaled(_, signal, _) => return Ok(Step::Exited(128 + signal as i32)),
-                // A stop signal took effect: it stays stopped until SIGCONT, as without ptrace.
-                WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) => listen(pid)?,
+                // A stop signal took effect: it stays stopped until SIGCONT, as without ptrace
+                // (SIGCONT then reports the same event with SIGTRAP: it runs on).
+                WaitStatus::PtraceEvent(_, signal, libc::PTRACE_EVENT_STOP)
+                    if signal != nix::sys::signal::Signal::SIGTRAP =>
+                {
+                    listen(pid)?
+                }
                 WaitStatus::Stopped(_, signal) => ptrace::cont(pid, signal).map_err(follow)?,
                 _ => ptrace::cont(pid, None).map_err(follow)?,
             }
