@@ -37,6 +37,7 @@ mod loader;
 mod mapped_file;
 mod output_file;
 mod plan;
+mod processes;
 mod profile;
 mod profile_metrics;
 mod report;

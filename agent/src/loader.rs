@@ -17,7 +17,8 @@ use aya::{
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_TRACED, ProbeSpec, TraceContext,
+    AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_TRACED, ProbeSpec, ProcessInfo,
+    TraceContext,
     abi::{self, maps, programs},
 };
 
@@ -331,6 +332,29 @@ impl Probes {
         })
     }
 
+    /// Processes traced, counted as `how` says.
+    pub(crate) fn processes_traced(&self, how: ProcessCount) -> Result<u64, MapError> {
+        match how {
+            ProcessCount::One => Ok(1),
+            ProcessCount::Enrolled => self.traced_processes(),
+            ProcessCount::Calling => {
+                let map: HashMap<_, u32, ProcessInfo> =
+                    HashMap::try_from(self.kernel_map(maps::PROCESSES))?;
+                Ok(map
+                    .iter()
+                    .filter(|entry| entry.as_ref().is_ok_and(|(_, info)| info.exited == 0))
+                    .count() as u64)
+            }
+        }
+    }
+
+    /// What the kernel recorded of the process holding `pid`.
+    fn process(&self, pid: u32) -> Option<ProcessInfo> {
+        let map: HashMap<_, u32, ProcessInfo> =
+            HashMap::try_from(self.kernel_map(maps::PROCESSES)).ok()?;
+        map.get(&pid, 0).ok()
+    }
+
     /// Processes enrolled in the kernel's TRACED set (binary mode).
     pub(crate) fn traced_processes(&self) -> Result<u64, MapError> {
         let map: HashMap<_, u32, u8> = HashMap::try_from(self.kernel_map(maps::TRACED))?;
@@ -382,6 +406,23 @@ impl Probes {
         self.ebpf
             .map_mut(name)
             .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))
+    }
+}
+
+/// How `flowtap_processes_traced` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProcessCount {
+    /// The one process traced (PID or launch mode, children not followed).
+    One,
+    /// The kernel's TRACED set: the processes enrolled when probes fire for every process.
+    Enrolled,
+    /// The processes that called a probed function and still run (a library's users).
+    Calling,
+}
+
+impl crate::processes::ProcessTable for std::sync::Mutex<Probes> {
+    fn process(&self, pid: u32) -> Option<ProcessInfo> {
+        self.lock().expect("probes lock").process(pid)
     }
 }
 

@@ -30,8 +30,11 @@ pub mod maps {
     /// Threads with a shadow stack (task storage cannot be listed from userspace).
     pub const LIVE_STACKS: &str = "LIVE_STACKS";
 
+    /// Per process: when the kernel first saw it traced (fork, exec, first call) and its name.
+    pub const PROCESSES: &str = "PROCESSES";
+
     /// Every map the agent uses.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         STACKS,
         STATS,
         PROBE_STATS,
@@ -42,6 +45,7 @@ pub mod maps {
         SPANS,
         LOSSES,
         LIVE_STACKS,
+        PROCESSES,
     ];
 }
 

@@ -49,6 +49,12 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         &out.join("forkdemo"),
         &source.join("forkdemo.c"),
     ))?;
+    run(&mut compile(
+        "cc",
+        &flags,
+        &out.join("pidreuse"),
+        &source.join("pidreuse.c"),
+    ))?;
     build_stripped(&out)?;
     Ok(out)
 }

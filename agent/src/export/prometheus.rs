@@ -15,7 +15,7 @@ use prometheus::{
 use crate::{
     export::{metrics_server::ServerCounts, otlp::SpanCounts},
     kernel_counters::{FunctionStats, Snapshot},
-    loader::Probes,
+    loader::{Probes, ProcessCount},
     plan::Plan,
     profile_metrics::{FAILURE, LabelCap, ProfileMetrics, SUCCESS, Series, UNWOUND},
     workloads::Workloads,
@@ -63,8 +63,8 @@ pub(crate) struct Exporter {
     pub labels: Arc<Mutex<LabelCap>>,
     /// `service_name` label on every series.
     pub service: String,
-    /// Processes traced when it is not the kernel's TRACED set that says (PID, launch).
-    pub fixed_processes: Option<u64>,
+    /// How `flowtap_processes_traced` is counted.
+    pub processes: ProcessCount,
     /// The span stream's counts, when spans are exported.
     pub span_counts: Option<Arc<SpanCounts>>,
     /// Labels series with the workload (pod) of the cgroup the kernel counted them in.
@@ -86,7 +86,7 @@ impl Exporter {
         plan: Arc<Plan>,
         labels: Arc<Mutex<LabelCap>>,
         service: String,
-        fixed_processes: Option<u64>,
+        processes: ProcessCount,
         span_counts: Option<Arc<SpanCounts>>,
         workloads: Arc<dyn Workloads>,
     ) -> Self {
@@ -95,7 +95,7 @@ impl Exporter {
             plan,
             labels,
             service,
-            fixed_processes,
+            processes,
             span_counts,
             workloads,
             last_scrape_seconds: Mutex::new(0.0),
@@ -115,10 +115,7 @@ impl Exporter {
         let started = Instant::now();
         let (snapshot, processes, map_entries) = {
             let probes = self.probes.lock().expect("probes lock");
-            let processes = match self.fixed_processes {
-                Some(count) => count,
-                None => probes.traced_processes()?,
-            };
+            let processes = probes.processes_traced(self.processes)?;
             let map_entries = probes.map_entries()?;
             (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
         };

@@ -279,10 +279,11 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
         file: spans_file,
         counts: counts.clone(),
     };
-    let pump = spans_wanted
-        .then(|| span_pump(config, &prepared, &mut probes, sinks))
+    let stream = spans_wanted
+        .then(|| SpanStream::take(&mut probes))
         .transpose()?;
     let probes = Arc::new(Mutex::new(probes));
+    let pump = stream.map(|stream| span_pump(config, &prepared, stream, &probes, sinks));
     let labels = Arc::new(Mutex::new(LabelCap::default()));
     let span_counts = spans_wanted.then(|| counts.clone());
     let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts);
@@ -337,22 +338,17 @@ struct SpanSinks {
 fn span_pump(
     config: &RunConfig,
     prepared: &Prepared,
-    probes: &mut Probes,
+    stream: SpanStream,
+    probes: &Arc<Mutex<Probes>>,
     sinks: SpanSinks,
-) -> anyhow::Result<SpanPump> {
+) -> SpanPump {
     let factory = SpanFactory::new(
         config.service_name.clone(),
         prepared.target.executable(),
+        probes.clone(),
         prepared.workloads.clone(),
     );
-    let stream = SpanStream::take(probes)?;
-    Ok(SpanPump::new(
-        stream,
-        factory,
-        sinks.queue,
-        sinks.file,
-        sinks.counts,
-    ))
+    SpanPump::new(stream, factory, sinks.queue, sinks.file, sinks.counts)
 }
 
 /// What `/metrics` serves: the kernel's counts, read at each scrape.
@@ -374,8 +370,7 @@ fn metrics_exporter(
             prepared.plan.clone(),
             labels.clone(),
             service,
-            // Processes traced when it is not the kernel's TRACED set that says (PID, launch).
-            (!target.filters_by_process()).then_some(1),
+            target.process_count(),
             span_counts,
             prepared.workloads.clone(),
         )

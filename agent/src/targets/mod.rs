@@ -281,6 +281,17 @@ impl Target {
         }
     }
 
+    /// How the processes traced are counted: the kernel's TRACED set where probes filter by
+    /// process, a library's callers, else the one process.
+    pub(crate) fn process_count(&self) -> crate::loader::ProcessCount {
+        use crate::loader::ProcessCount;
+        match self.kind {
+            _ if self.filters_by_process() => ProcessCount::Enrolled,
+            TargetKind::Binary { .. } => ProcessCount::Calling,
+            TargetKind::Process { .. } | TargetKind::Launch { .. } => ProcessCount::One,
+        }
+    }
+
     /// Whether every process that starts the program is enrolled (binary mode), not only one
     /// traced before it exec'd.
     pub(crate) fn enrols_any_process(&self) -> bool {
