@@ -174,36 +174,14 @@ fn write_byte(fd: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// Programs that only start another one: the command is followed through them rather than
-/// traced, unless a selector names them (`bash:GLOB`). `#!` scripts run their interpreter,
-/// which is one of these (`/usr/bin/env`, a shell) or the program to trace (python3.11).
+/// Programs that only start another one by executing it: the command is followed through them
+/// rather than traced, unless a selector names them (`bash:GLOB`). `#!` scripts run their
+/// interpreter, which is one of these (`/usr/bin/env`, a shell) or the program to trace
+/// (python3.11). Wrappers that fork the program instead (`timeout`, `time`, `tini`) are not
+/// here: only executions are followed, so they would run it untraced.
 const WRAPPERS: &[&str] = &[
-    "sh",
-    "dash",
-    "bash",
-    "zsh",
-    "ksh",
-    "ksh93",
-    "mksh",
-    "ash",
-    "busybox",
-    "env",
-    "nice",
-    "nohup",
-    "setsid",
-    "timeout",
-    "stdbuf",
-    "taskset",
-    "chrt",
-    "ionice",
-    "time",
-    "setpriv",
-    "runuser",
-    "tini",
-    "dumb-init",
-    "gosu",
-    "su-exec",
-    "chpst",
+    "sh", "dash", "bash", "zsh", "ksh", "ksh93", "mksh", "ash", "busybox", "env", "nice", "nohup",
+    "setsid", "stdbuf", "taskset", "chrt", "ionice", "setpriv", "gosu", "su-exec", "chpst",
 ];
 
 /// Whether the program `file_name` is one that only starts another.
@@ -408,4 +386,26 @@ pub(crate) fn wait_exit_code(pid: u32) -> io::Result<i32> {
     } else {
         128 + libc::WTERMSIG(status)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrappers_that_execute_are_told_from_programs_and_forking_wrappers() {
+        for wrapper in ["sh", "dash", "bash", "env", "nice", "setsid"] {
+            assert!(is_wrapper(wrapper), "{wrapper}");
+        }
+        for program in ["python3.11", "redis-server", "timeout", "time", "tini"] {
+            assert!(!is_wrapper(program), "{program}");
+        }
+    }
+
+    #[test]
+    fn the_library_path_is_the_processs_own() {
+        // /proc/PID/environ is the environment the process started with, which tests keep.
+        let expected = std::env::var("LD_LIBRARY_PATH").ok();
+        assert_eq!(library_path(std::process::id()), expected);
+    }
 }
