@@ -214,6 +214,10 @@ impl Probes {
         }
         probes.write_specs(plan)?;
         probes.attach_lifecycle(fork_fields.is_some())?;
+        // Known to the kernel since before it started: recorded here.
+        if let Some(pid) = target.pid() {
+            probes.record(pid.get())?;
+        }
         // Enrolled before its probes go live: it counts from the moment they do.
         if target.filters_by_process()
             && let Some(pid) = target.pid()
@@ -337,15 +341,28 @@ impl Probes {
         match how {
             ProcessCount::One => Ok(1),
             ProcessCount::Enrolled => self.traced_processes(),
-            ProcessCount::Calling => {
-                let map: HashMap<_, u32, ProcessInfo> =
-                    HashMap::try_from(self.kernel_map(maps::PROCESSES))?;
-                Ok(map
-                    .iter()
-                    .filter(|entry| entry.as_ref().is_ok_and(|(_, info)| info.exited == 0))
-                    .count() as u64)
+            ProcessCount::Mapping(library) => {
+                Ok(crate::targets::process::processes_mapping(library) as u64)
             }
         }
+    }
+
+    /// Records process `pid`, which started before the kernel could see it, as `/proc` shows it.
+    fn record(&mut self, pid: u32) -> Result<(), LoadError> {
+        let Some(info) = crate::processes::from_proc(pid) else {
+            return Ok(());
+        };
+        let mut map: HashMap<_, u32, ProcessInfo> =
+            HashMap::try_from(self.kernel_map_mut(maps::PROCESSES)).map_err(|source| {
+                LoadError::Map {
+                    name: maps::PROCESSES,
+                    source,
+                }
+            })?;
+        map.insert(&pid, &info, 0).map_err(|source| LoadError::Map {
+            name: maps::PROCESSES,
+            source,
+        })
     }
 
     /// What the kernel recorded of the process holding `pid`.
@@ -416,8 +433,8 @@ pub(crate) enum ProcessCount {
     One,
     /// The kernel's TRACED set: the processes enrolled when probes fire for every process.
     Enrolled,
-    /// The processes that called a probed function and still run (a library's users).
-    Calling,
+    /// The processes that map the library that is the target (its probes are in them).
+    Mapping(crate::targets::process::FileId),
 }
 
 impl crate::processes::ProcessTable for std::sync::Mutex<Probes> {

@@ -597,9 +597,13 @@ fn selected_functions<'a>(
         .iter()
         .filter(|profile| profile.applies_to(object))
         .collect();
+    // A debug file also lists a library's internals (ld.so's, libc's), which a broad glob
+    // would reach: they are selected only where the selection names their object.
+    let internals = selection.names_object(name);
     object
         .functions
         .iter()
+        .filter(|f| !f.from_debug_file || internals)
         .filter_map(|f| {
             f.names().find_map(|(raw, demangled)| {
                 let rule = profiles

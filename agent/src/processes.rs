@@ -1,7 +1,8 @@
 //! Which process a span came from. A PID alone is not one: a traced process that exits leaves
-//! its PID to the next, so the kernel stamps each process with when it started (fork, exec or
-//! first call: `ProcessInfo`) and spans carry (PID, start). Names come from the kernel, which
-//! knows them after the process is gone; `/proc` is read only while it still shows that
+//! its PID to the next, so the kernel records each traced process with when it started (at a
+//! traced fork, at exec: `ProcessInfo`; the agent records the one it traces from before), and
+//! spans are matched to that record as they are pumped: a process is (PID, start). Names come
+//! from the record, which outlives the process; `/proc` is read only while it still shows that
 //! process. The resources built from them are kept in a bounded cache that drops exited
 //! processes first.
 
@@ -65,6 +66,23 @@ fn still_running(pid: u32, start: u64, name: Option<&str>) -> bool {
 
 /// Clock conversion jitter allowed when comparing starts.
 const SLACK_NS: i128 = 1_000_000;
+
+/// Process `pid` as the kernel would have recorded it, from `/proc`: for processes traced from
+/// before the kernel could see them start.
+pub(crate) fn from_proc(pid: u32) -> Option<ProcessInfo> {
+    let start = u64::try_from(proc_start_monotonic_ns(pid)?.max(1)).ok()?;
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let mut comm = [0u8; flowtap_common::COMM_LEN];
+    let name = name.trim_end().as_bytes();
+    let len = name.len().min(comm.len() - 1);
+    comm[..len].copy_from_slice(&name[..len]);
+    Some(ProcessInfo {
+        start_ns: start,
+        comm,
+        exited: 0,
+        _padding: 0,
+    })
+}
 
 /// When `/proc/PID/stat` says the process started, on CLOCK_MONOTONIC.
 fn proc_start_monotonic_ns(pid: u32) -> Option<i128> {

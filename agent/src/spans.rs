@@ -206,6 +206,12 @@ impl SpanFactory {
         })
     }
 
+    /// When the process now holding `pid` started, as the kernel recorded it (0: unknown). Read
+    /// as its spans are pumped, every 100 ms: a PID reused within that time is not told apart.
+    pub(crate) fn started(&self, pid: u32) -> u64 {
+        self.processes.process(pid).map_or(0, |info| info.start_ns)
+    }
+
     /// The resource of process `pid` that started at `start`: semantic-convention process
     /// attributes, the service name, the host, and `OTEL_RESOURCE_ATTRIBUTES`.
     pub(crate) fn resource(&mut self, pid: u32, start: u64, cgroup: u64) -> Resource {
@@ -378,21 +384,22 @@ impl SpanPump {
             self.events.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        let mut by_process: HashMap<(u32, u64, u64), Vec<SpanData>> = HashMap::new();
+        let mut by_process: HashMap<(u32, u64), Vec<SpanData>> = HashMap::new();
         for record in &self.events {
             self.slowest.add(record, plan);
             if let Some(span) = self.factory.span(record, plan) {
                 let event = &record.event;
                 by_process
-                    .entry((event.tgid, event.process_start, event.cgroup))
+                    .entry((event.tgid, event.cgroup))
                     .or_default()
                     .push(span);
             }
         }
-        for ((pid, start, cgroup), spans) in by_process {
+        for ((pid, cgroup), spans) in by_process {
             if !self.factory.reports(cgroup) {
                 continue;
             }
+            let start = self.factory.started(pid);
             let resource = self.factory.resource(pid, start, cgroup);
             if let Some(file) = &mut self.file {
                 let dropped = file.write_or_count(&resource, spans.clone());

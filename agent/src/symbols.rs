@@ -35,6 +35,8 @@ pub(crate) struct Function {
     pub costly_entry: bool,
     /// Why it must not be probed, if so.
     pub refusal: Option<Refusal>,
+    /// Known only from the object's separate debug file (a library's internals, say).
+    pub from_debug_file: bool,
 }
 
 /// Why flowtap will not put a probe on a function.
@@ -186,13 +188,14 @@ impl ElfObject {
         });
         let mut symbols: Vec<_> =
             text_symbols(elf.dynamic_symbols().chain(elf.symbols())).collect();
+        let own = symbols.len();
         if let Some((_, debug_elf)) = &debug_elf {
             symbols.extend(text_symbols(debug_elf.symbols()));
         }
         let has_symtab = elf.section_by_name(".symtab").is_some();
         Ok(Self {
             path: path.to_path_buf(),
-            functions: collect_functions(&symbols, &segments, data, entry_offset),
+            functions: collect_functions(&symbols, own, &segments, data, entry_offset),
             entry_offset,
             is_executable,
             needed,
@@ -340,21 +343,24 @@ fn text_symbols<'data>(
         })
 }
 
+/// Functions from `symbols`, the first `own` of them the object's, the others its debug file's.
 fn collect_functions(
     symbols: &[(&str, u64, u64)],
+    own: usize,
     segments: &LoadSegments,
     data: &[u8],
     entry_offset: Option<u64>,
 ) -> Vec<Function> {
     // Exported names first: where a local alias shares an address, a public name is primary.
     let mut by_offset = std::collections::BTreeMap::new();
-    for &(raw_name, address, size) in symbols {
+    for (index, &(raw_name, address, size)) in symbols.iter().enumerate() {
         let Some(file_offset) = segments.file_offset(address) else {
             continue;
         };
-        let function = by_offset
-            .entry(file_offset)
-            .or_insert_with(|| new_function(raw_name, file_offset, size, data));
+        let function = by_offset.entry(file_offset).or_insert_with(|| Function {
+            from_debug_file: index >= own,
+            ..new_function(raw_name, file_offset, size, data)
+        });
         if function.raw_name != raw_name && !function.aliases.iter().any(|a| a == raw_name) {
             function.aliases.push(raw_name.to_string());
         }
@@ -391,6 +397,7 @@ fn new_function(raw_name: &str, file_offset: u64, size: u64, data: &[u8]) -> Fun
         probe_offset: file_offset.saturating_add(entry.skip),
         costly_entry: entry.single_stepped,
         refusal: entry.lock_prefix.then_some(Refusal::LockPrefix),
+        from_debug_file: false,
     }
 }
 

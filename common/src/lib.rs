@@ -100,21 +100,19 @@ pub struct ShadowStack {
     pub untracked_sp: u64,
     /// The trace of the calls on this stack, set when its outermost call starts.
     pub trace_id: [u64; 2],
-    /// Its process's [`ProcessInfo::start_ns`], set with the stack and at exec.
-    pub process_start: u64,
     pub frames: [Frame; MAX_DEPTH],
 }
 
 /// Bytes of a task's `comm` (its name: the executable's file name, 15 bytes at most, NUL-ended).
 pub const COMM_LEN: usize = 16;
 
-/// A traced process as the kernel saw it start: at fork (the child of a traced process), at
-/// exec, or at its first probed call. A PID reused later gets a new `start_ns`, so (PID,
+/// A traced process as the kernel saw it start: at fork (the child of a traced process) or at
+/// exec; the agent records those it traces from before. A PID reused later gets a new `start_ns`, so (PID,
 /// `start_ns`) names one process; the name stays known after the process is gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessInfo {
-    /// CLOCK_MONOTONIC when it was first seen, or last exec'd.
+    /// CLOCK_MONOTONIC when it was forked or last exec'd (for one traced from before, its start).
     pub start_ns: u64,
     /// `comm` then: the executable's file name (truncated) after an exec.
     pub comm: [u8; COMM_LEN],
@@ -152,8 +150,6 @@ pub struct SpanEvent {
     pub probe_id: u32,
     pub tgid: u32,
     pub tid: u32,
-    /// The process's [`ProcessInfo::start_ns`]: which process `tgid` was when PIDs are reused.
-    pub process_start: u64,
     /// [`SPAN_FAILED`], [`SPAN_UNWOUND`].
     pub flags: u32,
     pub values: [u64; CAPTURES],

@@ -95,51 +95,26 @@ pub(crate) fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
 /// modes it stays known as exec'd, the entry probe's only way to tell it from strangers.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub(crate) fn process_exec(_ctx: BtfTracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    // First, with nothing else live: closing every call is what the verifier walks longest.
+    close_all();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a lookup whose value is only tested for presence.
     let traced = unsafe { TRACED.get(&tgid) }.is_some();
-    // A process seen before is another program now: a new start, under its new name.
-    let start = if traced || was_seen(tgid) {
-        record_process(tgid)
-    } else {
-        0
-    };
-    if let Some(stack) = stack::current(false) {
-        close_every_call(stack);
-        stack.process_start = start;
-    }
     if config().enrol_any != 0 || !traced {
         let _ = TRACED.remove(&tgid);
-    } else {
-        let _ = TRACED.insert(&tgid, &PROCESS_EXECED, 0);
+        // Recorded again at its next first call, should it be traced (binary, library modes).
+        let _ = PROCESSES.remove(&tgid);
+        return 0;
     }
+    let _ = TRACED.insert(&tgid, &PROCESS_EXECED, 0);
+    // Another program now: a new start, under its new name.
+    record_process(tgid);
     0
 }
 
-/// Whether the kernel recorded process `tgid`. Its own function: the verifier refuses the
-/// pointer OR the compiler makes of two inline presence tests.
-#[inline(never)]
-fn was_seen(tgid: u32) -> bool {
-    // SAFETY: a lookup whose value is only tested for presence.
-    unsafe { PROCESSES.get(&tgid) }.is_some()
-}
-
-/// The calling process's start, as recorded; recorded now if it has none yet, or only that of
-/// an exited process that held its PID before.
+/// Records process `tgid` as starting now, named as the calling thread is.
 #[inline(always)]
-pub(crate) fn process_start() -> u64 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: a lookup in a map of plain values, copied out at once.
-    match unsafe { PROCESSES.get(&tgid) } {
-        Some(info) if info.exited == 0 => info.start_ns,
-        _ => record_process(tgid),
-    }
-}
-
-/// Records process `tgid` as starting now, named as the calling thread is; its start.
-#[inline(always)]
-fn record_process(tgid: u32) -> u64 {
+fn record_process(tgid: u32) {
     let info = ProcessInfo {
         start_ns: stack::now_ns(),
         comm: bpf_get_current_comm().unwrap_or_default(),
@@ -148,7 +123,6 @@ fn record_process(tgid: u32) -> u64 {
     };
     // An LRU map: never full, its oldest entry goes.
     let _ = PROCESSES.insert(&tgid, &info, 0);
-    info.start_ns
 }
 
 /// Closes every call of the thread, which is traced again only if found in `TRACED` anew;
@@ -158,13 +132,8 @@ fn close_all() -> bool {
     let Some(stack) = stack::current(false) else {
         return false;
     };
-    close_every_call(stack);
-    true
-}
-
-#[inline(always)]
-fn close_every_call(stack: &mut flowtap_common::ShadowStack) {
     close_while(stack, |_| true);
     stack.untracked_sp = 0;
     stack.state &= !STACK_TRACED;
+    true
 }

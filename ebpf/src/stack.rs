@@ -64,8 +64,6 @@ pub(crate) fn current(create: bool) -> Option<&'static mut ShadowStack> {
     if stack.state & STACK_COUNTED == 0 {
         stack.state |= STACK_COUNTED;
         count_live_stacks(1);
-        // Once per thread: which process its spans belong to, should the PID be reused.
-        stack.process_start = crate::lifecycle::process_start();
     }
     Some(stack)
 }
@@ -230,7 +228,6 @@ pub(crate) fn end(
             probe_id: frame.probe_id,
             tgid: (pid_tgid >> 32) as u32,
             tid,
-            process_start: stack.process_start,
             flags,
             values: frame.values,
             ret,

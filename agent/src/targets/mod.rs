@@ -282,12 +282,12 @@ impl Target {
     }
 
     /// How the processes traced are counted: the kernel's TRACED set where probes filter by
-    /// process, a library's callers, else the one process.
+    /// process, those mapping a library target, else the one process.
     pub(crate) fn process_count(&self) -> crate::loader::ProcessCount {
         use crate::loader::ProcessCount;
         match self.kind {
             _ if self.filters_by_process() => ProcessCount::Enrolled,
-            TargetKind::Binary { .. } => ProcessCount::Calling,
+            TargetKind::Binary { file, .. } => ProcessCount::Mapping(file),
             TargetKind::Process { .. } | TargetKind::Launch { .. } => ProcessCount::One,
         }
     }
