@@ -5,7 +5,8 @@ use aya::maps::{HashMap, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use std::collections::BTreeMap;
 
 use flowtap_common::{
-    AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, StatsKey, abi::maps, histogram,
+    AggregateKey, AggregateValue, Loss, MAX_SUMS, ProbeStats, StatsKey, abi::maps,
+    capture::CaptureCount, histogram,
 };
 
 use crate::{loader::Probes, plan::Plan, workloads::Workloads};
@@ -127,6 +128,8 @@ pub(crate) struct Snapshot {
     pub functions: Vec<FunctionStats>,
     pub aggregates: Vec<AggregateRow>,
     pub losses: Vec<(Loss, u64)>,
+    /// The byte capture's counters (all zero when no probe captures bytes).
+    pub capture: Vec<(CaptureCount, u64)>,
 }
 
 impl Snapshot {
@@ -158,10 +161,17 @@ impl Snapshot {
             .iter()
             .map(|&loss| Ok((loss, counters.get(&(loss as u32), 0)?.iter().sum())))
             .collect::<Result<_, MapError>>()?;
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(probes.kernel_map(maps::CAPTURE_COUNTS))?;
+        let capture = CaptureCount::ALL
+            .iter()
+            .map(|&count| Ok((count, counters.get(&(count as u32), 0)?.iter().sum())))
+            .collect::<Result<_, MapError>>()?;
         Ok(Self {
             functions,
             aggregates: read_aggregates(probes)?,
             losses,
+            capture,
         })
     }
 
@@ -197,6 +207,7 @@ impl Snapshot {
             functions,
             aggregates,
             losses: self.losses.clone(),
+            capture: self.capture.clone(),
         }
     }
 
@@ -241,8 +252,6 @@ fn function_stats(
         function.entered += cpu.entered;
         function.unwound += cpu.unwound;
         function.untimed += cpu.untimed;
-        // Pushed on one CPU, closed on another: only the sum is meaningful.
-        function.in_flight = function.in_flight.wrapping_add(cpu.in_flight);
         function.unentered_returns += cpu.unentered_returns;
         function.errors += cpu.errors;
         function.total_ns += cpu.total_ns;
@@ -252,6 +261,10 @@ fn function_stats(
         }
     }
     function.calls = function.returned() + function.unwound + function.untimed;
+    // The kernel does not count calls in flight apart (see `ProbeStats`). A read while calls
+    // run copies `entered` before the fields after it, so it can be short by the calls entered
+    // meanwhile: never below zero.
+    function.in_flight = function.entered.saturating_sub(function.calls);
     (function.entered > 0 || function.unentered_returns > 0).then_some(function)
 }
 

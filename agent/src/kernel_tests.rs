@@ -74,13 +74,16 @@ fn stats(ebpf: &Ebpf, id: u32) -> (u64, u64, u64, u64, u64) {
     let map: PerCpuArray<_, ProbeStats> =
         PerCpuArray::try_from(ebpf.map(maps::PROBE_STATS).unwrap()).unwrap();
     let mut sums = (0, 0, 0, 0u64, 0);
+    let mut untimed = 0;
     for cpu in map.get(&id, 0).unwrap().iter() {
         sums.0 += cpu.entered;
         sums.1 += cpu.buckets.iter().sum::<u64>();
         sums.2 += cpu.unwound;
-        sums.3 = sums.3.wrapping_add(cpu.in_flight);
+        untimed += cpu.untimed;
         sums.4 += cpu.errors;
     }
+    // In flight: entered and not ended (the kernel does not count them apart).
+    sums.3 = sums.0 - sums.1 - sums.2 - untimed;
     sums
 }
 

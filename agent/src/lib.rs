@@ -21,10 +21,12 @@ macro_rules! eprint {
     }};
 }
 
+mod capture_ring;
 pub mod cli;
 mod console;
 mod debug_file;
 mod export;
+mod genai;
 mod host;
 mod instructions;
 mod invoker;
@@ -33,6 +35,7 @@ mod kernel_log;
 #[cfg(test)]
 mod kernel_tests;
 mod kubernetes;
+mod library_loads;
 mod loader;
 mod mapped_file;
 mod output_file;

@@ -4,12 +4,13 @@
 
 use std::{
     num::NonZeroU32,
+    ops::Range,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         BtfTracePoint, ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -20,12 +21,18 @@ use flowtap_common::{
     AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_TRACED, ProbeSpec, ProcessInfo,
     TraceContext,
     abi::{self, maps, programs},
+    capture::{CAPTURE_RING_BYTES, ConnectionKey},
 };
+
+use crate::symbols::ElfObject;
 
 use crate::{
     plan::{ExitPoints, Plan, PlannedProbe},
     targets::Target,
 };
+
+/// The kernel's set of connections whose bytes are not captured.
+pub(crate) type QuietConnections = HashMap<MapData, ConnectionKey, u8>;
 
 /// The production programs.
 pub(crate) static KERNEL_PROGRAMS: &[u8] =
@@ -76,6 +83,8 @@ pub(crate) enum LoadError {
     KernelLog(#[source] aya_log::Error),
     #[error("cannot start reading the kernel's diagnostics (--kernel-log)")]
     KernelLogThread(#[source] std::io::Error),
+    #[error("cannot start following the libraries the target loads")]
+    FollowerThread(#[source] std::io::Error),
 }
 
 /// What became of the verifier's log of a refused program.
@@ -149,6 +158,10 @@ const STATS_MEMORY_BUDGET: usize = 256 << 20;
 /// memory budget, further ones are counted as `stats_map_full` losses.
 const CGROUPS_PER_PROBE: u32 = 64;
 
+/// Probes that libraries loaded later can add to those planned at start; beyond, their functions
+/// are counted as not probed (`Plan::over_capacity`).
+const LATER_PROBES: u32 = 4096;
+
 /// How many probes' statistics fit the budget on this machine.
 fn stats_capacity() -> u32 {
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.get() as usize);
@@ -179,6 +192,8 @@ pub(crate) struct LoadOptions {
     pub(crate) kernel_log: Option<KernelLogLevel>,
     /// Write the verifier's log here when the kernel refuses a program.
     pub(crate) verifier_log: Option<PathBuf>,
+    /// Bytes of the capture ring (a power of two, at least a page); `None`: the default.
+    pub(crate) capture_ring_bytes: Option<u32>,
 }
 
 /// The loaded programs and their links: dropping this detaches every probe.
@@ -192,6 +207,10 @@ pub(crate) struct Probes {
     /// Whether stats are kept per cgroup (the `STATS` map) or per probe (`PROBE_STATS`).
     pub(crate) by_cgroup: bool,
     pub(crate) attached: usize,
+    /// How many probes the kernel's per-probe tables hold: planned ones and room for more.
+    pub(crate) capacity: usize,
+    /// Probes on every process, filtered in the kernel by `TRACED`; else on this one.
+    pid: Option<NonZeroU32>,
 }
 
 impl Probes {
@@ -201,18 +220,30 @@ impl Probes {
         options: &LoadOptions,
     ) -> Result<Self, LoadError> {
         let fork_fields = fork_fields(target);
+        let capacity = capacity(plan);
         let mut probes = Self {
-            ebpf: load_object(plan, target, options, fork_fields)?,
+            ebpf: load_object(
+                capacity,
+                target,
+                options,
+                fork_fields,
+                capture_ring_bytes(plan, options),
+            )?,
             floor: None,
             _kernel_log: None,
             verifier_log: options.verifier_log.clone(),
             by_cgroup: options.by_cgroup,
             attached: 0,
+            capacity: capacity as usize,
+            pid: target.attach_pid(),
         };
         if options.kernel_log.is_some() {
             probes._kernel_log = Some(crate::kernel_log::forward(&mut probes.ebpf)?);
         }
-        probes.write_specs(plan)?;
+        probes.write_specs(plan, 0..plan.probes.len())?;
+        if plan.captures_bytes() && !options.empty_programs {
+            probes.load_capture_programs()?;
+        }
         probes.attach_lifecycle(fork_fields.is_some())?;
         // Known to the kernel since before it started: recorded here.
         if let Some(pid) = target.pid() {
@@ -225,22 +256,12 @@ impl Probes {
             probes.enrol(&[pid.get()])?;
         }
         if options.empty_programs {
-            let mut floor = EbpfLoader::new()
+            let floor = EbpfLoader::new()
                 .load(EMPTY_PROGRAMS)
                 .map_err(LoadError::Load)?;
-            attach_calls(&mut floor, plan, target.attach_pid(), Names::EMPTY, None)?;
             probes.floor = Some(floor);
-        } else {
-            let log = probes.verifier_log.clone();
-            attach_calls(
-                &mut probes.ebpf,
-                plan,
-                target.attach_pid(),
-                Names::CALLS,
-                log,
-            )?;
         }
-        probes.attached = plan.probes.len();
+        probes.attach_objects(plan, 0..plan.objects.len())?;
         if target.filters_by_process()
             && let Some(program) = target.objects.first().filter(|o| o.is_executable)
             && let Some(entry) = program.entry_offset
@@ -250,19 +271,129 @@ impl Probes {
         Ok(probes)
     }
 
-    fn write_specs(&mut self, plan: &Plan) -> Result<(), LoadError> {
+    /// Attaches the probes of the plan's `objects` (entries last), and counts them.
+    pub(crate) fn attach_objects(
+        &mut self,
+        plan: &Plan,
+        objects: Range<usize>,
+    ) -> Result<(), LoadError> {
+        let probes: Vec<usize> = plan
+            .probes
+            .iter()
+            .enumerate()
+            .filter(|(_, probe)| objects.contains(&probe.object))
+            .map(|(index, _)| index)
+            .collect();
+        if let (Some(first), Some(last)) = (probes.first(), probes.last()) {
+            self.write_specs(plan, *first..*last + 1)?;
+        }
+        let log = self.verifier_log.clone();
+        let (ebpf, names) = match &mut self.floor {
+            Some(floor) => (floor, Names::EMPTY),
+            None => (&mut self.ebpf, Names::CALLS),
+        };
+        attach_calls(ebpf, plan, objects, self.pid, names, log)?;
+        self.attached += probes.len();
+        Ok(())
+    }
+
+    /// Has the kernel check and load the entry and exit programs now, not when a library
+    /// loaded later first needs them: on a VM the verifier takes up to a second for them,
+    /// during which the library's first calls would go unseen.
+    pub(crate) fn load_call_programs(&mut self) -> Result<(), LoadError> {
+        let multi = multi_index();
+        let log = self.verifier_log.clone();
+        let (ebpf, names) = match &mut self.floor {
+            Some(floor) => (floor, Names::EMPTY),
+            None => (&mut self.ebpf, Names::CALLS),
+        };
+        for program in [names.ret[multi], names.ret_insn[multi], names.entry[multi]] {
+            let uprobe: &mut UProbe = program_mut(ebpf, program, log.as_deref())?;
+            if uprobe.fd().is_err() {
+                uprobe.load().map_err(refusal(program, log.as_deref()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the agent through the `LOADS` ring whenever the dynamic loader `loader` (in which
+    /// its debugger hook is at `hook`) changes a traced process's objects.
+    pub(crate) fn attach_loader_hook(
+        &mut self,
+        loader: &ElfObject,
+        hook: u64,
+    ) -> Result<(), LoadError> {
+        let program = programs::OBJECTS_CHANGED;
+        let log = self.verifier_log.clone();
+        let scope = self
+            .pid
+            .map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let uprobe: &mut UProbe = program_mut(&mut self.ebpf, program, log.as_deref())?;
+        uprobe.load().map_err(refusal(program, log.as_deref()))?;
+        uprobe
+            .attach([hook], &loader.path, scope)
+            .map_err(|error| LoadError::Attach {
+                object: loader.file_name(),
+                cause: Refusal(Box::new(error)),
+            })?;
+        Ok(())
+    }
+
+    /// The ring buffer of the loader hook's notices, which the follower owns from then on.
+    pub(crate) fn take_load_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(maps::LOADS)
+            .expect("map LOADS is defined by flowtap-ebpf");
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            name: maps::LOADS,
+            source,
+        })
+    }
+
+    /// Writes the kernel's spec of the plan's `probes`.
+    fn write_specs(&mut self, plan: &Plan, probes: Range<usize>) -> Result<(), LoadError> {
         let map_error = |source| LoadError::Map {
             name: maps::SPECS,
             source,
         };
         let mut specs: Array<_, ProbeSpec> =
             Array::try_from(self.kernel_map_mut(maps::SPECS)).map_err(map_error)?;
-        for probe in &plan.probes {
+        for probe in &plan.probes[probes] {
             let spec = ProbeSpec {
                 return_probe: u8::from(probe.exit == ExitPoints::ReturnProbe),
                 ..probe.spec
             };
             specs.set(probe.id, &spec, 0).map_err(map_error)?;
+        }
+        Ok(())
+    }
+
+    /// The chunk programs the entry and exit programs tail-call to copy captured bytes: one per
+    /// program kind, each in the program array its kind tail-calls through.
+    fn load_capture_programs(&mut self) -> Result<(), LoadError> {
+        let log = self.verifier_log.clone();
+        for (program, array) in [
+            (programs::CAPTURE_CHUNKS, maps::CAPTURE_TAIL),
+            (programs::CAPTURE_CHUNKS_MULTI, maps::CAPTURE_TAIL_MULTI),
+        ] {
+            let uprobe: &mut UProbe = program_mut(&mut self.ebpf, program, log.as_deref())?;
+            uprobe.load().map_err(refusal(program, log.as_deref()))?;
+            let fd = uprobe
+                .fd()
+                .map_err(refusal(program, log.as_deref()))?
+                .try_clone()
+                .map_err(|error| LoadError::Map {
+                    name: array,
+                    source: MapError::IoError(error),
+                })?;
+            let map_error = |source| LoadError::Map {
+                name: array,
+                source,
+            };
+            let mut slots =
+                ProgramArray::try_from(self.kernel_map_mut(array)).map_err(map_error)?;
+            slots.set(0, &fd, 0).map_err(map_error)?;
         }
         Ok(())
     }
@@ -372,6 +503,28 @@ impl Probes {
         map.get(&pid, 0).ok()
     }
 
+    /// The ring buffer of captured bytes and the map of quiet connections, which the capture
+    /// reader owns from then on.
+    pub(crate) fn take_capture(
+        &mut self,
+    ) -> Result<(RingBuf<MapData>, QuietConnections), LoadError> {
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name)
+                .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))
+        };
+        let ring = take(&mut self.ebpf, maps::CAPTURED);
+        let ring = RingBuf::try_from(ring).map_err(|source| LoadError::Map {
+            name: maps::CAPTURED,
+            source,
+        })?;
+        let quiet = take(&mut self.ebpf, maps::QUIET);
+        let quiet = HashMap::try_from(quiet).map_err(|source| LoadError::Map {
+            name: maps::QUIET,
+            source,
+        })?;
+        Ok((ring, quiet))
+    }
+
     /// Processes enrolled in the kernel's TRACED set (binary mode).
     pub(crate) fn traced_processes(&self) -> Result<u64, MapError> {
         let map: HashMap<_, u32, u8> = HashMap::try_from(self.kernel_map(maps::TRACED))?;
@@ -443,12 +596,21 @@ impl crate::processes::ProcessTable for std::sync::Mutex<Probes> {
     }
 }
 
+/// The probes the per-probe tables are sized for: those planned, and room for libraries loaded
+/// later.
+fn capacity(plan: &Plan) -> u32 {
+    (plan.probes.len() as u32)
+        .saturating_add(LATER_PROBES)
+        .clamp(1, MAX_PROBES)
+}
+
 /// Loads the production object with its configuration and map sizes (programs not yet).
 fn load_object(
-    plan: &Plan,
+    map_size: u32,
     target: &Target,
     options: &LoadOptions,
     fork_fields: Option<(u16, u16)>,
+    capture_ring_bytes: u32,
 ) -> Result<Ebpf, LoadError> {
     let (new_task_pid_offset, new_task_flags_offset) = fork_fields.unwrap_or((0, 0));
     let config = Config {
@@ -460,7 +622,6 @@ fn load_object(
         _pad: 0,
         sample_threshold: Config::sample_threshold(options.sample_rate),
     };
-    let map_size = (plan.probes.len() as u32).clamp(1, MAX_PROBES);
     // The map not used is still created: at its smallest.
     let (keyed, indexed) = if options.by_cgroup {
         (map_size.saturating_mul(CGROUPS_PER_PROBE), 1)
@@ -476,8 +637,22 @@ fn load_object(
         .map_max_entries(maps::STATS, keyed.min(stats_capacity()))
         .map_max_entries(maps::PROBE_STATS, indexed.min(stats_capacity()))
         .map_max_entries(maps::SPECS, map_size)
+        .map_max_entries(maps::CAPTURED, capture_ring_bytes)
         .load(KERNEL_PROGRAMS)
         .map_err(LoadError::Load)
+}
+
+/// The capture ring's size: at its smallest (one page) when no probe captures bytes.
+fn capture_ring_bytes(plan: &Plan, options: &LoadOptions) -> u32 {
+    let page = 4096;
+    if !plan.captures_bytes() {
+        return page;
+    }
+    options
+        .capture_ring_bytes
+        .unwrap_or(CAPTURE_RING_BYTES)
+        .max(page)
+        .next_power_of_two()
 }
 
 /// Where the new-task tracepoint's record keeps the child's id and clone flags, when processes
@@ -562,22 +737,28 @@ impl Names {
     };
 }
 
-/// Attaches every probe's exits, then every entry.
+/// Which of a `[per point, uprobe.multi]` pair of programs to use: one link per object with
+/// uprobe.multi (kernel >= 6.6); one perf event per point on older kernels.
+fn multi_index() -> usize {
+    usize::from(
+        is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter).unwrap_or(false),
+    )
+}
+
+/// Attaches the exits of the probes of `objects`, then their entries.
 fn attach_calls(
     ebpf: &mut Ebpf,
     plan: &Plan,
+    objects: Range<usize>,
     pid: Option<NonZeroU32>,
     names: Names,
     log: Option<PathBuf>,
 ) -> Result<(), LoadError> {
-    // One link per object with uprobe.multi (kernel >= 6.6); one perf event per point on older
-    // kernels.
-    let multi = usize::from(
-        is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter).unwrap_or(false),
-    );
+    let multi = multi_index();
     let scope = pid.map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
     let attach = Attach {
         plan,
+        objects,
         scope,
         log: log.as_deref(),
     };
@@ -594,6 +775,7 @@ fn attach_calls(
 
 struct Attach<'a> {
     plan: &'a Plan,
+    objects: Range<usize>,
     scope: UProbeScope,
     log: Option<&'a Path>,
 }
@@ -607,7 +789,9 @@ impl Attach<'_> {
         program: &'static str,
         points_of: impl Fn(&PlannedProbe) -> Vec<u64>,
     ) -> Result<(), LoadError> {
-        let per_object: Vec<(usize, Vec<UProbeAttachPoint>)> = (0..self.plan.objects.len())
+        let per_object: Vec<(usize, Vec<UProbeAttachPoint>)> = self
+            .objects
+            .clone()
             .map(|object| {
                 let points = self
                     .plan
@@ -629,17 +813,20 @@ impl Attach<'_> {
             return Ok(());
         }
         let uprobe: &mut UProbe = program_mut(ebpf, program, self.log)?;
-        uprobe.load().map_err(refusal(program, self.log))?;
+        // Loaded once, attached again for objects loaded later.
+        if uprobe.fd().is_err() {
+            uprobe.load().map_err(refusal(program, self.log))?;
+        }
         let total: usize = per_object.iter().map(|(_, points)| points.len()).sum();
         let mut progress = crate::console::Progress::new();
         let mut done = 0;
         for (object, points) in per_object {
-            let path = &self.plan.objects[object].path;
+            let object = &self.plan.objects[object];
             done += points.len();
             progress.show(total, format_args!("attaching {program} {done}/{total}"));
             uprobe
-                .attach(points, path, self.scope)
-                .map_err(|error| self.attach_error(path, error))?;
+                .attach(points, &object.path, self.scope)
+                .map_err(|error| self.attach_error(&object.shown_path, error))?;
         }
         Ok(())
     }

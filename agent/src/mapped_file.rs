@@ -85,13 +85,17 @@ impl MappedFile {
                 len: 0,
             });
         }
-        // SAFETY: a fresh read-only private mapping of an open file; nothing else aliases it.
+        // Shared, not private: the kernel puts the breakpoints of uprobes already on the file
+        // (ours on a library pre-armed before it loads, another tracer's) into every private
+        // mapping of it that may execute, and the code read here would show them in place of
+        // the functions' first instructions.
+        // SAFETY: a fresh read-only mapping of a file opened read-only; nothing writes through it.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ,
-                libc::MAP_PRIVATE,
+                libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
             )

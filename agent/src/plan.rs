@@ -1,7 +1,7 @@
 //! The probe plan: which functions of which objects get probes, each with a probe id (the attach
 //! cookie), the spec the kernel works by, and the profile rule that gives the calls meaning.
 
-use std::{path::PathBuf, str::FromStr, sync::Arc};
+use std::{ops::Range, path::PathBuf, str::FromStr, sync::Arc};
 
 use flowtap_common::{MAX_PROBES, ProbeSpec};
 use glob::Pattern;
@@ -47,9 +47,19 @@ impl FromStr for SymbolSelector {
 }
 
 impl SymbolSelector {
-    fn matches(&self, object_name: &str, raw: &str, demangled: &str) -> bool {
-        self.object.as_ref().is_none_or(|o| o.matches(object_name))
+    /// Whether it selects the function `raw` (`demangled`) of an object known by `names`.
+    fn matches(&self, names: &[String], raw: &str, demangled: &str) -> bool {
+        self.object
+            .as_ref()
+            .is_none_or(|o| names.iter().any(|name| o.matches(name)))
             && crate::symbols::matches(&self.function, raw, demangled)
+    }
+
+    /// Whether it names objects none of `objects` is, which may be loaded later.
+    fn names_other_objects(&self, objects: &[ElfObject]) -> bool {
+        self.object
+            .as_ref()
+            .is_some_and(|glob| !objects.iter().any(|object| object.is_named(glob)))
     }
 }
 
@@ -142,7 +152,6 @@ pub(crate) struct ExitPolicy(pub Vec<ExitChoice>);
 
 impl ExitPolicy {
     pub(crate) fn mode_for(&self, object: &ElfObject) -> ExitProbes {
-        let name = object.file_name();
         self.0
             .iter()
             .rev()
@@ -150,7 +159,7 @@ impl ExitPolicy {
                 choice
                     .object
                     .as_ref()
-                    .is_none_or(|glob| glob.matches(&name))
+                    .is_none_or(|glob| object.is_named(glob))
             })
             .map_or(ExitProbes::Auto, |choice| choice.mode)
     }
@@ -232,7 +241,10 @@ impl ExitProbes {
 
 #[derive(Debug, Clone)]
 pub(crate) struct PlannedObject {
+    /// Where probes attach (a process's objects: their `/proc/PID/map_files` entry).
     pub path: PathBuf,
+    /// The path shown in messages.
+    pub shown_path: PathBuf,
     pub name: String,
     /// The separate debug file its functions were found in (the object is stripped).
     pub debug_file: Option<PathBuf>,
@@ -244,6 +256,16 @@ pub(crate) struct Plan {
     pub probes: Vec<PlannedProbe>,
     /// Selected functions that must not be probed, and why.
     pub refused: Vec<RefusedFunction>,
+    /// The profiles' LLM price tables, in order.
+    pub prices: Vec<crate::profile::Price>,
+    /// Whether a profile captures buffer bytes (its functions may be in libraries loaded
+    /// later: the capture is set up from the start).
+    captures: bool,
+    /// Per selector ([`Selection::texts`] order): whether it selected a function yet.
+    matched: Vec<bool>,
+    /// Functions of objects loaded later not probed because the kernel's probe tables were
+    /// full.
+    pub over_capacity: usize,
 }
 
 /// A selected function flowtap will not probe.
@@ -329,10 +351,10 @@ fn stripped_candidates(objects: &[ElfObject], selection: &Selection) -> Vec<Stri
         .enumerate()
         .filter(|(index, object)| {
             object.stripped
-                && (selection.names_object(&object.file_name())
+                && (object.names.iter().any(|name| selection.names_object(name))
                     || (*index == 0 && object.is_executable))
         })
-        .map(|(_, object)| object.path.display().to_string())
+        .map(|(_, object)| object.shown_path.display().to_string())
         .collect()
 }
 
@@ -348,6 +370,32 @@ impl Selection {
             .filter_map(|rule| rule.object.as_ref());
         symbols.chain(rules).any(|glob| glob.matches(file_name))
     }
+
+    /// The object names selectors give that none of `objects` has: libraries that may be
+    /// loaded later.
+    pub(crate) fn absent_objects(&self, objects: &[ElfObject]) -> Vec<Pattern> {
+        let profiles = self
+            .profiles
+            .iter()
+            .filter(|_| !self.defaulted)
+            .flat_map(|profile| {
+                profile
+                    .functions
+                    .iter()
+                    .filter_map(|rule| rule.object.as_ref())
+            });
+        let symbols = self
+            .symbols
+            .iter()
+            .filter_map(|selector| selector.object.as_ref());
+        let mut absent: Vec<Pattern> = Vec::new();
+        for glob in profiles.chain(symbols) {
+            if !objects.iter().any(|object| object.is_named(glob)) && !absent.contains(glob) {
+                absent.push(glob.clone());
+            }
+        }
+        absent
+    }
 }
 
 impl Plan {
@@ -356,9 +404,22 @@ impl Plan {
         selection: &Selection,
         target: &str,
     ) -> Result<Self, PlanError> {
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            prices: selection
+                .profiles
+                .iter()
+                .flat_map(|profile| profile.prices.iter().cloned())
+                .collect(),
+            captures: selection.profiles.iter().any(Profile::captures_bytes),
+            matched: vec![false; selection.texts.len()],
+            ..Plan::default()
+        };
         for object in objects {
-            plan.add_object(object, selection)?;
+            plan.add_object(object, selection, usize::MAX)?;
+        }
+        // Selectors that may match objects loaded later keep the run going.
+        if plan.probes.is_empty() && !plan.waiting(selection, objects).is_empty() {
+            return Ok(plan);
         }
         if plan.probes.is_empty() && !plan.refused.is_empty() {
             return Err(PlanError::Refused {
@@ -402,9 +463,60 @@ impl Plan {
         Ok(plan)
     }
 
-    fn add_object(&mut self, object: &ElfObject, selection: &Selection) -> Result<(), PlanError> {
+    /// Plans the functions `selection` picks in `objects`, loaded after the plan was built, up
+    /// to `capacity` probes in all; returns the indexes of the objects that got probes.
+    pub(crate) fn extend(
+        &mut self,
+        objects: &[ElfObject],
+        selection: &Selection,
+        capacity: usize,
+    ) -> Result<Range<usize>, PlanError> {
+        let first = self.objects.len();
+        for object in objects {
+            self.add_object(object, selection, capacity)?;
+        }
+        Ok(first..self.objects.len())
+    }
+
+    /// Selectors that matched nothing in `objects` but name objects not among them: they may
+    /// match libraries loaded later. How the user wrote them.
+    pub(crate) fn waiting(&self, selection: &Selection, objects: &[ElfObject]) -> Vec<String> {
+        let profiles = selection
+            .profiles
+            .iter()
+            .map(|profile| !selection.defaulted && profile.names_other_objects(objects));
+        let symbols = selection
+            .symbols
+            .iter()
+            .map(|selector| selector.names_other_objects(objects));
+        profiles
+            .chain(symbols)
+            .zip(&selection.texts)
+            .zip(&self.matched)
+            .filter(|((may_wait, _), matched)| *may_wait && !**matched)
+            .map(|((_, text), _)| text.clone())
+            .collect()
+    }
+
+    /// Selectors that have selected no function so far, as the user wrote them.
+    pub(crate) fn unmatched(&self, selection: &Selection) -> Vec<String> {
+        selection
+            .texts
+            .iter()
+            .zip(&self.matched)
+            .filter(|(_, matched)| !**matched)
+            .map(|(text, _)| text.clone())
+            .collect()
+    }
+
+    fn add_object(
+        &mut self,
+        object: &ElfObject,
+        selection: &Selection,
+        capacity: usize,
+    ) -> Result<(), PlanError> {
         let name = object.file_name();
-        let selected = selected_functions(object, &name, selection);
+        let selected = selected_functions(object, selection, &mut self.matched);
         if selected.is_empty() {
             return Ok(());
         }
@@ -414,6 +526,10 @@ impl Plan {
         let index = self.objects.len();
         let exit_mode = selection.exit_probes.mode_for(object);
         for (function, _raw_name, demangled, rule) in selected {
+            if self.probes.len() >= capacity {
+                self.over_capacity += 1;
+                continue;
+            }
             let exit = match exit_mode.probe_points(object, function)? {
                 Ok(exit) => exit,
                 Err(reason) => {
@@ -444,6 +560,7 @@ impl Plan {
         {
             self.objects.push(PlannedObject {
                 path: object.path.clone(),
+                shown_path: object.shown_path.clone(),
                 name,
                 debug_file: object.debug_file.clone(),
             });
@@ -482,6 +599,11 @@ impl Plan {
             ));
         }
         notes
+    }
+
+    /// Whether a profile captures buffer bytes.
+    pub(crate) fn captures_bytes(&self) -> bool {
+        self.captures
     }
 
     /// The probes of one object, in id order.
@@ -531,7 +653,7 @@ impl Listing {
         wanted: impl Fn(&Function) -> bool,
     ) -> Result<Self, SymbolError> {
         let mut listing = Self {
-            path: object.path.clone(),
+            path: object.shown_path.clone(),
             exits: exit_probes.describe(object),
             traceable: Vec::new(),
             refused: Vec::new(),
@@ -583,43 +705,54 @@ impl std::fmt::Display for Listing {
     }
 }
 
-/// The functions of `object` (file name `name`) that `selection` picks, each with the name it
-/// was picked by (raw and demangled) and its profile rule, if any. A function is named in reports
-/// by the first of its names that was selected; a profile's rule takes precedence over a plain
-/// selector.
+/// A function `selection` picks: by which of its names (raw and demangled), with its profile
+/// rule, if any.
+type Selected<'a> = (&'a Function, String, String, Option<Arc<FunctionRule>>);
+
+/// The functions of `object` that `selection` picks. A function is named in reports by the first
+/// of its names that was selected; a profile's rule takes precedence over a plain selector. The
+/// selectors that picked one are marked in `matched` ([`Selection::texts`] order).
 fn selected_functions<'a>(
     object: &'a ElfObject,
-    name: &str,
     selection: &Selection,
-) -> Vec<(&'a Function, String, String, Option<Arc<FunctionRule>>)> {
-    let profiles: Vec<&Profile> = selection
+    matched: &mut [bool],
+) -> Vec<Selected<'a>> {
+    let names = &object.names;
+    let profiles: Vec<(usize, &Profile)> = selection
         .profiles
         .iter()
-        .filter(|profile| profile.applies_to(object))
+        .enumerate()
+        .filter(|(_, profile)| profile.applies_to(object))
         .collect();
     // A debug file also lists a library's internals (ld.so's, libc's), which a broad glob
     // would reach: they are selected only where the selection names their object.
-    let internals = selection.names_object(name);
-    object
+    let internals = names.iter().any(|name| selection.names_object(name));
+    let mut selected = Vec::new();
+    for function in object
         .functions
         .iter()
         .filter(|f| !f.from_debug_file || internals)
-        .filter_map(|f| {
-            f.names().find_map(|(raw, demangled)| {
-                let rule = profiles
-                    .iter()
-                    .find_map(|profile| profile.rule_for(name, raw, &demangled));
-                let plain = || {
-                    selection
-                        .symbols
-                        .iter()
-                        .any(|s| s.matches(name, raw, &demangled))
-                };
-                (rule.is_some() || plain())
-                    .then(|| (f, raw.to_string(), demangled.clone(), rule.cloned()))
-            })
-        })
-        .collect()
+    {
+        for (raw, demangled) in function.names() {
+            let rule = profiles.iter().find_map(|(index, profile)| {
+                Some((*index, profile.rule_for(names, raw, &demangled)?))
+            });
+            let plain: Vec<usize> = (0..selection.symbols.len())
+                .filter(|&index| selection.symbols[index].matches(names, raw, &demangled))
+                .map(|index| selection.profiles.len() + index)
+                .collect();
+            if rule.is_none() && plain.is_empty() {
+                continue;
+            }
+            for index in rule.iter().map(|(index, _)| *index).chain(plain) {
+                matched[index] = true;
+            }
+            let rule = rule.map(|(_, rule)| rule.clone());
+            selected.push((function, raw.to_string(), demangled.clone(), rule));
+            break;
+        }
+    }
+    selected
 }
 
 /// A data symbol some selector names, when no function matched: the likely mistake.
@@ -628,12 +761,15 @@ fn matching_data_symbol(
     selectors: &[SymbolSelector],
 ) -> Option<(String, String)> {
     objects.iter().find_map(|object| {
-        let name = object.file_name();
         object
             .data_symbols
             .iter()
-            .find(|symbol| selectors.iter().any(|s| s.matches(&name, symbol, symbol)))
-            .map(|symbol| (symbol.clone(), name.clone()))
+            .find(|symbol| {
+                selectors
+                    .iter()
+                    .any(|s| s.matches(&object.names, symbol, symbol))
+            })
+            .map(|symbol| (symbol.clone(), object.file_name()))
     })
 }
 
@@ -647,14 +783,18 @@ mod tests {
 
     #[test]
     fn scope_splits_on_a_single_colon_only() {
+        let named = |name: &str| vec![name.to_string()];
         let scoped = selector("libwfrt.so:wf_*");
-        assert!(scoped.matches("libwfrt.so", "wf_run", "wf_run"));
-        assert!(!scoped.matches("libc.so.6", "wf_run", "wf_run"));
+        assert!(scoped.matches(&named("libwfrt.so"), "wf_run", "wf_run"));
+        assert!(!scoped.matches(&named("libc.so.6"), "wf_run", "wf_run"));
         let cpp = selector("ns::Class::*");
-        assert!(cpp.matches("any", "_ZN2ns5Class3runEv", "ns::Class::run()"));
+        assert!(cpp.matches(&named("any"), "_ZN2ns5Class3runEv", "ns::Class::run()"));
         let both = selector("libx.so:ns::f*");
-        assert!(both.matches("libx.so", "_ZN2ns3fooEv", "ns::foo()"));
-        assert!(!both.matches("liby.so", "_ZN2ns3fooEv", "ns::foo()"));
+        assert!(both.matches(&named("libx.so"), "_ZN2ns3fooEv", "ns::foo()"));
+        assert!(!both.matches(&named("liby.so"), "_ZN2ns3fooEv", "ns::foo()"));
+        // Any of an object's names: its file name, soname, or the name it was loaded as.
+        let aliases = vec!["libx.so.1.2.3".to_string(), "libx.so.1".to_string()];
+        assert!(selector("libx.so.1:*").matches(&aliases, "f", "f"));
     }
 
     #[test]
@@ -695,6 +835,54 @@ mod tests {
                 && returns.iter().all(|&r| r > this.file_offset && r < this.file_offset + this.size)),
             "{exit:?}"
         );
+    }
+
+    /// A plain selection of `symbols`, as written.
+    fn plain(symbols: &[&str]) -> Selection {
+        Selection {
+            profiles: Vec::new(),
+            symbols: symbols.iter().map(|text| selector(text)).collect(),
+            texts: symbols.iter().map(|text| text.to_string()).collect(),
+            defaulted: false,
+            exit_probes: ExitPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn selectors_naming_objects_not_loaded_wait_and_later_objects_fill_the_room_left() {
+        let object = ElfObject::read(&std::env::current_exe().unwrap()).unwrap();
+        let name = object.file_name();
+        let own = format!("{name}:*the_last_exit_probe_choice*");
+        let waits = "libnot_loaded.so:*the_last_exit_probe_choice*";
+        let selection = plain(&[waits, &own, "no_such_function_anywhere"]);
+        let objects = std::slice::from_ref(&object);
+        let mut plan = Plan::build(objects, &selection, "test").unwrap();
+        let planned = plan.probes.len();
+        assert!(planned > 0);
+        assert_eq!(plan.waiting(&selection, objects), [waits]);
+        assert_eq!(
+            plan.unmatched(&selection),
+            [waits, "no_such_function_anywhere"]
+        );
+        let absent = selection.absent_objects(objects);
+        assert_eq!(absent.len(), 1);
+        assert_eq!(absent[0].as_str(), "libnot_loaded.so");
+        // The same object loaded again under the waited-for name: probes, if there is room.
+        let mut later = object.clone();
+        later.show_as("libnot_loaded.so".into());
+        let full = plan.extend(std::slice::from_ref(&later), &selection, planned);
+        assert!(full.unwrap().is_empty());
+        assert!(plan.over_capacity >= planned);
+        let added = plan.extend(&[later], &selection, usize::MAX).unwrap();
+        assert_eq!(added, 1..2);
+        assert!(plan.probes.len() > planned);
+        assert_eq!(plan.unmatched(&selection), ["no_such_function_anywhere"]);
+        // Nothing waits and nothing matches: one clear failure.
+        let nothing = plain(&["no_such_function_anywhere"]);
+        assert!(matches!(
+            Plan::build(objects, &nothing, "test"),
+            Err(PlanError::NoMatch { .. })
+        ));
     }
 
     #[test]

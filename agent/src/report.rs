@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     export::otlp::SpanCounts,
+    genai::metrics::{LlmMetrics, ModelTotals},
     kernel_counters::{FunctionStats, Snapshot},
     profile_metrics::{ProfileMetrics, Series},
     spans::TreeSpan,
@@ -25,8 +26,28 @@ pub(crate) struct Report<'a> {
     pub declared: &'a ProfileMetrics,
     /// When spans were exported or written.
     pub spans: Option<&'a SpanSummary>,
+    /// LLM calls decoded from captured bytes, when a profile captures them.
+    pub llm: Option<&'a LlmMetrics>,
     /// The launched command's, in launch mode.
     pub exit_code: Option<i32>,
+    pub loads: &'a LoadsSummary,
+}
+
+/// Libraries probed after the start, and the selectors that never selected a function.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct LoadsSummary {
+    /// Objects loaded after the start that got probes, and how many.
+    pub objects: usize,
+    pub probes: usize,
+    /// The longest time from the dynamic loader's hook to their probes being live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowest_attach_ms: Option<f64>,
+    /// Objects loaded later whose probes could not be attached.
+    pub failed: usize,
+    /// Functions of objects loaded later not probed: the kernel's probe tables were full.
+    pub not_probed_tables_full: usize,
+    /// Selectors (as written) that selected no function in the whole run.
+    pub unmatched_selectors: Vec<String>,
 }
 
 /// What became of the spans, and the slowest trace seen.
@@ -67,7 +88,84 @@ struct JsonReport<'a> {
     /// Calls still in progress when tracing stopped, by function.
     in_progress: BTreeMap<&'a str, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    llm: Option<JsonLlm<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    capture: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
+    libraries_loaded_later: &'a LoadsSummary,
+}
+
+#[derive(Serialize)]
+struct JsonLlm<'a> {
+    models: &'a BTreeMap<String, ModelTotals>,
+    dropped: BTreeMap<&'static str, u64>,
+    quiet_connections: u64,
+}
+
+/// The byte capture's counters, when anything was captured.
+fn capture_counts(snapshot: &Snapshot) -> BTreeMap<&'static str, u64> {
+    if snapshot.capture.iter().all(|(_, n)| *n == 0) {
+        return BTreeMap::new();
+    }
+    snapshot
+        .capture
+        .iter()
+        .map(|(count, n)| (count.name(), *n))
+        .collect()
+}
+
+/// Per model: calls, errors, tokens, cost and latency; then what was not decoded.
+fn write_llm(out: &mut dyn Write, llm: &LlmMetrics, snapshot: &Snapshot) -> std::io::Result<()> {
+    writeln!(out, "\nLLM calls (decoded from TLS plaintext):")?;
+    writeln!(
+        out,
+        "  {:<32} {:>7} {:>7} {:>10} {:>11} {:>10} {:>9}",
+        "model", "calls", "errors", "prompt", "completion", "cost USD", "mean"
+    )?;
+    for (model, totals) in &llm.models {
+        let calls: u64 = totals.requests.values().sum();
+        let errors: u64 = totals
+            .requests
+            .iter()
+            .filter(|(status, _)| **status >= 400)
+            .map(|(_, n)| n)
+            .sum();
+        let mean = totals
+            .duration
+            .as_ref()
+            .filter(|h| h.count > 0)
+            .map_or(0, |h| (h.sum / h.count as f64 * 1e9) as u64);
+        writeln!(
+            out,
+            "  {:<32} {:>7} {:>7} {:>10} {:>11} {:>10.6} {:>9}",
+            printable(model),
+            calls,
+            errors,
+            totals.prompt_tokens,
+            totals.completion_tokens,
+            totals.cost_usd,
+            human_duration(mean)
+        )?;
+    }
+    let dropped: Vec<String> = llm
+        .dropped
+        .iter()
+        .map(|(reason, n)| format!("{} {n}", reason.name()))
+        .collect();
+    if !dropped.is_empty() {
+        writeln!(out, "  not decoded: {}", dropped.join(", "))?;
+    }
+    let capture: Vec<String> = snapshot
+        .capture
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(count, n)| format!("{} {n}", count.name()))
+        .collect();
+    if !capture.is_empty() {
+        writeln!(out, "  capture: {}", capture.join(", "))?;
+    }
+    Ok(())
 }
 
 /// A series of a declared counter (histograms are in `functions`).
@@ -172,7 +270,18 @@ impl Report<'_> {
                         .iter()
                         .map(|(function, n)| (function.as_str(), *n))
                         .collect(),
+                    llm: self.llm.map(|llm| JsonLlm {
+                        models: &llm.models,
+                        dropped: llm
+                            .dropped
+                            .iter()
+                            .map(|(reason, n)| (reason.name(), *n))
+                            .collect(),
+                        quiet_connections: llm.quiet_connections,
+                    }),
+                    capture: capture_counts(self.snapshot),
                     exit_code: self.exit_code,
+                    libraries_loaded_later: self.loads,
                 };
                 serde_json::to_writer_pretty(&mut *out, &report)?;
                 writeln!(out)
@@ -184,13 +293,50 @@ impl Report<'_> {
                 if !self.declared.is_empty() {
                     write_declared(out, self.declared)?;
                 }
+                if let Some(llm) = self.llm {
+                    write_llm(out, llm, self.snapshot)?;
+                }
                 if let Some(spans) = self.spans {
                     write_spans(out, spans)?;
                 }
-                Ok(())
+                write_loads(out, self.loads)
             }
         }
     }
+}
+
+fn write_loads(out: &mut dyn Write, loads: &LoadsSummary) -> std::io::Result<()> {
+    if loads.objects > 0 {
+        writeln!(
+            out,
+            "\nlibraries loaded later: {} probes in {} objects, live at most {:.1} ms after the loader's hook",
+            loads.probes,
+            loads.objects,
+            loads.slowest_attach_ms.unwrap_or_default()
+        )?;
+    }
+    if loads.failed > 0 {
+        writeln!(
+            out,
+            "libraries loaded later whose probes could not be attached: {}",
+            loads.failed
+        )?;
+    }
+    if loads.not_probed_tables_full > 0 {
+        writeln!(
+            out,
+            "functions of libraries loaded later not probed (probe tables full): {}",
+            loads.not_probed_tables_full
+        )?;
+    }
+    if !loads.unmatched_selectors.is_empty() {
+        writeln!(
+            out,
+            "never matched: {}",
+            printable(&loads.unmatched_selectors.join(", "))
+        )?;
+    }
+    Ok(())
 }
 
 fn write_spans(out: &mut dyn Write, spans: &SpanSummary) -> std::io::Result<()> {
@@ -462,7 +608,9 @@ mod tests {
             snapshot,
             declared: &declared,
             spans: None,
+            llm: None,
             exit_code: None,
+            loads: &LoadsSummary::default(),
         };
         let mut out = Vec::new();
         report.write(&mut out, ReportFormat::Table).unwrap();

@@ -342,9 +342,6 @@ pub(crate) struct SpanPump {
     events: Vec<SpanRecord>,
 }
 
-/// How often the ring buffer is read: the kernel never wakes us, to keep the probes cheap.
-const PUMP_INTERVAL: Duration = Duration::from_millis(100);
-
 impl SpanPump {
     pub(crate) fn new(
         stream: crate::span_ring::SpanStream,
@@ -364,15 +361,6 @@ impl SpanPump {
         }
     }
 
-    /// Pumps until the future is dropped.
-    pub(crate) async fn run(&mut self, plan: &Plan) -> std::io::Result<()> {
-        let mut interval = tokio::time::interval(PUMP_INTERVAL);
-        loop {
-            interval.tick().await;
-            self.pump(plan)?;
-        }
-    }
-
     /// Moves every span available now.
     pub(crate) fn pump(&mut self, plan: &Plan) -> std::io::Result<()> {
         self.events.clear();
@@ -386,6 +374,14 @@ impl SpanPump {
         );
         let mut by_process: HashMap<(u32, u64), Vec<SpanData>> = HashMap::new();
         for record in &self.events {
+            let hidden = plan
+                .probes
+                .get(record.event.probe_id as usize)
+                .and_then(|probe| probe.rule.as_ref())
+                .is_some_and(|rule| !rule.spans);
+            if hidden {
+                continue;
+            }
             self.slowest.add(record, plan);
             if let Some(span) = self.factory.span(record, plan) {
                 let event = &record.event;
@@ -395,6 +391,26 @@ impl SpanPump {
                     .push(span);
             }
         }
+        self.send(by_process);
+        Ok(())
+    }
+
+    /// Sends spans made outside the kernel's stream (LLM calls), by process.
+    pub(crate) fn push_made(&mut self, spans: Vec<(u32, SpanData)>) {
+        if spans.is_empty() {
+            return;
+        }
+        self.counts
+            .received
+            .fetch_add(spans.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut by_process: HashMap<(u32, u64), Vec<SpanData>> = HashMap::new();
+        for (pid, span) in spans {
+            by_process.entry((pid, 0)).or_default().push(span);
+        }
+        self.send(by_process);
+    }
+
+    fn send(&mut self, by_process: HashMap<(u32, u64), Vec<SpanData>>) {
         for ((pid, cgroup), spans) in by_process {
             if !self.factory.reports(cgroup) {
                 continue;
@@ -411,6 +427,5 @@ impl SpanPump {
                 queue.push(spans.into_iter().map(|span| (pid, resource.clone(), span)));
             }
         }
-        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use crate::mapped_file::{MapError, MappedFile};
 
 use object::{
     Endianness, Object, ObjectSymbol, SymbolKind,
-    elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH, PT_INTERP, PT_LOAD},
+    elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH, DT_SONAME, PT_INTERP, PT_LOAD},
     read::elf::{ElfFile64, FileHeader, ProgramHeader},
 };
 
@@ -77,8 +77,13 @@ impl Function {
 /// What flowtap needs of one ELF object.
 #[derive(Debug, Clone)]
 pub struct ElfObject {
-    /// Where the agent reads the file (through `/proc/PID/root` for a process's objects).
+    /// Where the agent reads the file (through `/proc/PID/map_files` for a process's objects).
     pub(crate) path: PathBuf,
+    /// The path shown in messages: as the process maps it.
+    pub(crate) shown_path: PathBuf,
+    /// The names `OBJECT:` selectors match, the one shown first: the file name, the name it
+    /// was loaded or run as, and its DT_SONAME, without repeats.
+    pub(crate) names: Vec<String>,
     /// The functions, sorted by name, one per address (aliases collapsed).
     pub(crate) functions: Vec<Function>,
     /// File offset of the entry point, for executables.
@@ -127,6 +132,21 @@ pub enum SymbolError {
     Malformed { path: PathBuf, reason: String },
 }
 
+impl SymbolError {
+    /// The same error, naming the file by `shown` (as the process maps it) rather than by where
+    /// it was read.
+    pub(crate) fn at(mut self, shown: &Path) -> Self {
+        let (SymbolError::Read { path, .. }
+        | SymbolError::NotElf { path }
+        | SymbolError::NotRegular { path, .. }
+        | SymbolError::Not64Bit { path }
+        | SymbolError::ForeignArch { path, .. }
+        | SymbolError::Malformed { path, .. }) = &mut self;
+        *path = shown.to_path_buf();
+        self
+    }
+}
+
 impl ElfObject {
     /// Maps the file rather than reading it whole; refuses what is not a regular file. A
     /// stripped object's functions are read from its separate debug file when there is one.
@@ -167,7 +187,7 @@ impl ElfObject {
         };
         let elf = ElfFile64::<Endianness>::parse(data).map_err(malformed)?;
         let segments = LoadSegments::of(&elf);
-        let (needed, search_path) = dynamic_dependencies(&elf).map_err(malformed)?;
+        let dynamic = dynamic_dependencies(&elf).map_err(malformed)?;
         let is_executable = elf
             .elf_program_headers()
             .iter()
@@ -193,19 +213,43 @@ impl ElfObject {
             symbols.extend(text_symbols(debug_elf.symbols()));
         }
         let has_symtab = elf.section_by_name(".symtab").is_some();
-        Ok(Self {
+        let mut object = Self {
             path: path.to_path_buf(),
+            shown_path: path.to_path_buf(),
+            names: vec![file_name(path)],
             functions: collect_functions(&symbols, own, &segments, data, entry_offset),
             entry_offset,
             is_executable,
-            needed,
-            search_path,
+            needed: dynamic.needed,
+            search_path: dynamic.search_path,
             is_go,
             unwinds: unwinding_evidence(&elf),
             data_symbols,
             stripped: !has_symtab && debug_elf.is_none(),
             debug_file: debug_elf.map(|(debug_path, _)| debug_path.to_path_buf()),
-        })
+        };
+        object.add_names(dynamic.soname);
+        Ok(object)
+    }
+
+    /// Adds names the object is known by (after those it has), skipping repeats.
+    pub(crate) fn add_names(&mut self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            if !name.is_empty() && !self.names.contains(&name) {
+                self.names.push(name);
+            }
+        }
+    }
+
+    /// Makes `name` the name shown for the object, keeping the others.
+    pub(crate) fn show_as(&mut self, name: String) {
+        self.names.retain(|known| *known != name);
+        self.names.insert(0, name);
+    }
+
+    /// Whether `glob` matches one of the object's names.
+    pub(crate) fn is_named(&self, glob: &glob::Pattern) -> bool {
+        self.names.iter().any(|name| glob.matches(name))
     }
 
     /// The code of `function`: its `size` bytes from its first instruction.
@@ -239,9 +283,9 @@ impl ElfObject {
         })
     }
 
-    /// The file name, as users scope symbols with it (`libwfrt.so:wf_*`).
+    /// The name shown for it: its file name as the process sees it (or as it was loaded).
     pub(crate) fn file_name(&self) -> String {
-        file_name(&self.path)
+        self.names[0].clone()
     }
 }
 
@@ -498,31 +542,43 @@ fn unwinding_evidence(elf: &ElfFile64<Endianness>) -> Option<&'static str> {
         })
 }
 
-fn dynamic_dependencies(elf: &ElfFile64<Endianness>) -> object::Result<(Vec<String>, Vec<String>)> {
+/// What the dynamic section says of an object's name and dependencies.
+struct Dynamic {
+    needed: Vec<String>,
+    /// DT_RUNPATH, or DT_RPATH when there is no RUNPATH, split on ':'.
+    search_path: Vec<String>,
+    soname: Option<String>,
+}
+
+fn dynamic_dependencies(elf: &ElfFile64<Endianness>) -> object::Result<Dynamic> {
     let endian = elf.endian();
     let table = elf.elf_section_table().dynamic_table(endian, elf.data())?;
     let mut needed = Vec::new();
-    let (mut runpath, mut rpath) = (Vec::new(), Vec::new());
+    let (mut runpath, mut rpath, mut soname) = (Vec::new(), Vec::new(), None);
+    let split = |value: &str| -> Vec<String> {
+        value
+            .split(':')
+            .filter(|dir| !dir.is_empty())
+            .map(String::from)
+            .collect()
+    };
     for entry in table.iter() {
-        let target = match entry.tag {
-            DT_NEEDED => &mut needed,
-            DT_RUNPATH => &mut runpath,
-            DT_RPATH => &mut rpath,
-            _ => continue,
-        };
+        if ![DT_NEEDED, DT_SONAME, DT_RUNPATH, DT_RPATH].contains(&entry.tag) {
+            continue;
+        }
         let value = String::from_utf8_lossy(table.string(entry)?).into_owned();
-        if entry.tag == DT_NEEDED {
-            target.push(value);
-        } else {
-            target.extend(
-                value
-                    .split(':')
-                    .filter(|dir| !dir.is_empty())
-                    .map(String::from),
-            );
+        match entry.tag {
+            DT_NEEDED => needed.push(value),
+            DT_SONAME => soname = Some(value),
+            DT_RUNPATH => runpath.extend(split(&value)),
+            _ => rpath.extend(split(&value)),
         }
     }
-    Ok((needed, if runpath.is_empty() { rpath } else { runpath }))
+    Ok(Dynamic {
+        needed,
+        search_path: if runpath.is_empty() { rpath } else { runpath },
+        soname,
+    })
 }
 
 /// Whether `pattern` matches a function by its raw or demangled name, or by the short form of its

@@ -29,12 +29,25 @@ pub mod maps {
     pub const LOSSES: &str = "LOSSES";
     /// Threads with a shadow stack (task storage cannot be listed from userspace).
     pub const LIVE_STACKS: &str = "LIVE_STACKS";
+    /// Chunks of captured bytes (see [`crate::capture`]).
+    pub const CAPTURED: &str = "CAPTURED";
+    /// Per-CPU byte and call counters of the capture, by [`crate::capture::CaptureCount`].
+    pub const CAPTURE_COUNTS: &str = "CAPTURE_COUNTS";
+    /// Connections the agent marked quiet: their calls are not captured.
+    pub const QUIET: &str = "QUIET";
+    /// The chunk program, tail-called by the per-point entry and exit programs (slot 0).
+    pub const CAPTURE_TAIL: &str = "CAPTURE_TAIL";
+    /// The chunk program, tail-called by the uprobe.multi entry and exit programs (slot 0).
+    pub const CAPTURE_TAIL_MULTI: &str = "CAPTURE_TAIL_MULTI";
+
+    /// The dynamic loader's notices that a traced process's objects changed.
+    pub const LOADS: &str = "LOADS";
 
     /// Per process: when the kernel first saw it traced (fork, exec, first call) and its name.
     pub const PROCESSES: &str = "PROCESSES";
 
     /// Every map the agent uses.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 17] = [
         STACKS,
         STATS,
         PROBE_STATS,
@@ -46,6 +59,12 @@ pub mod maps {
         LOSSES,
         LIVE_STACKS,
         PROCESSES,
+        CAPTURED,
+        CAPTURE_COUNTS,
+        QUIET,
+        CAPTURE_TAIL,
+        CAPTURE_TAIL_MULTI,
+        LOADS,
     ];
 }
 
@@ -54,6 +73,10 @@ pub mod maps {
 pub const NEW_TASK_TRACEPOINT: (&str, &str) = ("task", "task_newtask");
 pub const NEW_TASK_PID_FIELD: &str = "pid";
 pub const NEW_TASK_FLAGS_FIELD: &str = "clone_flags";
+
+/// The function glibc's dynamic loader calls whenever its list of loaded objects changes, for
+/// debuggers: exported by `ld-linux*.so` (GLIBC_PRIVATE).
+pub const LOADER_HOOK: &str = "_dl_debug_state";
 
 /// Program names (the functions' names in the eBPF crate).
 pub mod programs {
@@ -70,9 +93,16 @@ pub mod programs {
     pub const PROCESS_EXEC: &str = "process_exec";
     /// A traced process's forked child joins the traced set before its first instruction.
     pub const PROCESS_FORK: &str = "process_fork";
+    /// Copies a captured buffer into the capture ring (tail-called, per-point attach).
+    pub const CAPTURE_CHUNKS: &str = "capture_chunks";
+    /// The same for uprobe.multi programs.
+    pub const CAPTURE_CHUNKS_MULTI: &str = "capture_chunks_multi";
+
+    /// On the dynamic loader's debugger hook ([`super::LOADER_HOOK`]).
+    pub const OBJECTS_CHANGED: &str = "objects_changed";
 
     /// Every program of the production object the agent uses.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         ENTRY,
         ENTRY_MULTI,
         RETURN,
@@ -83,6 +113,9 @@ pub mod programs {
         THREAD_EXIT,
         PROCESS_EXEC,
         PROCESS_FORK,
+        CAPTURE_CHUNKS,
+        CAPTURE_CHUNKS_MULTI,
+        OBJECTS_CHANGED,
     ];
 
     /// The benchmark's kernel floor: a separate object of programs that do nothing.

@@ -6,6 +6,8 @@ pub mod histogram;
 
 pub mod abi;
 
+pub mod capture;
+
 /// Frames stored per thread: as many as the kernel installs nested return probes
 /// ([`abi::MAX_URETPROBE_DEPTH`]), so a return probe is never missing for a stored frame. Calls
 /// nested deeper are counted, not timed ([`Loss::StackOverflow`], [`Loss::ReturnProbeDepth`]).
@@ -137,6 +139,20 @@ pub const SPAN_FAILED: u32 = 1;
 /// its end is when flowtap noticed.
 pub const SPAN_UNWOUND: u32 = 2;
 
+/// Bytes of the ring buffer of [`LoadEvent`]s (a power of two, a multiple of the page size).
+pub const LOAD_RING_BYTES: u32 = 64 << 10;
+
+/// The dynamic loader of a traced process called its debugger hook: its set of loaded objects
+/// is changing (`RT_ADD`, `RT_DELETE`) or has changed (`RT_CONSISTENT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadEvent {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` when the hook ran.
+    pub time_ns: u64,
+}
+
 /// A finished call of a sampled trace, as the exit program emits it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -189,16 +205,16 @@ pub struct StatsKey {
 
 /// Per-probe totals, kept per CPU in the kernel and summed by the agent. Every call entered
 /// ends in exactly one of: returned (timed: the histogram's count), unwound, untimed (counted
-/// at entry, with a [`Loss`] reason for its missing duration), or still in flight:
-/// `entered = Σ buckets + unwound + untimed + in_flight`.
+/// at entry, with a [`Loss`] reason for its missing duration), or still in flight. Calls in
+/// flight are not counted apart (two atomic adds per call on the hot path): they are
+/// `entered - Σ buckets - unwound - untimed`, each call being pushed at most once and closed at
+/// most once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeStats {
     pub entered: u64,
     pub unwound: u64,
     pub untimed: u64,
-    /// Added 1 at push and `u64::MAX` (-1) at close, maybe on other CPUs: sum it wrapping.
-    pub in_flight: u64,
     /// Returns of calls entered before the probes were attached: not in `entered`.
     pub unentered_returns: u64,
     pub errors: u64,
@@ -212,7 +228,6 @@ impl ProbeStats {
         entered: 0,
         unwound: 0,
         untimed: 0,
-        in_flight: 0,
         unentered_returns: 0,
         errors: 0,
         total_ns: 0,
@@ -341,6 +356,8 @@ pub struct ProbeSpec {
     /// its return instructions): see [`FRAME_RETURN_PROBE`].
     pub return_probe: u8,
     pub _pad: [u8; 5],
+    /// The buffer argument whose bytes are captured, if any.
+    pub buffer: capture::BufferSpec,
 }
 
 impl Default for ProbeSpec {
@@ -360,6 +377,7 @@ impl Default for ProbeSpec {
             context_capture: NO_ARG,
             return_probe: 1,
             _pad: [0; 5],
+            buffer: capture::BufferSpec::NONE,
         }
     }
 }
@@ -449,10 +467,13 @@ pub enum Loss {
     /// A forked child of a traced process could not join the traced set (map full): its calls
     /// are not counted.
     TracedMapFull = 6,
+    /// The dynamic loader changed a traced process's objects and the ring buffer telling the
+    /// agent was full: libraries it loaded then are probed only at its next change.
+    LoadRingFull = 7,
 }
 
 impl Loss {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Loss; Self::COUNT as usize] = [
         Loss::StackOverflow,
         Loss::ReturnProbeDepth,
@@ -461,6 +482,7 @@ impl Loss {
         Loss::AggregateMapFull,
         Loss::SpanRingFull,
         Loss::TracedMapFull,
+        Loss::LoadRingFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -472,6 +494,7 @@ impl Loss {
             Loss::AggregateMapFull => "aggregate_map_full",
             Loss::SpanRingFull => "span_ring_full",
             Loss::TracedMapFull => "traced_map_full",
+            Loss::LoadRingFull => "load_ring_full",
         }
     }
 }
@@ -531,4 +554,6 @@ mod pod {
     unsafe impl aya::Pod for super::SpanEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessInfo {}
+    // SAFETY: plain integers, repr(C), no padding.
+    unsafe impl aya::Pod for super::LoadEvent {}
 }

@@ -9,18 +9,21 @@ use aya_ebpf::{
         generated::bpf_probe_read_user_str,
     },
     macros::uprobe,
+    maps::ProgramArray,
     programs::ProbeContext,
 };
 use flowtap_common::{
     CAPTURES, Capture, ContextRole, FRAME_RETURN_PROBE, FRAME_SAMPLED, Frame, Loss, MAX_DEPTH,
     NO_ARG, ProbeSpec, ShadowStack, TEXT_LEN, TraceContext,
     abi::{ARGUMENT_REGISTERS, programs, same},
+    capture::BufferMode,
     text_key,
 };
 
 use crate::{
+    capture::{self, CallContext},
     log,
-    maps::{HANDOFFS, SPECS, TEXT_SCRATCH, TEXTS, config},
+    maps::{CAPTURE_TAIL, CAPTURE_TAIL_MULTI, HANDOFFS, SPECS, TEXT_SCRATCH, TEXTS, config},
     stack::{self, Thread, close_before_entry},
     stats::{Stats, count_loss, opaque},
 };
@@ -30,25 +33,31 @@ const _: () = assert!(same(programs::ENTRY, "call_entry"));
 
 #[uprobe(multi)]
 pub(crate) fn call_entry_multi(ctx: ProbeContext) -> u32 {
-    if let Err(loss) = on_entry(&ctx) {
-        count_loss(loss);
-    }
-    0
+    entry(&ctx, &CAPTURE_TAIL_MULTI)
 }
 
 /// Per-point attach, for kernels without uprobe.multi (< 6.6).
 #[uprobe]
 pub(crate) fn call_entry(ctx: ProbeContext) -> u32 {
-    if let Err(loss) = on_entry(&ctx) {
-        count_loss(loss);
+    entry(&ctx, &CAPTURE_TAIL)
+}
+
+/// The entry, then the chunk program when it readied bytes to capture.
+#[inline(always)]
+fn entry(ctx: &ProbeContext, capture_programs: &ProgramArray) -> u32 {
+    match on_entry(ctx) {
+        Ok(true) => capture::tail_call(ctx, capture_programs),
+        Ok(false) => {}
+        Err(loss) => count_loss(loss),
     }
     0
 }
 
+/// Returns whether bytes were readied for the chunk program.
 #[inline(always)]
-fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
+fn on_entry(ctx: &ProbeContext) -> Result<bool, Loss> {
     let stack = match stack::current_thread(true) {
-        Thread::Untraced => return Ok(()),
+        Thread::Untraced => return Ok(false),
         Thread::NoStack => {
             Stats::of(stack::probe_id(ctx))?.entered(false);
             return Err(Loss::StackMapFull);
@@ -60,25 +69,15 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
     let stats = Stats::of(probe_id)?;
     let spec = SPECS.get(probe_id);
     let return_probe = spec.is_none_or(|spec| spec.return_probe != 0);
-    if stack.untracked_sp != 0 {
-        if sp < stack.untracked_sp {
+    let depth = match plain_push(stack, sp) {
+        Some(depth) => depth,
+        None => realign_before_push(stack, sp, probe_id, return_probe).inspect_err(|_| {
             stats.entered(false);
-            return Err(too_deep(return_probe));
-        }
-        stack.untracked_sp = 0;
-    }
-    close_before_entry(stack, sp, probe_id);
-    let depth = opaque(stack.depth as usize);
-    if depth >= MAX_DEPTH {
-        stats.entered(false);
-        stack.untracked_sp = sp;
-        log::too_deep(probe_id, depth);
-        return Err(too_deep(return_probe));
-    }
+        })?,
+    };
     stats.entered(true);
-    let registers = registers(ctx);
     let values = match spec {
-        Some(spec) if spec.captures[0].arg != NO_ARG => capture(&registers, spec),
+        Some(spec) if spec.captures[0].arg != NO_ARG => capture(&registers(ctx), spec),
         // Most probes capture nothing. A zero the compiler cannot see makes four stores, where
         // a constant one makes a call to a byte-by-byte memset.
         _ => [opaque(0) as u64; CAPTURES],
@@ -87,6 +86,7 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
         Some(caller) => (caller.span_id, caller.flags & FRAME_SAMPLED != 0),
         None => start_trace(stack, spec, &values),
     };
+    let mut readied = false;
     if let Some(spec) = spec {
         if spec.context == ContextRole::HandOff
             && let Some(&key) = values.get(usize::from(spec.context_capture))
@@ -100,7 +100,15 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
         }
         if spec.wants_text(sampled) {
             let tid = bpf_get_current_pid_tgid() as u32;
-            capture_text(&registers, &spec.text, text_key(tid, depth));
+            capture_text(&registers(ctx), &spec.text, text_key(tid, depth));
+        }
+        if spec.buffer.mode != BufferMode::None {
+            let context = CallContext {
+                trace_id: stack.trace_id,
+                parent_span_id,
+                sampled,
+            };
+            readied = capture::at_entry(&registers(ctx), spec, probe_id, depth, &context);
         }
     }
     let mut flags = if sampled { FRAME_SAMPLED } else { 0 };
@@ -108,7 +116,7 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
         flags |= FRAME_RETURN_PROBE;
     }
     let Some(slot) = stack.frames.get_mut(depth) else {
-        return Ok(());
+        return Ok(readied);
     };
     *slot = Frame {
         probe_id,
@@ -122,7 +130,45 @@ fn on_entry(ctx: &ProbeContext) -> Result<(), Loss> {
         values,
     };
     stack.depth = depth as u32 + 1;
-    Ok(())
+    Ok(readied)
+}
+
+/// Where a call entered at `sp` is pushed when nothing is to be realigned first, as for nearly
+/// every call: no call nested too deep is running, the newest frame is a caller (entered
+/// above `sp`), and there is room.
+#[inline(always)]
+fn plain_push(stack: &ShadowStack, sp: u64) -> Option<usize> {
+    let depth = opaque(stack.depth as usize);
+    let below_caller = match stack.frames.get(depth.wrapping_sub(1)) {
+        Some(caller) => caller.entry_sp > sp,
+        None => depth == 0,
+    };
+    (stack.untracked_sp == 0 && below_caller && depth < MAX_DEPTH).then_some(depth)
+}
+
+/// Where a call entered at `sp` is pushed after closing the frames its stack pointer shows are
+/// over; or its loss when it is nested too deep to store.
+#[inline(never)]
+fn realign_before_push(
+    stack: &mut ShadowStack,
+    sp: u64,
+    probe_id: u32,
+    return_probe: bool,
+) -> Result<usize, Loss> {
+    if stack.untracked_sp != 0 {
+        if sp < stack.untracked_sp {
+            return Err(too_deep(return_probe));
+        }
+        stack.untracked_sp = 0;
+    }
+    close_before_entry(stack, sp, probe_id);
+    let depth = opaque(stack.depth as usize);
+    if depth >= MAX_DEPTH {
+        stack.untracked_sp = sp;
+        log::too_deep(probe_id, depth);
+        return Err(too_deep(return_probe));
+    }
+    Ok(depth)
 }
 
 /// The loss of a call nested deeper than frames are stored: a return-probe exit gets no return

@@ -9,9 +9,11 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod capture;
 mod entry;
 mod exit;
 mod lifecycle;
+mod loads;
 mod log;
 mod maps;
 mod span;

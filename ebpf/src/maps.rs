@@ -7,13 +7,17 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
     helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Config, Loss, MAX_AGGREGATES, MAX_HANDOFFS, MAX_PROBES,
-    MAX_TEXTS, MAX_TRACED_PROCESSES, ProbeSpec, ProbeStats, ProcessInfo, SPAN_RING_BYTES,
-    ShadowStack, StatsKey, TEXT_LEN, TraceContext,
+    AggregateKey, AggregateValue, Config, LOAD_RING_BYTES, Loss, MAX_AGGREGATES, MAX_HANDOFFS,
+    MAX_PROBES, MAX_TEXTS, MAX_TRACED_PROCESSES, ProbeSpec, ProbeStats, ProcessInfo,
+    SPAN_RING_BYTES, ShadowStack, StatsKey, TEXT_LEN, TraceContext,
     abi::{self, maps as names, same},
+    capture::{
+        CAPTURE_RING_BYTES, CaptureArgs, CaptureCount, ConnectionKey, MAX_PENDING, MAX_QUIET,
+        PendingCapture,
+    },
 };
 
 /// Written by the agent before load (read-only data section).
@@ -96,6 +100,12 @@ const _: () = assert!(same(names::SPANS, "SPANS"));
 const _: () = assert!(same(names::LOSSES, "LOSSES"));
 const _: () = assert!(same(names::LIVE_STACKS, "LIVE_STACKS"));
 const _: () = assert!(same(names::PROCESSES, "PROCESSES"));
+const _: () = assert!(same(names::CAPTURED, "CAPTURED"));
+const _: () = assert!(same(names::CAPTURE_COUNTS, "CAPTURE_COUNTS"));
+const _: () = assert!(same(names::QUIET, "QUIET"));
+const _: () = assert!(same(names::CAPTURE_TAIL, "CAPTURE_TAIL"));
+const _: () = assert!(same(names::CAPTURE_TAIL_MULTI, "CAPTURE_TAIL_MULTI"));
+const _: () = assert!(same(names::LOADS, "LOADS"));
 
 /// Per-thread shadow stacks.
 #[btf_map(name = "STACKS")]
@@ -146,6 +156,10 @@ pub(crate) static TEXT_SCRATCH: PerCpuArray<[u8; TEXT_LEN]> = PerCpuArray::with_
 #[map(name = "SPANS")]
 pub(crate) static SPANS: RingBuf = RingBuf::with_byte_size(SPAN_RING_BYTES, 0);
 
+/// Notices that a traced process's loaded objects changed: rare, so each wakes the agent.
+#[map(name = "LOADS")]
+pub(crate) static LOADS: RingBuf = RingBuf::with_byte_size(LOAD_RING_BYTES, 0);
+
 /// Threads with a shadow stack: added 1 when one is created, `u64::MAX` (-1) at thread exit.
 #[map(name = "LIVE_STACKS")]
 pub(crate) static LIVE_STACKS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -156,3 +170,34 @@ pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Loss:
 /// Zeroed stats to insert from: larger than the 512-byte eBPF stack.
 #[map]
 pub(crate) static EMPTY_STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Chunks of captured bytes; the agent may size it at load.
+#[map(name = "CAPTURED")]
+pub(crate) static CAPTURED: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+/// Capture byte and call counters, by [`flowtap_common::capture::CaptureCount`].
+#[map(name = "CAPTURE_COUNTS")]
+pub(crate) static CAPTURE_COUNTS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(CaptureCount::COUNT, 0);
+
+/// Connections the agent decided are not of interest: their calls are not captured.
+#[map(name = "QUIET")]
+pub(crate) static QUIET: LruHashMap<ConnectionKey, u8> = LruHashMap::with_max_entries(MAX_QUIET, 0);
+
+/// Where a return-mode capture's bytes will be, kept from entry to return per (thread, depth);
+/// LRU, so entries of calls whose return is never seen age out.
+#[map]
+pub(crate) static PENDING: LruHashMap<u64, PendingCapture> =
+    LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// A call's bytes readied for the chunk program, per CPU (see [`CaptureArgs`]).
+#[map]
+pub(crate) static CAPTURE_ARGS: PerCpuArray<CaptureArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// The chunk program for per-point programs; a program array takes one kind of program.
+#[map(name = "CAPTURE_TAIL")]
+pub(crate) static CAPTURE_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The chunk program for uprobe.multi programs.
+#[map(name = "CAPTURE_TAIL_MULTI")]
+pub(crate) static CAPTURE_TAIL_MULTI: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -45,15 +45,14 @@ impl Stats {
         Ok(Self { key, counters })
     }
 
-    /// A call entered and pushed (`timed`), or entered and only counted.
+    /// A call entered and pushed (`timed`), or entered and only counted. A pushed call is not
+    /// counted in flight apart: the agent derives that from the other counts.
     #[inline(always)]
     pub(crate) fn entered(&self, timed: bool) {
         // SAFETY: `counters` is a live map value (see `add`).
         unsafe {
             add(&raw mut (*self.counters).entered, 1);
-            if timed {
-                add(&raw mut (*self.counters).in_flight, 1);
-            } else {
+            if !timed {
                 add(&raw mut (*self.counters).untimed, 1);
             }
         }
@@ -64,7 +63,6 @@ impl Stats {
     pub(crate) fn returned(&self, duration_ns: u64, failed: bool) {
         // SAFETY: as in `entered`.
         unsafe {
-            add(&raw mut (*self.counters).in_flight, u64::MAX);
             add(&raw mut (*self.counters).total_ns, duration_ns);
             if failed {
                 add(&raw mut (*self.counters).errors, 1);
@@ -84,10 +82,7 @@ impl Stats {
     #[inline(always)]
     pub(crate) fn unwound(&self) {
         // SAFETY: as in `entered`.
-        unsafe {
-            add(&raw mut (*self.counters).in_flight, u64::MAX);
-            add(&raw mut (*self.counters).unwound, 1);
-        }
+        unsafe { add(&raw mut (*self.counters).unwound, 1) };
     }
 
     /// A return of a call entered before the probes were attached.

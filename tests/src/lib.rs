@@ -1,6 +1,7 @@
 //! Helpers for flowtap's integration tests: locating the agent and the fixture (built by
 //! `cargo xtask test`), running them, and reading the counts each side reports.
 
+pub mod llm;
 pub mod otlp;
 pub mod promql;
 pub mod spans;

@@ -1,5 +1,6 @@
 //! The dashboards and rules under `deploy/` query only what flowtap exports: every metric name
-//! in their PromQL is a series of a live scrape of the demo (or a recording rule's output).
+//! in their PromQL is a series of a live scrape of the demo or of the genai profile watching curl
+//! call a test LLM server (or a recording rule's output).
 
 use std::{
     collections::BTreeSet,
@@ -72,6 +73,37 @@ fn rule_queries() -> (Vec<String>, BTreeSet<String>) {
     (exprs, recorded)
 }
 
+/// A scrape of the genai profile after curl's LLM calls to the test server.
+fn genai_exposition(dir: &Path) -> String {
+    let server = llm::LlmServer::start(dir);
+    let flowtap =
+        Running::start(flowtap().args(["run", "--profile", "genai", "--exe", llm::LIBSSL]));
+    let suffix = "-deploy";
+    let output = Command::new("curl")
+        .args(llm::curl_calls(&server, suffix))
+        .output()
+        .expect("running curl");
+    assert!(output.status.success(), "{output:?}");
+    let served: u64 = server.served(suffix).requests.values().sum();
+    let mut exposition = String::new();
+    for _ in 0..50 {
+        exposition = flowtap.scrape();
+        let seen: f64 = samples(&exposition)
+            .into_iter()
+            .filter(|(name, labels, _)| name == "llm_requests_total" && labels.contains(suffix))
+            .map(|(_, _, n)| n)
+            .sum();
+        if seen as u64 == served {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    flowtap.interrupt();
+    let (code, stderr) = flowtap.finish();
+    assert_eq!(code, 0, "{stderr}");
+    exposition
+}
+
 #[test]
 fn dashboards_and_rules_use_only_exported_metrics() {
     let dir = scratch_dir("deploy");
@@ -103,6 +135,7 @@ fn dashboards_and_rules_use_only_exported_metrics() {
     assert_eq!(code, 0, "{stderr}");
     let exported: BTreeSet<String> = samples(&exposition)
         .into_iter()
+        .chain(samples(&genai_exposition(&dir)))
         .map(|(name, _, _)| name)
         .collect();
 
@@ -123,6 +156,9 @@ fn dashboards_and_rules_use_only_exported_metrics() {
         "flowtap_function_duration_seconds_bucket",
         "primitive_execution_duration_seconds_bucket",
         "llm_cost_total",
+        "llm_requests_total",
+        "llm_request_duration_seconds_bucket",
+        "gen_ai_client_token_usage_bucket",
         "flowtap_events_lost_total",
         "flowtap_spans_dropped_total",
         "up",

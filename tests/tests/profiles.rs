@@ -672,7 +672,9 @@ fn malformed_profiles_get_located_one_line_errors() {
     let (code, _, stderr) = run_flowtap(&["run", "--profile", "nosuch", "--pid", "1"]);
     assert_eq!(code, 2);
     assert!(
-        stderr.contains("no built-in profile `nosuch` (built in: workflow, sqlite, libc, openssl)"),
+        stderr.contains(
+            "no built-in profile `nosuch` (built in: workflow, sqlite, libc, openssl, genai)"
+        ),
         "{stderr}"
     );
     let (code, _, stderr) = run_flowtap(&["profile", "check", "/nonexistent/p.toml"]);

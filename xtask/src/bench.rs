@@ -16,9 +16,16 @@ use serde_json::{Value, json};
 use crate::{build_agent, fixture, workspace_root};
 
 mod probe_points;
+mod tls_capture;
 
 const ROUNDS: usize = 3;
 const CALLS: u64 = 200_000;
+
+/// Issue 12's hot-path budget: the eBPF programs' own time per probed call, metrics only, at
+/// most 150 ns on this machine, when bpftrace's funclatency script took 390 ns in the same run;
+/// as this VM's timings swing with its load, the budget is also checked as that ratio.
+const BUDGET_NS: f64 = 150.0;
+const BUDGET_OVER_BPFTRACE: f64 = 150.0 / 390.0;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Config {
@@ -92,16 +99,23 @@ pub(crate) fn run() -> anyhow::Result<()> {
         for config in CONFIGS {
             let sample = measure(config, &agent, &bench)
                 .with_context(|| format!("measuring {}", config.name()))?;
+            let program = sample.program_ns_per_call.map_or_else(String::new, |ns| {
+                format!(", eBPF programs {ns:>6.1} ns/call")
+            });
             println!(
-                "   {:<32} {:>8.1} ns/call",
+                "   {:<42} {:>8.1} ns/call{program}",
                 config.name(),
                 sample.ns_per_call
             );
             samples.push((config, sample));
         }
     }
+    let hot_path = hot_path(&samples);
+    println!("{}", render_hot_path(&hot_path));
     let placement = probe_points::measure(&agent, &dir.join("probe_cost"))?;
     println!("{}", probe_points::render(&placement));
+    let tls = tls_capture::measure(&agent, &dir)?;
+    println!("{}", tls_capture::render(&tls));
     let (calls_per_second, lost) = throughput(&agent, &bench)?;
     let attach_1k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_0*")?;
     let attach_10k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_*")?;
@@ -113,16 +127,74 @@ pub(crate) fn run() -> anyhow::Result<()> {
         (rss_kib, exported),
     );
     results["probe_points"] = placement;
+    results["hot_path"] = hot_path;
+    results["tls_capture"] = tls;
     let out = workspace_root().join("target/bench");
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let table = render(&results) + &probe_points::render(&results["probe_points"]);
+    let table = render(&results)
+        + &render_hot_path(&results["hot_path"])
+        + &probe_points::render(&results["probe_points"])
+        + &tls_capture::render(&results["tls_capture"]);
     std::fs::write(out.join("results.md"), &table)?;
     println!("\n{table}");
     println!("written: target/bench/results.json, target/bench/results.md");
     Ok(())
+}
+
+/// The eBPF programs' own time per call (medians over the rounds) of flowtap with metrics
+/// only, of bpftrace and of the empty programs, against the budget.
+fn hot_path(samples: &[(Config, Sample)]) -> Value {
+    let program_ns = |config: Config| {
+        median(
+            samples
+                .iter()
+                .filter(|(c, _)| *c == config)
+                .filter_map(|(_, s)| s.program_ns_per_call)
+                .collect(),
+        )
+    };
+    let flowtap = program_ns(Config::MetricsOnly);
+    let bpftrace = program_ns(Config::Bpftrace);
+    json!({
+        "flowtap_ns_per_call": flowtap,
+        "bpftrace_ns_per_call": bpftrace,
+        "kernel_floor_ns_per_call": program_ns(Config::KernelFloor),
+        "flowtap_over_bpftrace": flowtap / bpftrace,
+        "budget_ns": BUDGET_NS,
+        "budget_over_bpftrace": BUDGET_OVER_BPFTRACE,
+        "budget_met": flowtap <= BUDGET_NS,
+        "budget_ratio_met": flowtap / bpftrace <= BUDGET_OVER_BPFTRACE,
+    })
+}
+
+fn render_hot_path(r: &Value) -> String {
+    let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+    let verdict = |key: &str| {
+        if r[key].as_bool() == Some(true) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    };
+    format!(
+        "\n| hot-path budget: eBPF programs' own time per call (bpf_stats, metrics only) | value | target |\n\
+         | --- | ---: | --- |\n\
+         | flowtap | {:.0} ns | ≤ {:.0} ns: {} |\n\
+         | bpftrace funclatency script, same run | {:.0} ns | |\n\
+         | flowtap / bpftrace | {:.2}x | ≤ {:.2}x: {} |\n\
+         | kernel floor (empty programs: bpf_stats and the program call) | {:.0} ns | |\n",
+        f("flowtap_ns_per_call"),
+        f("budget_ns"),
+        verdict("budget_met"),
+        f("bpftrace_ns_per_call"),
+        f("flowtap_over_bpftrace"),
+        f("budget_over_bpftrace"),
+        verdict("budget_ratio_met"),
+        f("kernel_floor_ns_per_call"),
+    )
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -175,9 +247,6 @@ fn summarize(
         "metrics_only_over_floor": added(Config::MetricsOnly) / added(Config::KernelFloor),
         "flowtap_over_bpftrace": added(Config::MetricsOnly) / added(Config::Bpftrace),
         "profile_over_metrics_only": added(Config::Profiled) / added(Config::MetricsOnly),
-        "program_flowtap_over_bpftrace": program_ns(Config::MetricsOnly)
-            .zip(program_ns(Config::Bpftrace))
-            .map(|(f, b)| f / b),
         "program_kernel_log_over_metrics_only": program_ns(Config::KernelLog)
             .zip(program_ns(Config::MetricsOnly))
             .map(|(l, m)| l / m),
@@ -212,7 +281,6 @@ fn render(r: &Value) -> String {
         "\n| measure | value | target |\n| --- | ---: | --- |\n\
          | added cost, metrics only / kernel floor | {:.2}x | ≤ 1.15x |\n\
          | added cost, flowtap metrics only / bpftrace | {:.2}x | ≤ 1.0x |\n\
-         | eBPF program time per call, flowtap / bpftrace | {:.2}x | ≤ 1.0x |\n\
          | eBPF program time per call, --kernel-log debug / off | {:.2}x | 1.0x (rare paths only) |\n\
          | added cost, metrics with a profile / metrics only | {:.2}x | |\n\
          | calls/s taken with spans at 100% (a thread per core) | {:.0} with {} lost events | 100,000 with 0 lost |\n\
@@ -223,7 +291,6 @@ fn render(r: &Value) -> String {
          | attach 10,000 symbols | {:.2} s | |\n",
         f("metrics_only_over_floor"),
         f("flowtap_over_bpftrace"),
-        f("program_flowtap_over_bpftrace"),
         f("program_kernel_log_over_metrics_only"),
         f("profile_over_metrics_only"),
         f("spans_100_calls_per_second"),

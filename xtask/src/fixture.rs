@@ -56,6 +56,7 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         &source.join("pidreuse.c"),
     ))?;
     build_stripped(&out)?;
+    build_loaded_later(&source, &out, &flags)?;
     Ok(out)
 }
 
@@ -81,6 +82,24 @@ fn build_stripped(out: &Path) -> anyhow::Result<()> {
         "--add-gnu-debuglink=stripdemo.debug",
         "stripdemo",
     ]))
+}
+
+/// `dlopendemo`, which loads `libdlplug.so.1.0` (soname `libdlplug.so.1`) while it runs.
+fn build_loaded_later(source: &Path, out: &Path, flags: &[&str]) -> anyhow::Result<()> {
+    run(compile(
+        "cc",
+        flags,
+        &out.join("libdlplug.so.1.0"),
+        &source.join("dlplug.c"),
+    )
+    .args(["-fPIC", "-shared", "-Wl,-soname,libdlplug.so.1"]))?;
+    run(compile(
+        "cc",
+        flags,
+        &out.join("dlopendemo"),
+        &source.join("dlopendemo.c"),
+    )
+    .arg("-ldl"))
 }
 
 /// Programs whose code is where a careless probe harms them: `cold` (a GCC `.cold` fragment

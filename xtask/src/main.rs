@@ -8,6 +8,7 @@ mod bench;
 mod deploy;
 mod fixture;
 mod fresh;
+mod genai;
 mod setup;
 
 use std::{io::Write, process::Command};
@@ -263,6 +264,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     let agent = build_agent()?;
     let fixture = fixture::build()?;
     fixture::mount_tracefs()?;
+    let genai_python = genai::install_clients()?;
     stage("unit tests");
     run(cargo().args([
         "test",
@@ -278,7 +280,8 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         .args(["test", "--release", "--package", "flowtap-tests", "--"])
         .args(filter)
         .env("FLOWTAP_BIN", agent)
-        .env("FLOWTAP_FIXTURE", fixture);
+        .env("FLOWTAP_FIXTURE", fixture)
+        .env("FLOWTAP_GENAI_PYTHON", genai_python);
     run(&mut integration)?;
     if filter_given {
         return Ok(());

@@ -183,6 +183,14 @@ pub(crate) struct RunArgs {
     /// Write spans to this file as OTLP JSON lines (no collector needed).
     #[arg(long, value_name = "FILE")]
     spans_out: Option<PathBuf>,
+    /// Put prompt and completion text on LLM spans (`gen_ai.input.messages`,
+    /// `gen_ai.output.messages`, 8 KiB each at most). Off by default: they may hold secrets.
+    #[arg(long)]
+    capture_content: bool,
+    /// Bytes of the kernel's ring buffer of captured bytes (profiles with a `buffer`, such as
+    /// genai), rounded up to a power of two; bytes it has no room for are counted as lost.
+    #[arg(long, value_name = "BYTES")]
+    capture_ring_bytes: Option<u32>,
     /// For scripts: once the probes are attached, write one line to this open descriptor and
     /// close it: `ready metrics=http://ADDR/metrics probes=N objects=M`.
     #[arg(long, value_name = "FD", env = "FLOWTAP_READY_FD")]
@@ -329,6 +337,8 @@ impl RunArgs {
             otlp_protocol: self.otlp_protocol,
             sample_rate: self.sample_rate,
             spans_out: self.spans_out,
+            capture_content: self.capture_content,
+            capture_ring_bytes: self.capture_ring_bytes,
             ready: self.ready_fd.map(ready_file).transpose()?,
             empty_programs: self.empty_programs,
             max_function_series: self.max_function_series,

@@ -141,7 +141,7 @@ fn skipped_objects(objects: &[ElfObject]) -> Vec<(std::path::PathBuf, String)> {
             } else {
                 return None;
             };
-            Some((object.path.clone(), reason.to_string()))
+            Some((object.shown_path.clone(), reason.to_string()))
         })
         .collect()
 }

@@ -1,5 +1,6 @@
 //! Where measurements leave the agent.
 
+mod llm;
 pub(crate) mod metrics_server;
 pub(crate) mod otlp;
 pub(crate) mod otlp_tls;

@@ -3,7 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Instant,
 };
 
@@ -14,6 +14,7 @@ use prometheus::{
 
 use crate::{
     export::{metrics_server::ServerCounts, otlp::SpanCounts},
+    genai::metrics::LlmMetrics,
     kernel_counters::{FunctionStats, Snapshot},
     loader::{Probes, ProcessCount},
     plan::Plan,
@@ -59,7 +60,7 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError>
 /// What a scrape reads.
 pub(crate) struct Exporter {
     pub probes: Arc<Mutex<Probes>>,
-    pub plan: Arc<Plan>,
+    pub plan: Arc<RwLock<Plan>>,
     pub labels: Arc<Mutex<LabelCap>>,
     /// `service_name` label on every series.
     pub service: String,
@@ -74,6 +75,8 @@ pub(crate) struct Exporter {
     max_function_series: usize,
     /// Clients the HTTP server turned away.
     pub server: ServerCounts,
+    /// LLM calls decoded from captured bytes, when a profile captures them.
+    llm: Option<Arc<Mutex<LlmMetrics>>>,
 }
 
 /// Per-function series kept by default: a scrape of a target with 20,000 called functions
@@ -83,7 +86,7 @@ pub(crate) const DEFAULT_MAX_FUNCTION_SERIES: usize = 2000;
 impl Exporter {
     pub(crate) fn new(
         probes: Arc<Mutex<Probes>>,
-        plan: Arc<Plan>,
+        plan: Arc<RwLock<Plan>>,
         labels: Arc<Mutex<LabelCap>>,
         service: String,
         processes: ProcessCount,
@@ -101,7 +104,14 @@ impl Exporter {
             last_scrape_seconds: Mutex::new(0.0),
             max_function_series: DEFAULT_MAX_FUNCTION_SERIES,
             server: ServerCounts::default(),
+            llm: None,
         }
+    }
+
+    /// Serves the LLM metrics too.
+    pub(crate) fn with_llm(mut self, llm: Option<Arc<Mutex<LlmMetrics>>>) -> Self {
+        self.llm = llm;
+        self
     }
 
     /// Keeps at most `max` per-function series (`--max-function-series`).
@@ -113,18 +123,28 @@ impl Exporter {
     /// The whole exposition, as text.
     pub(crate) fn render(&self) -> Result<String, ScrapeError> {
         let started = Instant::now();
+        // Probes before the plan: the order the library follower takes them in.
+        let probes = self.probes.lock().expect("probes lock");
+        let plan = self.plan.read().expect("plan lock");
         let (snapshot, processes, map_entries) = {
-            let probes = self.probes.lock().expect("probes lock");
             let processes = probes.processes_traced(self.processes)?;
             let map_entries = probes.map_entries()?;
-            (Snapshot::read(&probes, &self.plan)?, processes, map_entries)
+            (Snapshot::read(&probes, &plan)?, processes, map_entries)
         };
+        drop(probes);
         let mut labels = self.labels.lock().expect("labels lock");
         let declared =
-            ProfileMetrics::derive(&snapshot, &self.plan, &mut labels, self.workloads.as_ref());
+            ProfileMetrics::derive(&snapshot, &plan, &mut labels, self.workloads.as_ref());
+        let attached = plan.probes.len();
+        drop(plan);
         let mut families = self.function_families(&snapshot);
         families.extend(self.profile_families(&declared));
-        families.extend(self.health_families(&snapshot, &labels, processes));
+        families.extend(self.health_families(&snapshot, &labels, processes, attached));
+        families.extend(super::llm::capture_families(&self.service, &snapshot));
+        if let Some(llm) = &self.llm {
+            let llm = llm.lock().expect("llm metrics lock");
+            families.extend(super::llm::families(&self.service, &llm));
+        }
         families.push(family(
             "flowtap_kernel_map_entries",
             "Entries of the kernel maps that grow with threads, processes, hand-offs and labels.",
@@ -137,6 +157,7 @@ impl Exporter {
         drop(labels);
         // The text format has no empty families (a series appears with its first value).
         families.retain(|family| !family.get_metric().is_empty());
+        let families = merge_same_names(families);
         let mut text = Vec::new();
         TextEncoder::new().encode(&families, &mut text)?;
         *self.last_scrape_seconds.lock().expect("scrape lock") = started.elapsed().as_secs_f64();
@@ -243,6 +264,7 @@ impl Exporter {
         snapshot: &Snapshot,
         labels: &LabelCap,
         processes: u64,
+        attached: usize,
     ) -> Vec<MetricFamily> {
         let lost = snapshot
             .losses
@@ -266,7 +288,7 @@ impl Exporter {
                 "flowtap_probes_attached",
                 "Functions with probes attached.",
                 MetricType::GAUGE,
-                vec![gauge(&[], self.plan.probes.len() as f64)],
+                vec![gauge(&[], attached as f64)],
             ),
             family(
                 "flowtap_processes_traced",
@@ -349,6 +371,20 @@ impl Exporter {
     }
 }
 
+/// One family per name: a profile may declare a metric the LLM decoder also exports
+/// (`llm_tokens_total` of a runtime that passes tokens as arguments), and the text format
+/// allows a name once.
+fn merge_same_names(families: Vec<MetricFamily>) -> Vec<MetricFamily> {
+    let mut merged: Vec<MetricFamily> = Vec::with_capacity(families.len());
+    for mut family in families {
+        match merged.iter_mut().find(|f| f.name() == family.name()) {
+            Some(first) => first.mut_metric().extend(family.take_metric()),
+            None => merged.push(family),
+        }
+    }
+    merged
+}
+
 /// The first `max` series (the snapshot lists the most total time first) and the rest summed
 /// into one `function="other"` series.
 fn fold_functions(
@@ -371,7 +407,12 @@ fn fold_functions(
     (kept, Some(other))
 }
 
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+pub(super) fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    metrics: Vec<Metric>,
+) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_string());
     family.set_help(help.to_string());
@@ -380,7 +421,7 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     family
 }
 
-fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+pub(super) fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
         .map(|(name, value)| {
@@ -392,7 +433,7 @@ fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
-fn counter_metric(labels: &[(&str, &str)], value: f64) -> Metric {
+pub(super) fn counter_metric(labels: &[(&str, &str)], value: f64) -> Metric {
     let mut counter = Counter::default();
     counter.set_value(value);
     let mut metric = Metric::from_label(label_pairs(labels));
@@ -400,7 +441,7 @@ fn counter_metric(labels: &[(&str, &str)], value: f64) -> Metric {
     metric
 }
 
-fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
+pub(super) fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
     let mut gauge = Gauge::default();
     gauge.set_value(value);
     let mut metric = Metric::from_label(label_pairs(labels));

@@ -48,6 +48,8 @@ struct RawProfile {
     profile: RawHeader,
     #[serde(default, rename = "function")]
     functions: Vec<Spanned<RawFunction>>,
+    #[serde(default, rename = "price")]
+    prices: Vec<Spanned<super::buffer::RawPrice>>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +76,13 @@ struct RawFunction {
     context: Option<Spanned<RawContext>>,
     #[serde(default, rename = "metric")]
     metrics: Vec<Spanned<RawMetric>>,
+    buffer: Option<Spanned<super::buffer::RawBuffer>>,
+    #[serde(default = "yes")]
+    spans: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -118,13 +127,13 @@ struct RawMetric {
 }
 
 /// Turns byte spans into `origin:line:column` errors.
-struct Source<'a> {
+pub(super) struct Source<'a> {
     text: &'a str,
     origin: &'a str,
 }
 
 impl Source<'_> {
-    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ProfileError {
+    pub(super) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ProfileError {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -175,11 +184,17 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Profile> {
         .map(|function| compile_function(&source, function).map(Arc::new))
         .collect::<Result<Vec<_>>>()?;
     check_metric_consistency(&source, &raw.functions)?;
+    let prices = raw
+        .prices
+        .iter()
+        .map(|price| super::buffer::compile_price(&source, price))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Profile {
         name: name.clone(),
         description: raw.profile.description,
         marker: raw.profile.marker,
         functions,
+        prices,
     })
 }
 
@@ -198,6 +213,9 @@ fn compile_function(source: &Source, raw: &Spanned<RawFunction>) -> Result<Funct
         .transpose()?;
     if let Some(context) = &raw.context {
         compile_context(source, context, &captures, &mut spec)?;
+    }
+    if let Some(buffer) = &raw.buffer {
+        spec.buffer = super::buffer::compile_buffer(source, buffer)?;
     }
     let span_name = raw
         .span_name
@@ -240,6 +258,7 @@ fn compile_function(source: &Source, raw: &Spanned<RawFunction>) -> Result<Funct
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         metrics,
+        spans: raw.spans,
     })
 }
 

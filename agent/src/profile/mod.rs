@@ -3,6 +3,7 @@
 //! and how trace context crosses threads. A profile is TOML ([`format`]); the built-in ones are
 //! compiled into the binary and loaded by name.
 
+mod buffer;
 mod format;
 
 use std::{path::Path, sync::Arc};
@@ -10,16 +11,18 @@ use std::{path::Path, sync::Arc};
 use flowtap_common::ProbeSpec;
 use glob::Pattern;
 
+pub(crate) use buffer::Price;
 pub(crate) use format::ProfileError;
 
 use crate::symbols::ElfObject;
 
 /// The profiles shipped in the binary: (name, TOML source).
-pub(crate) const BUILTIN: [(&str, &str); 4] = [
+pub(crate) const BUILTIN: [(&str, &str); 5] = [
     ("workflow", include_str!("builtin/workflow.toml")),
     ("sqlite", include_str!("builtin/sqlite.toml")),
     ("libc", include_str!("builtin/libc.toml")),
     ("openssl", include_str!("builtin/openssl.toml")),
+    ("genai", include_str!("builtin/genai.toml")),
 ];
 
 /// The profile applied when neither `--profile` nor `--symbols` is given.
@@ -34,6 +37,8 @@ pub struct Profile {
     pub(crate) marker: Option<String>,
     /// In order: the first rule matching a function gives it its meaning.
     pub(crate) functions: Vec<Arc<FunctionRule>>,
+    /// What tokens of LLM models cost (`[[price]]`), first match wins.
+    pub(crate) prices: Vec<Price>,
 }
 
 /// What the functions one `[[function]]` table matches mean.
@@ -50,6 +55,9 @@ pub(crate) struct FunctionRule {
     /// Constant span attributes.
     pub attributes: Vec<(String, String)>,
     pub metrics: Vec<MetricDef>,
+    /// Whether its calls are exported as spans (`spans = false`: a function probed for its
+    /// bytes or metrics only, such as `SSL_read`, still parents nothing).
+    pub spans: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +255,22 @@ impl Profile {
         }
     }
 
+    /// Whether the profile names objects none of `objects` is, which may be loaded later.
+    pub(crate) fn names_other_objects(&self, objects: &[ElfObject]) -> bool {
+        self.functions.iter().any(|rule| {
+            rule.object
+                .as_ref()
+                .is_some_and(|glob| !objects.iter().any(|object| object.is_named(glob)))
+        })
+    }
+
+    /// Whether a function of it captures buffer bytes.
+    pub(crate) fn captures_bytes(&self) -> bool {
+        self.functions
+            .iter()
+            .any(|f| f.spec.buffer.mode != flowtap_common::capture::BufferMode::None)
+    }
+
     /// Whether the profile's functions are looked for in `object`.
     pub(crate) fn applies_to(&self, object: &ElfObject) -> bool {
         self.marker.as_ref().is_none_or(|marker| {
@@ -257,15 +281,17 @@ impl Profile {
         })
     }
 
-    /// The rule giving a function of `object_name` its meaning, if any.
+    /// The rule giving a function of an object (known by `object_names`) its meaning, if any.
     pub(crate) fn rule_for(
         &self,
-        object_name: &str,
+        object_names: &[String],
         raw: &str,
         demangled: &str,
     ) -> Option<&Arc<FunctionRule>> {
         self.functions.iter().find(|rule| {
-            rule.object.as_ref().is_none_or(|o| o.matches(object_name))
+            rule.object
+                .as_ref()
+                .is_none_or(|o| object_names.iter().any(|name| o.matches(name)))
                 && crate::symbols::matches(&rule.pattern, raw, demangled)
         })
     }

@@ -55,7 +55,11 @@ fn every_builtin_profile_compiles() {
 #[test]
 fn the_workflow_profile_says_what_the_kernel_needs() {
     let workflow = Profile::builtin("workflow").unwrap();
-    let rule = |name: &str| workflow.rule_for("libwfrt.so", name, name).unwrap();
+    let rule = |name: &str| {
+        workflow
+            .rule_for(&["libwfrt.so".into()], name, name)
+            .unwrap()
+    };
     let llm = rule("wf_llm_call");
     assert_eq!(llm.spec.error, Condition::new(Compare::Lt, 0));
     assert_eq!((llm.spec.ret_bytes, llm.spec.ret_signed), (4, 1));
@@ -80,7 +84,7 @@ fn the_workflow_profile_says_what_the_kernel_needs() {
     assert!(rule("wf_cache_put").metrics.is_empty());
     assert!(
         workflow
-            .rule_for("libwfrt.so", "wfrt_set_seed", "")
+            .rule_for(&["libwfrt.so".into()], "wfrt_set_seed", "")
             .is_none()
     );
 }
@@ -357,5 +361,79 @@ fn captures_must_be_used_and_contexts_keyed_by_integers() {
         3,
         11,
         "exactly one of",
+    );
+}
+
+#[test]
+fn the_genai_profile_captures_what_each_call_moved() {
+    use flowtap_common::capture::{BufferMode, DIRECTION_READ, DIRECTION_WRITE};
+    let genai = Profile::builtin("genai").unwrap();
+    let rule = |name: &str| genai.rule_for(&["libssl.so.3".into()], name, name).unwrap();
+    let read = rule("SSL_read").spec.buffer;
+    assert_eq!(
+        (
+            read.mode,
+            read.data_arg,
+            read.length_out_arg,
+            read.connection_arg
+        ),
+        (BufferMode::Return, 1, NO_ARG, 0)
+    );
+    assert_eq!((read.direction, read.length_bytes), (DIRECTION_READ, 4));
+    let write_ex = rule("SSL_write_ex").spec.buffer;
+    assert_eq!(
+        (
+            write_ex.length_out_arg,
+            write_ex.length_bytes,
+            write_ex.direction
+        ),
+        (3, 8, DIRECTION_WRITE)
+    );
+    assert_eq!(rule("SSL_free").spec.buffer.mode, BufferMode::Close);
+    assert!(genai.functions.iter().all(|f| !f.spans));
+    let price = genai
+        .prices
+        .iter()
+        .find(|p| p.model.matches("gpt-4o-mini-2024-07-18"))
+        .unwrap();
+    assert_eq!(price.input_per_million, 0.15, "the first match wins");
+}
+
+#[test]
+fn buffers_and_prices_are_checked() {
+    let function = "[[function]]\nmatch = \"f\"\n";
+    assert_error(
+        &format!("{function}buffer = {{ at = \"later\", data = 1 }}\n"),
+        3,
+        17,
+        "expected \"entry\", \"return\" or \"close\"",
+    );
+    assert_error(
+        &format!("{function}buffer = {{ at = \"return\", data = 1, direction = \"read\" }}\n"),
+        3,
+        10,
+        "exactly one of `length = \"return\"` or `length_out = N`",
+    );
+    assert_error(
+        &format!(
+            "{function}buffer = {{ at = \"entry\", data = 1, length = 2, direction = \"in\" }}\n"
+        ),
+        3,
+        60,
+        "expected direction = \"write\" or \"read\"",
+    );
+    assert_error(
+        &format!(
+            "{function}buffer = {{ at = \"entry\", data = 1, length = 2, direction = \"write\", max_bytes = 70000 }}\n"
+        ),
+        3,
+        81,
+        "expected max_bytes from 1 to 65536",
+    );
+    assert_error(
+        &format!("{function}[[price]]\nmodel = \"m\"\ninput = -1.0\noutput = 1.0\n"),
+        5,
+        9,
+        "expected a price of 0 or more",
     );
 }

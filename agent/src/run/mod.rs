@@ -10,7 +10,7 @@ use std::{
     io::Write,
     net::{SocketAddr, TcpListener},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -19,6 +19,7 @@ use opentelemetry_otlp::SpanExporter;
 use tokio::runtime::Runtime;
 
 use crate::{
+    capture_ring::CaptureStream,
     console::{print, status},
     export::{
         metrics_server::MetricsServer,
@@ -26,15 +27,17 @@ use crate::{
         prometheus::{self, Exporter},
         spans_file::SpansFile,
     },
+    genai::{LlmTap, metrics::LlmMetrics},
     host,
     kernel_counters::Snapshot,
     kubernetes::{Kubernetes, KubernetesConfig, PodWorkloads},
+    library_loads::LoadFollower,
     loader::{KernelLogLevel, LoadOptions, Probes},
     output_file::{self, OutputFile},
     plan::{ExitPolicy, Plan, Selection, SymbolSelector},
     profile::{self, Profile},
     profile_metrics::{LabelCap, ProfileMetrics},
-    report::{Report, ReportFormat, SpanSummary},
+    report::{LoadsSummary, Report, ReportFormat, SpanSummary},
     span_ring::SpanStream,
     spans::{SpanFactory, SpanPump},
     targets::{Target, TargetSpec},
@@ -69,6 +72,10 @@ pub(crate) struct RunConfig {
     pub(crate) sample_rate: f64,
     /// Spans as OTLP JSON lines.
     pub(crate) spans_out: Option<PathBuf>,
+    /// Prompt and completion text on LLM spans.
+    pub(crate) capture_content: bool,
+    /// Bytes of the capture ring; `None`: the default.
+    pub(crate) capture_ring_bytes: Option<u32>,
     /// Gets the ready line once the probes are attached, then is closed.
     pub(crate) ready: Option<File>,
     /// Attach programs that do nothing (the kernel's own cost, for benchmarks).
@@ -99,6 +106,8 @@ impl Default for RunConfig {
             otlp_protocol: OtlpProtocol::default(),
             sample_rate: 1.0,
             spans_out: None,
+            capture_content: false,
+            capture_ring_bytes: None,
             ready: None,
             empty_programs: false,
             kernel_log: None,
@@ -121,7 +130,9 @@ pub(crate) fn run(mut config: RunConfig) -> anyhow::Result<i32> {
 /// The target resolved, its probes planned, the outputs open.
 struct Prepared {
     target: Target,
-    plan: Arc<Plan>,
+    plan: Arc<RwLock<Plan>>,
+    /// What the plan was made of: applied again to libraries loaded later.
+    selection: Arc<Selection>,
     workloads: Arc<dyn Workloads>,
     report_file: Option<OutputFile>,
     spans_file: Option<OutputFile>,
@@ -154,36 +165,69 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     // Launch mode forks here, so this comes before any thread is started.
     let mut target = Target::resolve(&spec)?;
     target.follow_children(children(config.children)?);
+    // A launched command is planned at the exec of its program, once its wrappers are past.
     let plan = if target.is_launch() {
-        target.follow_exec::<_, anyhow::Error>(
+        target.follow_exec(
             |name| selection.names_object(name),
-            |target| {
-                Ok(Plan::build(
-                    &target.objects,
-                    &selection,
-                    &target.describe(),
-                )?)
-            },
+            |target| plan_target(target, &selection),
         )?
     } else {
-        Plan::build(&target.objects, &selection, &target.describe())?
+        plan_target(&mut target, &selection)?
     };
-    let plan = Arc::new(plan);
     for note in plan.notes() {
         eprintln!("flowtap: note: {note}");
     }
+    selector_notes(&plan, &selection, &target);
     let workloads: Arc<dyn Workloads> = match cluster {
         Some(cluster) => Arc::new(PodWorkloads::new(cluster, target.pid())),
         None => Arc::new(NoWorkloads),
     };
     Ok(Prepared {
         target,
-        plan,
+        plan: Arc::new(RwLock::new(plan)),
+        selection: Arc::new(selection),
         workloads,
         report_file,
         spans_file,
         listener,
     })
+}
+
+/// Plans the probes of `target`, with the installed libraries that selectors name but it does
+/// not load yet: their probes are in place before it loads them.
+fn plan_target(target: &mut Target, selection: &Selection) -> anyhow::Result<Plan> {
+    let installed = target.add_installed(&selection.absent_objects(&target.objects));
+    if !installed.is_empty() {
+        status(format_args!(
+            "probing {} before it is loaded: selected by name, found in the dynamic loader's cache",
+            installed.join(", ")
+        ));
+    }
+    Ok(Plan::build(&target.objects, selection, &target.describe())?)
+}
+
+/// Says which selectors wait for libraries loaded later, and which match nothing (when others
+/// do, the run goes on without them).
+fn selector_notes(plan: &Plan, selection: &Selection, target: &Target) {
+    let waiting = plan.waiting(selection, &target.objects);
+    if !waiting.is_empty() {
+        status(format_args!(
+            "waiting for libraries loaded later: {} names objects not loaded yet",
+            waiting.join(", ")
+        ));
+    }
+    let unmatched: Vec<String> = plan
+        .unmatched(selection)
+        .into_iter()
+        .filter(|text| !waiting.contains(text))
+        .collect();
+    if !unmatched.is_empty() && !selection.defaulted {
+        eprintln!(
+            "flowtap: note: {} matches no function of {} yet: probed if a library loaded later has one",
+            unmatched.join(", "),
+            target.describe()
+        );
+    }
 }
 
 /// What to trace, and the cluster when Kubernetes is asked for: a pod selector picks the
@@ -241,12 +285,18 @@ fn selection(config: &RunConfig) -> anyhow::Result<Selection> {
 /// The probes attached and every sink ready: what serving and finishing use.
 struct Attached {
     runtime: Runtime,
-    plan: Arc<Plan>,
+    plan: Arc<RwLock<Plan>>,
+    selection: Arc<Selection>,
+    /// Probes libraries loaded later; stopped before the final counts are read.
+    follower: Option<LoadFollower>,
     workloads: Arc<dyn Workloads>,
     probes: Arc<Mutex<Probes>>,
     /// OTLP export: the exporter and the queue the pump fills.
     otlp: Option<(SpanExporter, Arc<SpanQueue>)>,
     pump: Option<SpanPump>,
+    /// LLM calls decoded from captured bytes, when a profile captures them.
+    tap: Option<LlmTap>,
+    llm: Option<Arc<Mutex<LlmMetrics>>>,
     counts: Arc<SpanCounts>,
     labels: Arc<Mutex<LabelCap>>,
     metrics: Arc<Exporter>,
@@ -282,14 +332,27 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let stream = spans_wanted
         .then(|| SpanStream::take(&mut probes))
         .transpose()?;
+    let tap = llm_tap(
+        config,
+        &prepared.plan.read().expect("plan lock"),
+        &mut probes,
+    )?;
+    let llm = tap.as_ref().map(|tap| tap.metrics.clone());
     let probes = Arc::new(Mutex::new(probes));
     let pump = stream.map(|stream| span_pump(config, &prepared, stream, &probes, sinks));
     let labels = Arc::new(Mutex::new(LabelCap::default()));
     let span_counts = spans_wanted.then(|| counts.clone());
-    let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts);
+    let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts, &llm);
+    let follower = LoadFollower::start(
+        &prepared.target,
+        &probes,
+        &prepared.plan,
+        prepared.selection.clone(),
+    )?;
     let Prepared {
         target,
         plan,
+        selection,
         workloads,
         listener,
         ..
@@ -297,10 +360,14 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     let attached = Attached {
         runtime,
         plan,
+        selection,
+        follower,
         workloads,
         probes,
         otlp,
         pump,
+        tap,
+        llm,
         counts,
         labels,
         metrics,
@@ -323,8 +390,25 @@ fn load(config: &RunConfig, prepared: &Prepared, spans_wanted: bool) -> anyhow::
         empty_programs: config.empty_programs,
         kernel_log: config.kernel_log,
         verifier_log: config.verifier_log.clone(),
+        capture_ring_bytes: config.capture_ring_bytes,
     };
-    Ok(Probes::load(&prepared.plan, &prepared.target, &options)?)
+    let plan = prepared.plan.read().expect("plan lock");
+    Ok(Probes::load(&plan, &prepared.target, &options)?)
+}
+
+/// The consumer of captured bytes, when a probe captures them.
+fn llm_tap(config: &RunConfig, plan: &Plan, probes: &mut Probes) -> anyhow::Result<Option<LlmTap>> {
+    if !plan.captures_bytes() {
+        return Ok(None);
+    }
+    let (ring, quiet) = probes.take_capture()?;
+    let metrics = Arc::new(Mutex::new(LlmMetrics::new(plan.prices.clone())));
+    Ok(Some(LlmTap::new(
+        CaptureStream::new(ring),
+        quiet,
+        metrics,
+        config.capture_content,
+    )))
 }
 
 /// Where the pump sends spans, and their counts.
@@ -358,6 +442,7 @@ fn metrics_exporter(
     probes: &Arc<Mutex<Probes>>,
     labels: &Arc<Mutex<LabelCap>>,
     span_counts: Option<Arc<SpanCounts>>,
+    llm: &Option<Arc<Mutex<LlmMetrics>>>,
 ) -> Arc<Exporter> {
     let target = &prepared.target;
     let service = config
@@ -374,7 +459,8 @@ fn metrics_exporter(
             span_counts,
             prepared.workloads.clone(),
         )
-        .with_max_function_series(config.max_function_series),
+        .with_max_function_series(config.max_function_series)
+        .with_llm(llm.clone()),
     )
 }
 
@@ -413,24 +499,28 @@ fn serve(
     let address = listener.local_addr().context("metrics address")?;
     let plan = &attached.plan;
     status(format_args!("serving metrics on http://{address}/metrics"));
-    status(format_args!(
-        "attached {} probes in {} objects of {}; Ctrl-C to stop",
-        plan.probes.len(),
-        plan.objects.len(),
-        target.describe()
-    ));
+    {
+        let plan = plan.read().expect("plan lock");
+        status(format_args!(
+            "attached {} probes in {} objects of {}; Ctrl-C to stop",
+            plan.probes.len(),
+            plan.objects.len(),
+            target.describe()
+        ));
+    }
     let mut signals = {
         let _context = attached.runtime.enter();
         wait::StopSignals::listen().context("listening for SIGINT and SIGTERM")?
     };
     if let Some(ready) = ready {
-        signal_ready(ready, address, plan);
+        signal_ready(ready, address, &plan.read().expect("plan lock"));
     }
     let Attached {
         runtime,
         probes,
         otlp,
         pump,
+        tap,
         metrics,
         ..
     } = attached;
@@ -442,15 +532,13 @@ fn serve(
             .take()
             .map(|(exporter, queue)| tokio::spawn(queue.run(exporter, stopped, SPAN_FLUSH_LIMIT)));
         let exit_code = tokio::select! {
-            result = pump_spans(pump.as_mut(), plan) => {
+            result = pump_spans(pump.as_mut(), tap.as_mut(), plan) => {
                 result.context("writing spans")?;
                 unreachable!("the span pump runs until stopped")
             }
             result = wait::until_done(target, config.duration, probes, &mut signals) => result?,
         };
-        if let Some(pump) = pump {
-            pump.pump(plan).context("writing spans")?;
-        }
+        pump_once(pump.as_mut(), tap.as_mut(), plan).context("writing spans")?;
         let _ = stop.send(true);
         if let Some(export) = export {
             export.await.context("exporting spans")?;
@@ -473,11 +561,42 @@ fn signal_ready(mut ready: File, address: SocketAddr, plan: &Plan) {
     }
 }
 
-async fn pump_spans(pump: Option<&mut SpanPump>, plan: &Plan) -> std::io::Result<()> {
-    match pump {
-        Some(pump) => pump.run(plan).await,
-        None => std::future::pending().await,
+/// How often the LLM tap and the span pump read the kernel's rings: the kernel never wakes
+/// us, to keep the probes cheap.
+const PUMP_INTERVAL: Duration = Duration::from_millis(100);
+
+async fn pump_spans(
+    mut pump: Option<&mut SpanPump>,
+    mut tap: Option<&mut LlmTap>,
+    plan: &RwLock<Plan>,
+) -> std::io::Result<()> {
+    if pump.is_none() && tap.is_none() {
+        return std::future::pending().await;
     }
+    let mut interval = tokio::time::interval(PUMP_INTERVAL);
+    loop {
+        interval.tick().await;
+        pump_once(pump.as_deref_mut(), tap.as_deref_mut(), plan)?;
+    }
+}
+
+/// Moves the kernel's spans, then the LLM calls' (metrics always, spans when exported). The
+/// plan grows as libraries are loaded.
+fn pump_once(
+    mut pump: Option<&mut SpanPump>,
+    tap: Option<&mut LlmTap>,
+    plan: &RwLock<Plan>,
+) -> std::io::Result<()> {
+    if let Some(pump) = pump.as_deref_mut() {
+        pump.pump(&plan.read().expect("plan lock"))?;
+    }
+    if let Some(tap) = tap {
+        let spans = tap.pump();
+        if let Some(pump) = pump {
+            pump.push_made(spans);
+        }
+    }
+    Ok(())
 }
 
 /// Whether to follow forked children, as asked or by the mode's default. Following them puts
@@ -497,26 +616,48 @@ fn children(asked: Option<bool>) -> anyhow::Result<Option<bool>> {
 }
 
 /// Reads the final counts and writes the report.
-fn finish(config: &RunConfig, attached: Attached, exit_code: Option<i32>) -> anyhow::Result<i32> {
+fn finish(
+    config: &RunConfig,
+    mut attached: Attached,
+    exit_code: Option<i32>,
+) -> anyhow::Result<i32> {
+    // No probes are added while the last counts are read.
+    let loaded_later = attached.follower.take().map(LoadFollower::stop);
     let probes = attached.probes.lock().expect("probes lock");
-    let snapshot = Snapshot::read(&probes, &attached.plan)
+    let plan = attached.plan.read().expect("plan lock");
+    let loaded_later = loaded_later.unwrap_or_default();
+    let loads = LoadsSummary {
+        objects: loaded_later.objects,
+        probes: loaded_later.probes,
+        slowest_attach_ms: loaded_later.slowest.map(|d| d.as_secs_f64() * 1e3),
+        failed: loaded_later.failed,
+        not_probed_tables_full: plan.over_capacity,
+        unmatched_selectors: plan.unmatched(&attached.selection),
+    };
+    let snapshot = Snapshot::read(&probes, &plan)
         .context("reading the kernel's counters")?
         .per_function(attached.workloads.as_ref());
     // Per function: the workloads' labels do not apply.
     let declared = ProfileMetrics::derive(
         &snapshot,
-        &attached.plan,
+        &plan,
         &mut attached.labels.lock().expect("labels"),
         &NoWorkloads,
     );
     let spans = attached
         .pump
         .map(|pump| SpanSummary::new(&attached.counts, pump.slowest.slowest));
+    let llm = attached
+        .llm
+        .as_ref()
+        .map(|llm| llm.lock().expect("llm metrics lock"));
     let report = Report {
         snapshot: &snapshot,
         declared: &declared,
         spans: spans.as_ref(),
+        llm: llm.as_deref(),
         exit_code,
+        loads: &loads,
     };
     write_report(attached.report_file, config, &report)?;
     Ok(exit_code.unwrap_or(0))

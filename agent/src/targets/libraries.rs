@@ -31,8 +31,8 @@ pub(crate) fn load_closure(
         || std::env::var("LD_LIBRARY_PATH").unwrap_or_default(),
         str::to_string,
     );
-    let cache = LdSoCache::read();
-    let mut objects = vec![ElfObject::read(executable)?];
+    let cache = LdSoCache::read(Path::new("/"));
+    let mut objects = vec![read(executable)?];
     let mut seen: HashSet<String> = HashSet::new();
     let mut queue: VecDeque<(String, usize)> = objects[0]
         .needed
@@ -46,12 +46,52 @@ pub(crate) fn load_closure(
         let Some(path) = resolve(&name, &objects[parent], &cache, &env_dirs) else {
             continue;
         };
-        let object = ElfObject::read(&path)?;
+        let object = read(&path)?;
         let index = objects.len();
         queue.extend(object.needed.iter().map(|needed| (needed.clone(), index)));
         objects.push(object);
     }
     Ok(objects)
+}
+
+/// More candidates than this for one name, and none is looked at: the name is too loose to
+/// guess which one a program will load.
+const MAX_CANDIDATES: usize = 4;
+
+/// The libraries of the system under `root` (a process's root directory) that `dlopen` of a
+/// name `glob` matches would load: `/etc/ld.so.cache`'s entries by that name, each read once and
+/// known by it too. Probes on them are live before a process maps them (uprobes are per file).
+pub(crate) fn installed(root: &Path, glob: &glob::Pattern) -> Vec<ElfObject> {
+    let cache = LdSoCache::read(root);
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for (name, path) in &cache.0 {
+        let path = root.join(path.strip_prefix("/").unwrap_or(path));
+        let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+        if glob.matches(name) && path.is_file() && !files.iter().any(|(_, known)| *known == real) {
+            files.push((name.clone(), real));
+        }
+    }
+    if files.len() > MAX_CANDIDATES {
+        return Vec::new();
+    }
+    files
+        .into_iter()
+        .filter_map(|(name, path)| {
+            let mut object = read(&path).ok()?;
+            object.add_names([name]);
+            Some(object)
+        })
+        .collect()
+}
+
+/// Reads the object at `path`, shown by its real file's name as in PID mode (`libz.so.1` is a
+/// link to `libz.so.1.2.13`) and known by the name it is loaded as (the path's) too.
+fn read(path: &Path) -> Result<ElfObject, SymbolError> {
+    let mut object = ElfObject::read(path)?;
+    if let Ok(real) = path.canonicalize() {
+        object.show_as(crate::symbols::file_name(&real));
+    }
+    Ok(object)
 }
 
 fn resolve(name: &str, parent: &ElfObject, cache: &LdSoCache, env_dirs: &str) -> Option<PathBuf> {
@@ -94,8 +134,9 @@ impl LdSoCache {
     const HEADER_LEN: usize = 48;
     const ENTRY_LEN: usize = 24;
 
-    fn read() -> Self {
-        let data = std::fs::read("/etc/ld.so.cache").unwrap_or_default();
+    /// The cache of the system under `root`.
+    fn read(root: &Path) -> Self {
+        let data = std::fs::read(root.join("etc/ld.so.cache")).unwrap_or_default();
         Self(Self::parse(&data).unwrap_or_default())
     }
 
@@ -139,11 +180,19 @@ mod tests {
 
     #[test]
     fn finds_libc_through_the_cache_of_this_machine() {
-        let cache = LdSoCache::read();
+        let cache = LdSoCache::read(Path::new("/"));
         let libc = cache
             .lookup("libc.so.6")
             .expect("libc.so.6 in /etc/ld.so.cache");
         assert!(libc.is_file());
+    }
+
+    #[test]
+    fn installed_libraries_are_found_by_the_name_they_are_loaded_as() {
+        let libc = installed(Path::new("/"), &glob::Pattern::new("libc.so*").unwrap());
+        assert_eq!(libc.len(), 1);
+        assert!(libc[0].names.iter().any(|name| name == "libc.so.6"));
+        assert!(installed(Path::new("/"), &glob::Pattern::new("lib*").unwrap()).is_empty());
     }
 
     #[test]

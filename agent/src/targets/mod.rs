@@ -60,6 +60,21 @@ pub(crate) enum TargetError {
     EveryUser { path: PathBuf },
 }
 
+/// Reads an object process `pid` maps, through its map_files entry, known by the name the
+/// process mapped it by (and, for its executable, the name it was started by) besides its own.
+pub(crate) fn read_mapped(
+    pid: u32,
+    mapped: &process::MappedObject,
+) -> Result<ElfObject, SymbolError> {
+    let mut object = ElfObject::read(&mapped.open_path).map_err(|error| error.at(&mapped.path))?;
+    object.shown_path = mapped.path.clone();
+    object.show_as(crate::symbols::file_name(&mapped.path));
+    if FileId::of(Path::new(&format!("/proc/{pid}/exe"))).ok() == Some(mapped.file) {
+        object.add_names(process::run_as_name(pid));
+    }
+    Ok(object)
+}
+
 /// What the user pointed flowtap at, before anything is resolved.
 #[derive(Debug, Clone)]
 pub(crate) enum TargetSpec {
@@ -115,14 +130,14 @@ impl Target {
         process::check_traceable(pid.get())?;
         invoker::may_trace(pid.get())?;
         let mut skipped = Vec::new();
-        let paths = process::mapped_objects(pid.get())?;
+        let mapped = process::mapped_objects(pid.get())?;
         let mut progress = crate::console::Progress::new();
         let mut functions = 0;
-        let objects = paths
+        let objects = mapped
             .iter()
             .enumerate()
-            .filter_map(|(index, path)| {
-                let object = ElfObject::read(path)
+            .filter_map(|(index, mapped_object)| {
+                let object = read_mapped(pid.get(), mapped_object)
                     .map_err(|error| skipped.push(error))
                     .ok()?;
                 functions += object.functions.len();
@@ -131,7 +146,7 @@ impl Target {
                     format_args!(
                         "reading symbols: {}/{} objects, {functions} functions",
                         index + 1,
-                        paths.len()
+                        mapped.len()
                     ),
                 );
                 Some(object)
@@ -204,7 +219,7 @@ impl Target {
     pub(crate) fn follow_exec<T, E: From<TargetError>>(
         &mut self,
         named: impl Fn(&str) -> bool,
-        judge: impl FnOnce(&Self) -> Result<T, E>,
+        judge: impl FnOnce(&mut Self) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut ran = Vec::new();
         loop {
@@ -232,6 +247,8 @@ impl Target {
             *program = exe;
             self.objects = libraries::load_closure(program, library_path.as_deref())
                 .map_err(TargetError::from)?;
+            // Known by the name it was executed as too (a link's), as in PID mode.
+            self.objects[0].add_names(process::run_as_name(child.pid));
             return judge(self);
         }
     }
@@ -260,6 +277,50 @@ impl Target {
         } else {
             self.pid()
         }
+    }
+
+    /// Adds the installed libraries that names `globs` match (see [`libraries::installed`]),
+    /// under the process's root in PID mode: their probes are then in place before a process
+    /// loads them. Returns the names of those added.
+    pub(crate) fn add_installed(&mut self, globs: &[glob::Pattern]) -> Vec<String> {
+        if !self.loads_libraries_later() {
+            return Vec::new();
+        }
+        let root = match &self.kind {
+            TargetKind::Process { pid } => PathBuf::from(format!("/proc/{pid}/root")),
+            _ => PathBuf::from("/"),
+        };
+        let mut known: Vec<FileId> = self
+            .objects
+            .iter()
+            .filter_map(|object| FileId::of(&object.path).ok())
+            .collect();
+        let mut added = Vec::new();
+        for glob in globs {
+            for object in libraries::installed(&root, glob) {
+                let Ok(file) = FileId::of(&object.path) else {
+                    continue;
+                };
+                if !known.contains(&file) {
+                    known.push(file);
+                    added.push(object.path.display().to_string());
+                    self.objects.push(object);
+                }
+            }
+        }
+        added
+    }
+
+    /// Whether libraries its processes load later are looked for: a library target's probes
+    /// are on its file already, wherever and whenever it is loaded.
+    pub(crate) fn loads_libraries_later(&self) -> bool {
+        !matches!(
+            self.kind,
+            TargetKind::Binary {
+                is_library: true,
+                ..
+            }
+        )
     }
 
     /// The process the target is (PID and launch modes).

@@ -1,15 +1,16 @@
 //! What `/proc` says about a running process: whether it is one we can trace, and which ELF
-//! objects it has mapped, read through `/proc/PID/root` so processes in containers work too.
+//! objects it has mapped, opened through `/proc/PID/map_files` so that processes in chroots and
+//! containers, deleted files and odd names work too.
 
 use std::{
-    os::unix::fs::MetadataExt,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use super::TargetError;
 
 /// A file's identity across mount namespaces: the same binary seen by different paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct FileId {
     pub dev: u64,
     pub ino: u64,
@@ -80,29 +81,104 @@ fn permission_denied(pid: u32) -> TargetError {
     }
 }
 
-/// The executable files mapped by `pid`, as paths the agent can open.
-pub(crate) fn mapped_objects(pid: u32) -> Result<Vec<PathBuf>, TargetError> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|error| match error
-        .kind()
-    {
+/// A file a process maps executable, opened as the process sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct MappedObject {
+    /// `/proc/PID/map_files/START-END`: the mapped file itself, whatever the process's root and
+    /// mount namespace, even when deleted or renamed since.
+    pub open_path: PathBuf,
+    /// The path the process mapped it by, as `/proc/PID/maps` shows it (" (deleted)" removed).
+    pub path: PathBuf,
+    pub file: FileId,
+}
+
+/// The executable files mapped by `pid`, each once, in address order (the executable first).
+pub(crate) fn mapped_objects(pid: u32) -> Result<Vec<MappedObject>, TargetError> {
+    let maps = std::fs::read(format!("/proc/{pid}/maps")).map_err(|error| match error.kind() {
         std::io::ErrorKind::PermissionDenied => permission_denied(pid),
         _ => TargetError::NoSuchProcess { pid },
     })?;
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let permissions = fields.nth(1).unwrap_or("");
-        let Some(path) = fields.nth(3) else { continue };
-        if !permissions.contains('x') || !path.starts_with('/') || line.ends_with("(deleted)") {
+    let mut objects: Vec<MappedObject> = Vec::new();
+    for line in maps.split(|&byte| byte == b'\n') {
+        let Some(mapping) = Mapping::parse(line).filter(|m| m.executable) else {
             continue;
-        }
-        let host_path = root.join(path.trim_start_matches('/'));
-        if !paths.contains(&host_path) {
-            paths.push(host_path);
+        };
+        let open_path = PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range));
+        // The process may have unmapped it since: skip what is gone.
+        let Ok(file) = FileId::of(&open_path) else {
+            continue;
+        };
+        if !objects.iter().any(|object| object.file == file) {
+            objects.push(MappedObject {
+                open_path,
+                path: mapping.path,
+                file,
+            });
         }
     }
-    Ok(paths)
+    Ok(objects)
+}
+
+/// One line of `/proc/PID/maps` that maps a file.
+#[derive(Debug, PartialEq, Eq)]
+struct Mapping {
+    /// `START-END`, as `/proc/PID/map_files` names it.
+    range: String,
+    executable: bool,
+    path: PathBuf,
+}
+
+impl Mapping {
+    /// `START-END PERMS OFFSET DEV INODE   PATH`: the path is the rest of the line, spaces
+    /// included; the kernel writes a newline in it as `\012` and marks a deleted file with
+    /// " (deleted)". Lines without a path, or a pseudo-path (`[vdso]`), are not files.
+    fn parse(line: &[u8]) -> Option<Self> {
+        let mut rest = line;
+        let mut fields = Vec::with_capacity(5);
+        for _ in 0..5 {
+            let start = rest.iter().position(|b| *b != b' ')?;
+            rest = &rest[start..];
+            let end = rest.iter().position(|b| *b == b' ').unwrap_or(rest.len());
+            fields.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        let start = rest.iter().position(|b| *b != b' ')?;
+        let path = &rest[start..];
+        if path.first() != Some(&b'/') {
+            return None;
+        }
+        let path = path.strip_suffix(b" (deleted)").unwrap_or(path);
+        Some(Self {
+            range: String::from_utf8_lossy(fields[0]).into_owned(),
+            executable: fields[1].get(2) == Some(&b'x'),
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_newlines(path))),
+        })
+    }
+}
+
+/// The kernel's `\012` back to the newline it stands for.
+fn unescape_newlines(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix(b"\\012") {
+            out.push(b'\n');
+            rest = after;
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
+}
+
+/// The file name `pid` was started by (`argv[0]`'s), which may differ from its executable's
+/// (`python3` for `python3.11`).
+pub(crate) fn run_as_name(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|&byte| byte == 0).next()?;
+    let name = Path::new(std::ffi::OsStr::from_bytes(argv0)).file_name()?;
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Every process whose executable is the file `binary`.
@@ -155,13 +231,36 @@ mod tests {
         check_traceable(pid).unwrap();
         let own = FileId::of(&std::env::current_exe().unwrap()).unwrap();
         let objects = mapped_objects(pid).unwrap();
+        assert!(objects.iter().any(|object| object.file == own));
         assert!(
             objects
                 .iter()
-                .any(|path| FileId::of(path).ok() == Some(own))
+                .all(|object| FileId::of(&object.open_path).ok() == Some(object.file))
         );
         assert!(processes_running(own).contains(&pid));
         assert!(processes_mapping(own) >= 1);
+    }
+
+    #[test]
+    fn maps_lines_keep_spaces_newlines_and_deleted_files() {
+        let line = b"7f00-7f10 r-xp 00001000 fd:01 1234                       /tmp/a dir/lib x.so (deleted)";
+        assert_eq!(
+            Mapping::parse(line),
+            Some(Mapping {
+                range: "7f00-7f10".into(),
+                executable: true,
+                path: PathBuf::from("/tmp/a dir/lib x.so"),
+            })
+        );
+        let newline = b"7f00-7f10 r--p 00000000 fd:01 1234   /tmp/a\\012b.so";
+        let parsed = Mapping::parse(newline).unwrap();
+        assert_eq!(parsed.path, PathBuf::from("/tmp/a\nb.so"));
+        assert!(!parsed.executable);
+        assert_eq!(
+            Mapping::parse(b"7fff-8000 r-xp 00000000 00:00 0                  [vdso]"),
+            None
+        );
+        assert_eq!(Mapping::parse(b"7fff-8000 rw-p 00000000 00:00 0 "), None);
     }
 
     #[test]
