@@ -24,6 +24,7 @@ macro_rules! eprint {
 mod capture_ring;
 pub mod cli;
 mod console;
+mod debug_file;
 mod export;
 mod genai;
 mod host;
@@ -39,6 +40,7 @@ mod loader;
 mod mapped_file;
 mod output_file;
 mod plan;
+mod processes;
 mod profile;
 mod profile_metrics;
 mod report;

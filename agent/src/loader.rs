@@ -18,7 +18,8 @@ use aya::{
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_TRACED, ProbeSpec, TraceContext,
+    AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_TRACED, ProbeSpec, ProcessInfo,
+    TraceContext,
     abi::{self, maps, programs},
     capture::{CAPTURE_RING_BYTES, ConnectionKey},
 };
@@ -258,6 +259,10 @@ impl Probes {
             probes.load_capture_programs()?;
         }
         probes.attach_lifecycle(fork_fields.is_some())?;
+        // Known to the kernel since before it started: recorded here.
+        if let Some(pid) = target.pid() {
+            probes.record(pid.get())?;
+        }
         // Enrolled before its probes go live: it counts from the moment they do.
         if target.filters_by_process()
             && let Some(pid) = target.pid()
@@ -473,6 +478,42 @@ impl Probes {
         })
     }
 
+    /// Processes traced, counted as `how` says.
+    pub(crate) fn processes_traced(&self, how: ProcessCount) -> Result<u64, MapError> {
+        match how {
+            ProcessCount::One => Ok(1),
+            ProcessCount::Enrolled => self.traced_processes(),
+            ProcessCount::Mapping(library) => {
+                Ok(crate::targets::process::processes_mapping(library) as u64)
+            }
+        }
+    }
+
+    /// Records process `pid`, which started before the kernel could see it, as `/proc` shows it.
+    fn record(&mut self, pid: u32) -> Result<(), LoadError> {
+        let Some(info) = crate::processes::from_proc(pid) else {
+            return Ok(());
+        };
+        let mut map: HashMap<_, u32, ProcessInfo> =
+            HashMap::try_from(self.kernel_map_mut(maps::PROCESSES)).map_err(|source| {
+                LoadError::Map {
+                    name: maps::PROCESSES,
+                    source,
+                }
+            })?;
+        map.insert(&pid, &info, 0).map_err(|source| LoadError::Map {
+            name: maps::PROCESSES,
+            source,
+        })
+    }
+
+    /// What the kernel recorded of the process holding `pid`.
+    fn process(&self, pid: u32) -> Option<ProcessInfo> {
+        let map: HashMap<_, u32, ProcessInfo> =
+            HashMap::try_from(self.kernel_map(maps::PROCESSES)).ok()?;
+        map.get(&pid, 0).ok()
+    }
+
     /// The ring buffer of captured bytes and the map of quiet connections, which the capture
     /// reader owns from then on.
     pub(crate) fn take_capture(
@@ -546,6 +587,23 @@ impl Probes {
         self.ebpf
             .map_mut(name)
             .unwrap_or_else(|| panic!("map {name} is defined by flowtap-ebpf"))
+    }
+}
+
+/// How `flowtap_processes_traced` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProcessCount {
+    /// The one process traced (PID or launch mode, children not followed).
+    One,
+    /// The kernel's TRACED set: the processes enrolled when probes fire for every process.
+    Enrolled,
+    /// The processes that map the library that is the target (its probes are in them).
+    Mapping(crate::targets::process::FileId),
+}
+
+impl crate::processes::ProcessTable for std::sync::Mutex<Probes> {
+    fn process(&self, pid: u32) -> Option<ProcessInfo> {
+        self.lock().expect("probes lock").process(pid)
     }
 }
 

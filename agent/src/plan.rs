@@ -246,6 +246,8 @@ pub(crate) struct PlannedObject {
     /// The path shown in messages.
     pub shown_path: PathBuf,
     pub name: String,
+    /// The separate debug file its functions were found in (the object is stripped).
+    pub debug_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -300,6 +302,15 @@ pub(crate) enum PlanError {
     )]
     NoMatch { target: String, selectors: String },
     #[error(
+        "no function of {target} matches {selectors}, and {objects} stripped: only exported functions are visible and no separate debug file was found (by build id in /usr/lib/debug/.build-id, or by .gnu_debuglink); install its debug symbols (Debian: the -dbgsym package) or pick exported functions with `flowtap symbols`"
+    )]
+    NoMatchStripped {
+        target: String,
+        selectors: String,
+        /// "/usr/bin/app is", "a, b are".
+        objects: String,
+    },
+    #[error(
         "`{symbol}` in {object} is data, not a function: flowtap times functions; pick one with `flowtap symbols`"
     )]
     DataNotCode { symbol: String, object: String },
@@ -332,7 +343,34 @@ pub(crate) struct Selection {
     pub exit_probes: ExitPolicy,
 }
 
+/// The stripped objects a selection could have found functions in: those an OBJECT part names,
+/// and the program itself (what an unscoped selector is usually after).
+fn stripped_candidates(objects: &[ElfObject], selection: &Selection) -> Vec<String> {
+    objects
+        .iter()
+        .enumerate()
+        .filter(|(index, object)| {
+            object.stripped
+                && (object.names.iter().any(|name| selection.names_object(name))
+                    || (*index == 0 && object.is_executable))
+        })
+        .map(|(_, object)| object.shown_path.display().to_string())
+        .collect()
+}
+
 impl Selection {
+    /// Whether a selector or profile rule names the object `file_name` in its OBJECT part: a
+    /// wrapper program (a shell) is traced only when asked by name.
+    pub(crate) fn names_object(&self, file_name: &str) -> bool {
+        let symbols = self.symbols.iter().filter_map(|s| s.object.as_ref());
+        let rules = self
+            .profiles
+            .iter()
+            .flat_map(|profile| &profile.functions)
+            .filter_map(|rule| rule.object.as_ref());
+        symbols.chain(rules).any(|glob| glob.matches(file_name))
+    }
+
     /// The object names selectors give that none of `objects` has: libraries that may be
     /// loaded later.
     pub(crate) fn absent_objects(&self, objects: &[ElfObject]) -> Vec<Pattern> {
@@ -400,9 +438,21 @@ impl Plan {
             return Err(PlanError::DataNotCode { symbol, object });
         }
         if plan.probes.is_empty() {
-            return Err(PlanError::NoMatch {
-                target: target.to_string(),
-                selectors: selection.texts.join(", "),
+            let target = target.to_string();
+            let selectors = selection.texts.join(", ");
+            let stripped = stripped_candidates(objects, selection);
+            return Err(match stripped.as_slice() {
+                [] => PlanError::NoMatch { target, selectors },
+                [one] => PlanError::NoMatchStripped {
+                    target,
+                    selectors,
+                    objects: format!("{one} is"),
+                },
+                many => PlanError::NoMatchStripped {
+                    target,
+                    selectors,
+                    objects: format!("{} are", many.join(", ")),
+                },
             });
         }
         if plan.probes.len() > MAX_PROBES as usize {
@@ -512,6 +562,7 @@ impl Plan {
                 path: object.path.clone(),
                 shown_path: object.shown_path.clone(),
                 name,
+                debug_file: object.debug_file.clone(),
             });
         }
         Ok(())
@@ -528,6 +579,15 @@ impl Plan {
                 plural(self.refused.len()),
                 first_few(&self.refused, |r| r.to_string(), "; ")
             ));
+        }
+        for object in &self.objects {
+            if let Some(debug_file) = &object.debug_file {
+                notes.push(format!(
+                    "{} is stripped: its functions were read from its debug file {}",
+                    object.name,
+                    debug_file.display()
+                ));
+            }
         }
         let costly: Vec<&PlannedProbe> = self.probes.iter().filter(|p| p.costly_entry).collect();
         if !costly.is_empty() {
@@ -664,8 +724,15 @@ fn selected_functions<'a>(
         .enumerate()
         .filter(|(_, profile)| profile.applies_to(object))
         .collect();
+    // A debug file also lists a library's internals (ld.so's, libc's), which a broad glob
+    // would reach: they are selected only where the selection names their object.
+    let internals = names.iter().any(|name| selection.names_object(name));
     let mut selected = Vec::new();
-    for function in &object.functions {
+    for function in object
+        .functions
+        .iter()
+        .filter(|f| !f.from_debug_file || internals)
+    {
         for (raw, demangled) in function.names() {
             let rule = profiles.iter().find_map(|(index, profile)| {
                 Some((*index, profile.rule_for(names, raw, &demangled)?))

@@ -23,6 +23,7 @@ use opentelemetry_sdk::{
 
 use crate::{
     plan::{Plan, PlannedProbe},
+    processes::{self, ProcessIdentity, ProcessTable, ResourceCache},
     profile::{Part, Slot},
     span_ring::SpanRecord,
     workloads::Workloads,
@@ -119,7 +120,10 @@ pub(crate) struct SpanFactory {
     service_name: Option<String>,
     /// The target's program, for processes that exited before their spans were read.
     executable: Option<PathBuf>,
-    resources: HashMap<u32, Resource>,
+    /// The kernel's record of traced processes.
+    processes: Arc<dyn ProcessTable>,
+    /// By (PID, start): a reused PID is another process.
+    resources: ResourceCache<Resource>,
     /// Extra resource attributes per process (pod metadata), and which cgroups are reported.
     workloads: Arc<dyn Workloads>,
     /// Whether each cgroup's spans are reported, decided once per cgroup.
@@ -131,6 +135,7 @@ impl SpanFactory {
     pub(crate) fn new(
         service_name: Option<String>,
         executable: Option<PathBuf>,
+        processes: Arc<dyn ProcessTable>,
         workloads: Arc<dyn Workloads>,
     ) -> Self {
         Self {
@@ -140,7 +145,8 @@ impl SpanFactory {
                 .build(),
             service_name,
             executable,
-            resources: HashMap::new(),
+            processes,
+            resources: ResourceCache::new(processes::CACHE_CAPACITY),
             workloads,
             reported: HashMap::new(),
         }
@@ -200,34 +206,49 @@ impl SpanFactory {
         })
     }
 
-    /// The resource of process `pid`: semantic-convention process attributes, the service name,
-    /// the host, and `OTEL_RESOURCE_ATTRIBUTES`.
-    pub(crate) fn resource(&mut self, pid: u32, cgroup: u64) -> Resource {
+    /// When the process now holding `pid` started, as the kernel recorded it (0: unknown). Read
+    /// as its spans are pumped, every 100 ms: a PID reused within that time is not told apart.
+    pub(crate) fn started(&self, pid: u32) -> u64 {
+        self.processes.process(pid).map_or(0, |info| info.start_ns)
+    }
+
+    /// The resource of process `pid` that started at `start`: semantic-convention process
+    /// attributes, the service name, the host, and `OTEL_RESOURCE_ATTRIBUTES`.
+    pub(crate) fn resource(&mut self, pid: u32, start: u64, cgroup: u64) -> Resource {
         let service_name = self.service_name.clone();
         let fallback = self.executable.clone();
         let workloads = &self.workloads;
-        self.resources
-            .entry(pid)
-            .or_insert_with(|| {
+        let table = self.processes.as_ref();
+        self.resources.get_or_insert(
+            (pid, start),
+            || {
+                let identity = ProcessIdentity::of(pid, start, table);
                 let extra = workloads.resource_attributes(pid, cgroup);
-                process_resource(pid, service_name, fallback, extra)
-            })
-            .clone()
+                process_resource(pid, identity, service_name, fallback, extra)
+            },
+            |key| processes::alive(table, key),
+        )
     }
 }
 
+/// `process.executable.name` is the kernel's name for the process (`comm`, as semantic
+/// conventions allow on Linux), else its executable's file name; the target's program stands in
+/// for a process gone before anything was known of it.
 fn process_resource(
     pid: u32,
+    identity: ProcessIdentity,
     service_name: Option<String>,
     fallback: Option<PathBuf>,
     extra: Vec<KeyValue>,
 ) -> Resource {
-    let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .or(fallback);
-    let executable_name = executable
-        .as_deref()
-        .map(crate::symbols::file_name)
+    let name = identity.name;
+    let fallback = fallback.filter(|path| {
+        name.as_deref()
+            .is_none_or(|name| crate::symbols::file_name(path).starts_with(name))
+    });
+    let executable = identity.executable.or(fallback);
+    let executable_name = name
+        .or_else(|| executable.as_deref().map(crate::symbols::file_name))
         .unwrap_or_else(|| "unknown".into());
     let mut attributes = vec![KeyValue::new("process.pid", i64::from(pid))];
     if let Some(path) = &executable {
@@ -394,7 +415,8 @@ impl SpanPump {
             if !self.factory.reports(cgroup) {
                 continue;
             }
-            let resource = self.factory.resource(pid, cgroup);
+            let start = self.factory.started(pid);
+            let resource = self.factory.resource(pid, start, cgroup);
             if let Some(file) = &mut self.file {
                 let dropped = file.write_or_count(&resource, spans.clone());
                 self.counts

@@ -35,6 +35,8 @@ pub(crate) struct Function {
     pub costly_entry: bool,
     /// Why it must not be probed, if so.
     pub refusal: Option<Refusal>,
+    /// Known only from the object's separate debug file (a library's internals, say).
+    pub from_debug_file: bool,
 }
 
 /// Why flowtap will not put a probe on a function.
@@ -98,6 +100,11 @@ pub struct ElfObject {
     pub(crate) unwinds: Option<&'static str>,
     /// Names of defined data symbols, to tell a user who selected one that it is not code.
     pub(crate) data_symbols: Vec<String>,
+    /// It has no `.symtab` and no separate debug file was found: only its exported functions
+    /// are known.
+    pub(crate) stripped: bool,
+    /// The separate debug file its local functions were read from, if any.
+    pub(crate) debug_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +148,8 @@ impl SymbolError {
 }
 
 impl ElfObject {
-    /// Maps the file rather than reading it whole; refuses what is not a regular file.
+    /// Maps the file rather than reading it whole; refuses what is not a regular file. A
+    /// stripped object's functions are read from its separate debug file when there is one.
     pub(crate) fn read(path: &Path) -> Result<Self, SymbolError> {
         let data = MappedFile::open(path).map_err(|error| match error {
             MapError::NotRegular(kind) => SymbolError::NotRegular {
@@ -153,11 +161,25 @@ impl ElfObject {
                 source,
             },
         })?;
-        Self::parse(path, &data)
+        let debug = crate::debug_file::find(path, &data);
+        Self::parse_with(
+            path,
+            &data,
+            debug.as_ref().map(|d| (d.path.as_path(), &d.data[..])),
+        )
     }
 
     /// Parses the contents `data` of the file at `path` (which is only used in messages).
     pub fn parse(path: &Path, data: &[u8]) -> Result<Self, SymbolError> {
+        Self::parse_with(path, data, None)
+    }
+
+    /// Parses, with the contents of the object's separate debug file when it has one.
+    fn parse_with(
+        path: &Path,
+        data: &[u8],
+        debug: Option<(&Path, &[u8])>,
+    ) -> Result<Self, SymbolError> {
         check_header(path, data)?;
         let malformed = |error: object::Error| SymbolError::Malformed {
             path: path.to_path_buf(),
@@ -181,11 +203,21 @@ impl ElfObject {
             .iter()
             .any(|name| elf.section_by_name(name).is_some());
         let entry_offset = (entry != 0).then(|| segments.file_offset(entry)).flatten();
+        let debug_elf = debug.and_then(|(debug_path, debug_data)| {
+            Some((debug_path, ElfFile64::<Endianness>::parse(debug_data).ok()?))
+        });
+        let mut symbols: Vec<_> =
+            text_symbols(elf.dynamic_symbols().chain(elf.symbols())).collect();
+        let own = symbols.len();
+        if let Some((_, debug_elf)) = &debug_elf {
+            symbols.extend(text_symbols(debug_elf.symbols()));
+        }
+        let has_symtab = elf.section_by_name(".symtab").is_some();
         let mut object = Self {
             path: path.to_path_buf(),
             shown_path: path.to_path_buf(),
             names: vec![file_name(path)],
-            functions: collect_functions(&elf, &segments, data, entry_offset),
+            functions: collect_functions(&symbols, own, &segments, data, entry_offset),
             entry_offset,
             is_executable,
             needed: dynamic.needed,
@@ -193,6 +225,8 @@ impl ElfObject {
             is_go,
             unwinds: unwinding_evidence(&elf),
             data_symbols,
+            stripped: !has_symtab && debug_elf.is_none(),
+            debug_file: debug_elf.map(|(debug_path, _)| debug_path.to_path_buf()),
         };
         object.add_names(dynamic.soname);
         Ok(object)
@@ -338,29 +372,39 @@ impl LoadSegments {
     }
 }
 
+/// Defined functions as (name, address, size), in the order given.
+fn text_symbols<'data>(
+    symbols: impl Iterator<Item = impl ObjectSymbol<'data>>,
+) -> impl Iterator<Item = (&'data str, u64, u64)> {
+    symbols
+        .filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
+        .filter_map(|s| {
+            Some((
+                s.name().ok().filter(|n| !n.is_empty())?,
+                s.address(),
+                s.size(),
+            ))
+        })
+}
+
+/// Functions from `symbols`, the first `own` of them the object's, the others its debug file's.
 fn collect_functions(
-    elf: &ElfFile64<Endianness>,
+    symbols: &[(&str, u64, u64)],
+    own: usize,
     segments: &LoadSegments,
     data: &[u8],
     entry_offset: Option<u64>,
 ) -> Vec<Function> {
     // Exported names first: where a local alias shares an address, a public name is primary.
     let mut by_offset = std::collections::BTreeMap::new();
-    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
-        if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
-            continue;
-        }
-        let (Ok(raw_name), Some(file_offset)) =
-            (symbol.name(), segments.file_offset(symbol.address()))
-        else {
+    for (index, &(raw_name, address, size)) in symbols.iter().enumerate() {
+        let Some(file_offset) = segments.file_offset(address) else {
             continue;
         };
-        if raw_name.is_empty() {
-            continue;
-        }
-        let function = by_offset
-            .entry(file_offset)
-            .or_insert_with(|| new_function(raw_name, file_offset, symbol.size(), data));
+        let function = by_offset.entry(file_offset).or_insert_with(|| Function {
+            from_debug_file: index >= own,
+            ..new_function(raw_name, file_offset, size, data)
+        });
         if function.raw_name != raw_name && !function.aliases.iter().any(|a| a == raw_name) {
             function.aliases.push(raw_name.to_string());
         }
@@ -369,7 +413,7 @@ fn collect_functions(
             .refusal
             .or_else(|| refusal_by_name(raw_name))
             .or((Some(file_offset) == entry_offset).then_some(Refusal::EntryPoint));
-        function.size = function.size.max(symbol.size());
+        function.size = function.size.max(size);
     }
     let mut functions: Vec<Function> = by_offset.into_values().collect();
     functions.sort_by(|a, b| a.name.cmp(&b.name));
@@ -397,6 +441,7 @@ fn new_function(raw_name: &str, file_offset: u64, size: u64, data: &[u8]) -> Fun
         probe_offset: file_offset.saturating_add(entry.skip),
         costly_entry: entry.single_stepped,
         refusal: entry.lock_prefix.then_some(Refusal::LockPrefix),
+        from_debug_file: false,
     }
 }
 

@@ -43,8 +43,11 @@ pub mod maps {
     /// The dynamic loader's notices that a traced process's objects changed.
     pub const LOADS: &str = "LOADS";
 
+    /// Per process: when the kernel first saw it traced (fork, exec, first call) and its name.
+    pub const PROCESSES: &str = "PROCESSES";
+
     /// Every map the agent uses.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         STACKS,
         STATS,
         PROBE_STATS,
@@ -55,6 +58,7 @@ pub mod maps {
         SPANS,
         LOSSES,
         LIVE_STACKS,
+        PROCESSES,
         CAPTURED,
         CAPTURE_COUNTS,
         QUIET,

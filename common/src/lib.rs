@@ -105,6 +105,24 @@ pub struct ShadowStack {
     pub frames: [Frame; MAX_DEPTH],
 }
 
+/// Bytes of a task's `comm` (its name: the executable's file name, 15 bytes at most, NUL-ended).
+pub const COMM_LEN: usize = 16;
+
+/// A traced process as the kernel saw it start: at fork (the child of a traced process) or at
+/// exec; the agent records those it traces from before. A PID reused later gets a new `start_ns`, so (PID,
+/// `start_ns`) names one process; the name stays known after the process is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessInfo {
+    /// CLOCK_MONOTONIC when it was forked or last exec'd (for one traced from before, its start).
+    pub start_ns: u64,
+    /// `comm` then: the executable's file name (truncated) after an exec.
+    pub comm: [u8; COMM_LEN],
+    /// 1 once its leader thread exited.
+    pub exited: u32,
+    pub _padding: u32,
+}
+
 /// A span context handed from one thread to another under a key (a task pointer...).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -534,6 +552,8 @@ mod pod {
     unsafe impl aya::Pod for super::TraceContext {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SpanEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessInfo {}
     // SAFETY: plain integers, repr(C), no padding.
     unsafe impl aya::Pod for super::LoadEvent {}
 }

@@ -2,17 +2,17 @@
 //! instruction, close the calls of threads that are gone, and free what they leave.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{btf_tracepoint, tracepoint, uprobe},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use flowtap_common::{
-    Loss, PROCESS_EXECED, PROCESS_TRACED, STACK_TRACED,
+    Loss, PROCESS_EXECED, PROCESS_TRACED, ProcessInfo, STACK_TRACED,
     abi::{programs, same},
 };
 
 use crate::{
-    maps::{TRACED, config},
+    maps::{PROCESSES, TRACED, config},
     stack::{self, close_while},
     stats::count_loss,
 };
@@ -56,9 +56,14 @@ pub(crate) fn process_fork(ctx: TracePointContext) -> u32 {
     let (Ok(flags), Ok(child)) = (flags, child) else {
         return 0;
     };
-    if flags & CLONE_THREAD == 0 && TRACED.insert(&child, &PROCESS_TRACED, 0).is_err() {
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    if TRACED.insert(&child, &PROCESS_TRACED, 0).is_err() {
         count_loss(Loss::TracedMapFull);
     }
+    // The child's name is its parent's until it execs: this thread's.
+    record_process(child);
     0
 }
 
@@ -76,6 +81,11 @@ pub(crate) fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     if tid == tgid {
         let _ = TRACED.remove(&tgid);
+        // Kept, named, for its spans still in the ring; a new holder of the PID replaces it.
+        if let Some(info) = PROCESSES.get_ptr_mut(&tgid) {
+            // SAFETY: a live entry of a map of plain values.
+            unsafe { (*info).exited = 1 };
+        }
     }
     0
 }
@@ -85,16 +95,34 @@ pub(crate) fn thread_exit(_ctx: BtfTracePointContext) -> u32 {
 /// modes it stays known as exec'd, the entry probe's only way to tell it from strangers.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub(crate) fn process_exec(_ctx: BtfTracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    // First, with nothing else live: closing every call is what the verifier walks longest.
     close_all();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a lookup whose value is only tested for presence.
-    if config().enrol_any != 0 || unsafe { TRACED.get(&tgid) }.is_none() {
+    let traced = unsafe { TRACED.get(&tgid) }.is_some();
+    if config().enrol_any != 0 || !traced {
         let _ = TRACED.remove(&tgid);
-    } else {
-        let _ = TRACED.insert(&tgid, &PROCESS_EXECED, 0);
+        // Recorded again at its next first call, should it be traced (binary, library modes).
+        let _ = PROCESSES.remove(&tgid);
+        return 0;
     }
+    let _ = TRACED.insert(&tgid, &PROCESS_EXECED, 0);
+    // Another program now: a new start, under its new name.
+    record_process(tgid);
     0
+}
+
+/// Records process `tgid` as starting now, named as the calling thread is.
+#[inline(always)]
+fn record_process(tgid: u32) {
+    let info = ProcessInfo {
+        start_ns: stack::now_ns(),
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        exited: 0,
+        _padding: 0,
+    };
+    // An LRU map: never full, its oldest entry goes.
+    let _ = PROCESSES.insert(&tgid, &info, 0);
 }
 
 /// Closes every call of the thread, which is traced again only if found in `TRACED` anew;

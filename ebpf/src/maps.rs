@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use flowtap_common::{
     AggregateKey, AggregateValue, Config, LOAD_RING_BYTES, Loss, MAX_AGGREGATES, MAX_HANDOFFS,
-    MAX_PROBES, MAX_TEXTS, MAX_TRACED_PROCESSES, ProbeSpec, ProbeStats, SPAN_RING_BYTES,
-    ShadowStack, StatsKey, TEXT_LEN, TraceContext,
+    MAX_PROBES, MAX_TEXTS, MAX_TRACED_PROCESSES, ProbeSpec, ProbeStats, ProcessInfo,
+    SPAN_RING_BYTES, ShadowStack, StatsKey, TEXT_LEN, TraceContext,
     abi::{self, maps as names, same},
     capture::{
         CAPTURE_RING_BYTES, CaptureArgs, CaptureCount, ConnectionKey, MAX_PENDING, MAX_QUIET,
@@ -99,6 +99,7 @@ const _: () = assert!(same(names::HANDOFFS, "HANDOFFS"));
 const _: () = assert!(same(names::SPANS, "SPANS"));
 const _: () = assert!(same(names::LOSSES, "LOSSES"));
 const _: () = assert!(same(names::LIVE_STACKS, "LIVE_STACKS"));
+const _: () = assert!(same(names::PROCESSES, "PROCESSES"));
 const _: () = assert!(same(names::CAPTURED, "CAPTURED"));
 const _: () = assert!(same(names::CAPTURE_COUNTS, "CAPTURE_COUNTS"));
 const _: () = assert!(same(names::QUIET, "QUIET"));
@@ -126,6 +127,12 @@ pub(crate) static SPECS: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 
 
 #[map(name = "TRACED")]
 pub(crate) static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCESSES, 0);
+
+/// LRU: an exited process's entry stays (its spans may still be in the ring) until evicted or
+/// its PID is reused.
+#[map(name = "PROCESSES")]
+pub(crate) static PROCESSES: LruHashMap<u32, ProcessInfo> =
+    LruHashMap::with_max_entries(MAX_TRACED_PROCESSES, 0);
 
 /// Shared, not per CPU: few probes aggregate, and the keys carry strings.
 #[map(name = "AGGREGATES")]

@@ -176,10 +176,15 @@ fn two_outputs_naming_the_same_file_are_refused() {
     );
 }
 
+/// A selector naming the launched shell (`sh`, `dash`, `bash`), so that it is the target itself
+/// rather than a wrapper that launch mode follows to the program it executes.
+const SHELL_TARGET: [&str; 2] = ["--symbols", "*sh:getpid"];
+
 /// The `Uid:` and `Cap*:` lines of a launched shell's own status; `flags` for `run`.
 fn launched_status(flowtap: &mut Command, flags: &[&str]) -> String {
     let output = flowtap
         .args(["run", "--symbols", "libc.so.6:getpid"])
+        .args(SHELL_TARGET)
         .args(flags)
         .arg("--")
         .args(["/bin/sh", "-c", "grep -E '^(Uid|Cap)' /proc/$$/status"])
@@ -739,7 +744,9 @@ fn sigterm_reaches_the_command_and_a_second_one_ends_flowtap_with_its_report() {
     // Exits 7 on SIGTERM; SIGINT would end it with 130.
     let running = Running::start(
         flowtap()
-            .args(["run", "--symbols", "libc.so.6:getpid", "--"])
+            .args(["run", "--symbols", "libc.so.6:getpid"])
+            .args(SHELL_TARGET)
+            .arg("--")
             .args([
                 "/bin/sh",
                 "-c",
@@ -766,6 +773,7 @@ fn sigterm_reaches_the_command_and_a_second_one_ends_flowtap_with_its_report() {
                 "--output",
             ])
             .arg(&report)
+            .args(SHELL_TARGET)
             .args(["--", "/bin/sh", "-c"])
             .arg(format!(
                 "echo $$ > {}; trap '' TERM; exec sleep 30",

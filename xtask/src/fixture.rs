@@ -49,8 +49,39 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         &out.join("forkdemo"),
         &source.join("forkdemo.c"),
     ))?;
+    run(&mut compile(
+        "cc",
+        &flags,
+        &out.join("pidreuse"),
+        &source.join("pidreuse.c"),
+    ))?;
+    build_stripped(&out)?;
     build_loaded_later(&source, &out, &flags)?;
     Ok(out)
+}
+
+/// Stripped copies of `forkdemo`, whose `fk_work` is local (in `.symtab` only): `stripdemo`,
+/// whose symbols are in `stripdemo.debug` beside it, named by its `.gnu_debuglink`, as
+/// `objcopy --only-keep-debug` leaves them; and `strippeddemo`, with none anywhere.
+fn build_stripped(out: &Path) -> anyhow::Result<()> {
+    let objcopy = |args: &[&str]| {
+        let mut command = Command::new("objcopy");
+        command.args(args).current_dir(out);
+        command
+    };
+    run(&mut objcopy(&[
+        "--only-keep-debug",
+        "forkdemo",
+        "stripdemo.debug",
+    ]))?;
+    for copy in ["stripdemo", "strippeddemo"] {
+        std::fs::copy(out.join("forkdemo"), out.join(copy))?;
+        run(Command::new("strip").arg("--strip-all").arg(out.join(copy)))?;
+    }
+    run(&mut objcopy(&[
+        "--add-gnu-debuglink=stripdemo.debug",
+        "stripdemo",
+    ]))
 }
 
 /// `dlopendemo`, which loads `libdlplug.so.1.0` (soname `libdlplug.so.1`) while it runs.

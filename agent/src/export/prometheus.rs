@@ -16,7 +16,7 @@ use crate::{
     export::{metrics_server::ServerCounts, otlp::SpanCounts},
     genai::metrics::LlmMetrics,
     kernel_counters::{FunctionStats, Snapshot},
-    loader::Probes,
+    loader::{Probes, ProcessCount},
     plan::Plan,
     profile_metrics::{FAILURE, LabelCap, ProfileMetrics, SUCCESS, Series, UNWOUND},
     workloads::Workloads,
@@ -64,8 +64,8 @@ pub(crate) struct Exporter {
     pub labels: Arc<Mutex<LabelCap>>,
     /// `service_name` label on every series.
     pub service: String,
-    /// Processes traced when it is not the kernel's TRACED set that says (PID, launch).
-    pub fixed_processes: Option<u64>,
+    /// How `flowtap_processes_traced` is counted.
+    pub processes: ProcessCount,
     /// The span stream's counts, when spans are exported.
     pub span_counts: Option<Arc<SpanCounts>>,
     /// Labels series with the workload (pod) of the cgroup the kernel counted them in.
@@ -89,7 +89,7 @@ impl Exporter {
         plan: Arc<RwLock<Plan>>,
         labels: Arc<Mutex<LabelCap>>,
         service: String,
-        fixed_processes: Option<u64>,
+        processes: ProcessCount,
         span_counts: Option<Arc<SpanCounts>>,
         workloads: Arc<dyn Workloads>,
     ) -> Self {
@@ -98,7 +98,7 @@ impl Exporter {
             plan,
             labels,
             service,
-            fixed_processes,
+            processes,
             span_counts,
             workloads,
             last_scrape_seconds: Mutex::new(0.0),
@@ -127,10 +127,7 @@ impl Exporter {
         let probes = self.probes.lock().expect("probes lock");
         let plan = self.plan.read().expect("plan lock");
         let (snapshot, processes, map_entries) = {
-            let processes = match self.fixed_processes {
-                Some(count) => count,
-                None => probes.traced_processes()?,
-            };
+            let processes = probes.processes_traced(self.processes)?;
             let map_entries = probes.map_entries()?;
             (Snapshot::read(&probes, &plan)?, processes, map_entries)
         };

@@ -342,8 +342,13 @@ fn span_resources_carry_the_pod_of_their_process() {
     );
     let kubernetes = connect(&api, &proc_root).unwrap();
     let workloads = std::sync::Arc::new(PodWorkloads::new(kubernetes, None));
-    let mut factory = crate::spans::SpanFactory::new(Some("svc".into()), None, workloads);
-    let resource = factory.resource(4_000_001, 0);
+    let mut factory = crate::spans::SpanFactory::new(
+        Some("svc".into()),
+        None,
+        std::sync::Arc::new(crate::processes::NoProcesses),
+        workloads,
+    );
+    let resource = factory.resource(4_000_001, 0, 0);
     let get = |key: &'static str| {
         resource
             .get(&opentelemetry::Key::from_static_str(key))

@@ -165,14 +165,15 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     // Launch mode forks here, so this comes before any thread is started.
     let mut target = Target::resolve(&spec)?;
     target.follow_children(children(config.children)?);
-    let installed = target.add_installed(&selection.absent_objects(&target.objects));
-    if !installed.is_empty() {
-        status(format_args!(
-            "probing {} before it is loaded: selected by name, found in the dynamic loader's cache",
-            installed.join(", ")
-        ));
-    }
-    let plan = Plan::build(&target.objects, &selection, &target.describe())?;
+    // A launched command is planned at the exec of its program, once its wrappers are past.
+    let plan = if target.is_launch() {
+        target.follow_exec(
+            |name| selection.names_object(name),
+            |target| plan_target(target, &selection),
+        )?
+    } else {
+        plan_target(&mut target, &selection)?
+    };
     for note in plan.notes() {
         eprintln!("flowtap: note: {note}");
     }
@@ -190,6 +191,19 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         spans_file,
         listener,
     })
+}
+
+/// Plans the probes of `target`, with the installed libraries that selectors name but it does
+/// not load yet: their probes are in place before it loads them.
+fn plan_target(target: &mut Target, selection: &Selection) -> anyhow::Result<Plan> {
+    let installed = target.add_installed(&selection.absent_objects(&target.objects));
+    if !installed.is_empty() {
+        status(format_args!(
+            "probing {} before it is loaded: selected by name, found in the dynamic loader's cache",
+            installed.join(", ")
+        ));
+    }
+    Ok(Plan::build(&target.objects, selection, &target.describe())?)
 }
 
 /// Says which selectors wait for libraries loaded later, and which match nothing (when others
@@ -315,8 +329,8 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
         file: spans_file,
         counts: counts.clone(),
     };
-    let pump = spans_wanted
-        .then(|| span_pump(config, &prepared, &mut probes, sinks))
+    let stream = spans_wanted
+        .then(|| SpanStream::take(&mut probes))
         .transpose()?;
     let tap = llm_tap(
         config,
@@ -325,6 +339,7 @@ fn attach(config: &RunConfig, mut prepared: Prepared) -> anyhow::Result<(Attache
     )?;
     let llm = tap.as_ref().map(|tap| tap.metrics.clone());
     let probes = Arc::new(Mutex::new(probes));
+    let pump = stream.map(|stream| span_pump(config, &prepared, stream, &probes, sinks));
     let labels = Arc::new(Mutex::new(LabelCap::default()));
     let span_counts = spans_wanted.then(|| counts.clone());
     let metrics = metrics_exporter(config, &prepared, &probes, &labels, span_counts, &llm);
@@ -407,22 +422,17 @@ struct SpanSinks {
 fn span_pump(
     config: &RunConfig,
     prepared: &Prepared,
-    probes: &mut Probes,
+    stream: SpanStream,
+    probes: &Arc<Mutex<Probes>>,
     sinks: SpanSinks,
-) -> anyhow::Result<SpanPump> {
+) -> SpanPump {
     let factory = SpanFactory::new(
         config.service_name.clone(),
         prepared.target.executable(),
+        probes.clone(),
         prepared.workloads.clone(),
     );
-    let stream = SpanStream::take(probes)?;
-    Ok(SpanPump::new(
-        stream,
-        factory,
-        sinks.queue,
-        sinks.file,
-        sinks.counts,
-    ))
+    SpanPump::new(stream, factory, sinks.queue, sinks.file, sinks.counts)
 }
 
 /// What `/metrics` serves: the kernel's counts, read at each scrape.
@@ -445,8 +455,7 @@ fn metrics_exporter(
             prepared.plan.clone(),
             labels.clone(),
             service,
-            // Processes traced when it is not the kernel's TRACED set that says (PID, launch).
-            (!target.filters_by_process()).then_some(1),
+            target.process_count(),
             span_counts,
             prepared.workloads.clone(),
         )

@@ -1,5 +1,7 @@
-//! Launching a command with probes in place before its first instruction: the child is forked
-//! and held before `execve` until the agent has attached, then released.
+//! Launching a command with probes in place before its first instruction. The child is forked
+//! under ptrace (`PTRACE_O_TRACEEXEC`) and stops at each program it executes, before that
+//! program's first instruction: the agent follows it through wrappers (`#!` interpreters, `env`,
+//! `sh -c 'exec …'`) to the program it traces, attaches, then detaches ptrace and lets it run.
 
 use std::{
     ffi::{CString, OsString},
@@ -11,13 +13,33 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use nix::{
+    errno::Errno,
+    sys::{
+        ptrace::{self, Options},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::Pid,
+};
+
 use super::TargetError;
 
-/// A forked child waiting for [`HeldChild::release`] before it executes the command.
+/// A forked child under ptrace: it waits until [`HeldChild::next_program`] lets it execute the
+/// command, then stops at each program it executes, until [`HeldChild::release`] lets it go.
 #[derive(Debug)]
 pub(crate) struct HeldChild {
     pub pid: u32,
-    release: OwnedFd,
+    /// Written to (or closed, to abandon the command) before the child runs anything.
+    start: Option<OwnedFd>,
+}
+
+/// Where the followed command stopped.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// It executed this program, and is stopped before its first instruction.
+    Program(PathBuf),
+    /// It exited with this code (128 + signal when killed) without executing another program.
+    Exited(i32),
 }
 
 impl HeldChild {
@@ -68,24 +90,103 @@ impl HeldChild {
                 }
                 libc::_exit(127)
             },
-            pid => Ok(Self {
-                pid: pid as u32,
-                release: release_end,
-            }),
+            pid => {
+                // Killed with flowtap until released: a command never runs untraced by accident.
+                let options = Options::PTRACE_O_TRACEEXEC | Options::PTRACE_O_EXITKILL;
+                ptrace::seize(Pid::from_raw(pid), options)
+                    .map_err(|errno| TargetError::Follow(io::Error::from(errno)))?;
+                Ok(Self {
+                    pid: pid as u32,
+                    start: Some(release_end),
+                })
+            }
         }
     }
 
-    /// Lets the child execute the command.
-    pub(crate) fn release(self) -> io::Result<()> {
-        let byte = 1u8;
-        // SAFETY: writing one byte from a valid buffer to a descriptor we own.
-        let written = unsafe { libc::write(self.release.as_raw_fd(), (&raw const byte).cast(), 1) };
-        if written == 1 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
+    /// Lets the command run until it executes a program (stopped there, before its first
+    /// instruction) or exits. Signals it receives meanwhile are passed on to it unchanged.
+    pub(crate) fn next_program(&mut self) -> Result<Step, TargetError> {
+        let pid = Pid::from_raw(self.pid as i32);
+        let follow = |errno: Errno| TargetError::Follow(io::Error::from(errno));
+        match self.start.take() {
+            Some(start) => write_byte(&start).map_err(TargetError::Launch)?,
+            None => ptrace::cont(pid, None).map_err(follow)?,
+        }
+        loop {
+            let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                Err(Errno::EINTR) => continue,
+                status => status.map_err(follow)?,
+            };
+            match status {
+                WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXEC) => {
+                    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+                        .map_err(TargetError::Follow)?;
+                    return Ok(Step::Program(exe));
+                }
+                WaitStatus::Exited(_, code) => return Ok(Step::Exited(code)),
+                WaitStatus::Signaled(_, signal, _) => return Ok(Step::Exited(128 + signal as i32)),
+                // A stop signal took effect: it stays stopped until SIGCONT, as without ptrace
+                // (SIGCONT then reports the same event with SIGTRAP: it runs on).
+                WaitStatus::PtraceEvent(_, signal, libc::PTRACE_EVENT_STOP)
+                    if signal != nix::sys::signal::Signal::SIGTRAP =>
+                {
+                    listen(pid)?
+                }
+                WaitStatus::Stopped(_, signal) => ptrace::cont(pid, signal).map_err(follow)?,
+                _ => ptrace::cont(pid, None).map_err(follow)?,
+            }
         }
     }
+
+    /// Lets the command run on, no longer under ptrace (debuggers can attach, nothing slows it).
+    pub(crate) fn release(self) -> io::Result<()> {
+        ptrace::detach(Pid::from_raw(self.pid as i32), None).map_err(io::Error::from)
+    }
+}
+
+/// Leaves a tracee in its group-stop, to be woken by SIGCONT (nix has no `PTRACE_LISTEN`).
+fn listen(pid: Pid) -> Result<(), TargetError> {
+    // SAFETY: PTRACE_LISTEN takes no addresses; the kernel checks that `pid` is our tracee.
+    let result = unsafe {
+        libc::ptrace(
+            libc::PTRACE_LISTEN,
+            pid.as_raw(),
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(TargetError::Follow(io::Error::last_os_error()))
+    }
+}
+
+/// Tells the waiting child to go on.
+fn write_byte(fd: &OwnedFd) -> io::Result<()> {
+    let byte = 1u8;
+    // SAFETY: writing one byte from a valid buffer to a descriptor we own.
+    let written = unsafe { libc::write(fd.as_raw_fd(), (&raw const byte).cast(), 1) };
+    if written == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Programs that only start another one by executing it: the command is followed through them
+/// rather than traced, unless a selector names them (`bash:GLOB`). `#!` scripts run their
+/// interpreter, which is one of these (`/usr/bin/env`, a shell) or the program to trace
+/// (python3.11). Wrappers that fork the program instead (`timeout`, `time`, `tini`) are not
+/// here: only executions are followed, so they would run it untraced.
+const WRAPPERS: &[&str] = &[
+    "sh", "dash", "bash", "zsh", "ksh", "ksh93", "mksh", "ash", "busybox", "env", "nice", "nohup",
+    "setsid", "stdbuf", "taskset", "chrt", "ionice", "setpriv", "gosu", "su-exec", "chpst",
+];
+
+/// Whether the program `file_name` is one that only starts another.
+pub(crate) fn is_wrapper(file_name: &str) -> bool {
+    WRAPPERS.contains(&file_name)
 }
 
 /// `capget`/`capset`'s header (`_LINUX_CAPABILITY_VERSION_3`, this process).
@@ -219,6 +320,15 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
     unsafe { std::mem::zeroed() }
 }
 
+/// The `LD_LIBRARY_PATH` process `pid` runs with, which its dynamic loader follows.
+pub(crate) fn library_path(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|&byte| byte == 0)
+        .find_map(|entry| entry.strip_prefix(b"LD_LIBRARY_PATH="))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
 /// Finds a command the way a shell does: as given when it has a '/', else in `PATH`.
 pub(crate) fn find_command(command: &OsString) -> Result<PathBuf, TargetError> {
     let as_path = Path::new(command);
@@ -276,4 +386,26 @@ pub(crate) fn wait_exit_code(pid: u32) -> io::Result<i32> {
     } else {
         128 + libc::WTERMSIG(status)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrappers_that_execute_are_told_from_programs_and_forking_wrappers() {
+        for wrapper in ["sh", "dash", "bash", "env", "nice", "setsid"] {
+            assert!(is_wrapper(wrapper), "{wrapper}");
+        }
+        for program in ["python3.11", "redis-server", "timeout", "time", "tini"] {
+            assert!(!is_wrapper(program), "{program}");
+        }
+    }
+
+    #[test]
+    fn the_library_path_is_the_processs_own() {
+        // /proc/PID/environ is the environment the process started with, which tests keep.
+        let expected = std::env::var("LD_LIBRARY_PATH").ok();
+        assert_eq!(library_path(std::process::id()), expected);
+    }
 }

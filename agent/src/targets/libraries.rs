@@ -21,7 +21,16 @@ const DEFAULT_DIRS: &[&str] = &[
 
 /// The executable and every library it needs, transitively, each read once. Libraries that
 /// cannot be found are left out: the program would not start either, and ld.so will say so.
-pub(crate) fn load_closure(executable: &Path) -> Result<Vec<ElfObject>, SymbolError> {
+/// `library_path` is the program's `LD_LIBRARY_PATH` when it is not flowtap's own (a command
+/// started through `env LD_LIBRARY_PATH=… prog`).
+pub(crate) fn load_closure(
+    executable: &Path,
+    library_path: Option<&str>,
+) -> Result<Vec<ElfObject>, SymbolError> {
+    let env_dirs = library_path.map_or_else(
+        || std::env::var("LD_LIBRARY_PATH").unwrap_or_default(),
+        str::to_string,
+    );
     let cache = LdSoCache::read(Path::new("/"));
     let mut objects = vec![read(executable)?];
     let mut seen: HashSet<String> = HashSet::new();
@@ -34,7 +43,7 @@ pub(crate) fn load_closure(executable: &Path) -> Result<Vec<ElfObject>, SymbolEr
         if !seen.insert(name.clone()) {
             continue;
         }
-        let Some(path) = resolve(&name, &objects[parent], &cache) else {
+        let Some(path) = resolve(&name, &objects[parent], &cache, &env_dirs) else {
             continue;
         };
         let object = read(&path)?;
@@ -85,7 +94,7 @@ fn read(path: &Path) -> Result<ElfObject, SymbolError> {
     Ok(object)
 }
 
-fn resolve(name: &str, parent: &ElfObject, cache: &LdSoCache) -> Option<PathBuf> {
+fn resolve(name: &str, parent: &ElfObject, cache: &LdSoCache, env_dirs: &str) -> Option<PathBuf> {
     if name.contains('/') {
         return Some(PathBuf::from(name));
     }
@@ -96,7 +105,6 @@ fn resolve(name: &str, parent: &ElfObject, cache: &LdSoCache) -> Option<PathBuf>
                 .replace("$ORIGIN", &origin.to_string_lossy()),
         )
     };
-    let env_dirs = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
     parent
         .search_path
         .iter()
@@ -189,7 +197,7 @@ mod tests {
 
     #[test]
     fn closure_of_a_system_binary_includes_libc() {
-        let objects = load_closure(Path::new("/bin/ls")).unwrap();
+        let objects = load_closure(Path::new("/bin/ls"), None).unwrap();
         assert!(objects.iter().any(|o| o.file_name() == "libc.so.6"));
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     invoker::{self, TraceRefused},
     symbols::{ElfObject, SymbolError},
 };
-use launch::HeldChild;
+use launch::{HeldChild, Step};
 use process::FileId;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,12 @@ pub(crate) enum TargetError {
     BadCommand { reason: String },
     #[error("cannot launch the command: {0}")]
     Launch(#[source] std::io::Error),
+    #[error("cannot follow the command through its programs (ptrace): {0}")]
+    Follow(#[source] std::io::Error),
+    #[error(
+        "the command exited with code {code} without running a program to trace, only wrappers ({ran}): to trace a wrapper itself, name it in OBJECT:GLOB (e.g. bash:GLOB)"
+    )]
+    NeverTraced { code: i32, ran: String },
     #[error(transparent)]
     Symbols(#[from] SymbolError),
     #[error(transparent)]
@@ -168,7 +174,7 @@ impl Target {
         let path = path.canonicalize().map_err(|_| TargetError::PathNotFound {
             path: path.to_path_buf(),
         })?;
-        let objects = libraries::load_closure(&path)?;
+        let objects = libraries::load_closure(&path, None)?;
         let is_library = !objects[0].is_executable;
         let file =
             FileId::of(&path).map_err(|_| TargetError::PathNotFound { path: path.clone() })?;
@@ -193,15 +199,63 @@ impl Target {
             reason: "no command after `--`".into(),
         })?;
         let program = launch::find_command(first)?;
-        let objects = libraries::load_closure(&program)?;
         let run_as = (!as_root).then(invoker::sudo_user).flatten();
         let child = HeldChild::spawn(&program, command, run_as)?;
+        // Its objects are known once it has executed the program to trace: see `follow_exec`.
         Ok(Self {
             kind: TargetKind::Launch { child, program },
-            objects,
+            objects: Vec::new(),
             children: true,
             skipped: Vec::new(),
         })
+    }
+
+    /// Launch mode: lets the command run through wrappers (shells, `env`, a `#!` script's
+    /// interpreter when it is one), program after program, to the first other program it
+    /// executes, stopped before that program's first instruction; `judge` then plans it. A
+    /// wrapper a selector names (`named`, e.g. `bash:GLOB`) is the target itself. If `judge`
+    /// refuses, flowtap's exit kills the command before that first instruction: nothing runs
+    /// untraced but wrappers.
+    pub(crate) fn follow_exec<T, E: From<TargetError>>(
+        &mut self,
+        named: impl Fn(&str) -> bool,
+        judge: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut ran = Vec::new();
+        loop {
+            let TargetKind::Launch { child, program } = &mut self.kind else {
+                let reason = "no command to follow".into();
+                return Err(TargetError::BadCommand { reason }.into());
+            };
+            let exe = match child.next_program()? {
+                Step::Program(exe) => exe,
+                Step::Exited(code) => {
+                    let ran = if ran.is_empty() {
+                        "nothing".into()
+                    } else {
+                        ran.join(", ")
+                    };
+                    return Err(TargetError::NeverTraced { code, ran }.into());
+                }
+            };
+            let name = crate::symbols::file_name(&exe);
+            if launch::is_wrapper(&name) && !named(&name) {
+                ran.push(name);
+                continue;
+            }
+            let library_path = launch::library_path(child.pid);
+            *program = exe;
+            self.objects = libraries::load_closure(program, library_path.as_deref())
+                .map_err(TargetError::from)?;
+            // Known by the name it was executed as too (a link's), as in PID mode.
+            self.objects[0].add_names(process::run_as_name(child.pid));
+            return judge(self);
+        }
+    }
+
+    /// Whether this is a command to launch, whose program is found by [`Target::follow_exec`].
+    pub(crate) fn is_launch(&self) -> bool {
+        matches!(self.kind, TargetKind::Launch { .. })
     }
 
     /// Follows the processes a launched command or a process forks, or not; `None` keeps the
@@ -285,6 +339,17 @@ impl Target {
         match self.kind {
             TargetKind::Binary { is_library, .. } => !is_library,
             TargetKind::Process { .. } | TargetKind::Launch { .. } => self.children,
+        }
+    }
+
+    /// How the processes traced are counted: the kernel's TRACED set where probes filter by
+    /// process, those mapping a library target, else the one process.
+    pub(crate) fn process_count(&self) -> crate::loader::ProcessCount {
+        use crate::loader::ProcessCount;
+        match self.kind {
+            _ if self.filters_by_process() => ProcessCount::Enrolled,
+            TargetKind::Binary { file, .. } => ProcessCount::Mapping(file),
+            TargetKind::Process { .. } | TargetKind::Launch { .. } => ProcessCount::One,
         }
     }
 

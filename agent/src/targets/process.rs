@@ -209,6 +209,35 @@ pub(crate) fn processes_running(binary: FileId) -> Vec<u32> {
         .collect()
 }
 
+/// Every process that maps the file `library` (by device and inode, as `/proc/PID/maps` shows).
+pub(crate) fn processes_mapping(library: FileId) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .is_ok_and(|maps| maps.lines().any(|line| maps_file(line) == Some(library)))
+        })
+        .count()
+}
+
+/// The file a `/proc/PID/maps` line maps: its `major:minor` device and inode fields.
+fn maps_file(line: &str) -> Option<FileId> {
+    let mut fields = line.split_whitespace().skip(3);
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let ino = fields.next()?.parse().ok().filter(|&ino| ino != 0)?;
+    let (major, minor) = (
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
+    Some(FileId {
+        dev: libc::makedev(major, minor),
+        ino,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +255,7 @@ mod tests {
                 .all(|object| FileId::of(&object.open_path).ok() == Some(object.file))
         );
         assert!(processes_running(own).contains(&pid));
+        assert!(processes_mapping(own) >= 1);
     }
 
     #[test]
