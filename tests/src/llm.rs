@@ -157,11 +157,11 @@ fn make_certificates(dir: &Path) -> PathBuf {
     dir.join("ca.pem")
 }
 
-/// One curl process making every kind of call over one kept-alive connection (`--next`).
-pub fn curl_calls(server: &LlmServer, suffix: &str) -> Vec<String> {
+/// Every kind of call the server answers, as (URL, JSON body), for models ending with `suffix`.
+pub fn calls(server: &LlmServer, suffix: &str) -> Vec<(String, String)> {
     let chat = server.url("/v1/chat/completions");
     let messages = r#"[{"role":"user","content":"say something short please"}]"#;
-    let calls = [
+    vec![
         (
             chat.clone(),
             format!(r#"{{"model":"gpt-4o-mini{suffix}","messages":{messages},"max_tokens":1}}"#),
@@ -206,9 +206,13 @@ pub fn curl_calls(server: &LlmServer, suffix: &str) -> Vec<String> {
             server.url("/v1/responses"),
             format!(r#"{{"model":"gpt-4.1{suffix}","input":"two words"}}"#),
         ),
-    ];
+    ]
+}
+
+/// One curl process making every kind of call over one kept-alive connection (`--next`).
+pub fn curl_calls(server: &LlmServer, suffix: &str) -> Vec<String> {
     let mut args = vec!["--silent".to_string(), "--show-error".to_string()];
-    for (n, (url, body)) in calls.into_iter().enumerate() {
+    for (n, (url, body)) in calls(server, suffix).into_iter().enumerate() {
         if n > 0 {
             args.push("--next".into());
         }

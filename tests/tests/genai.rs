@@ -5,7 +5,11 @@
 //! what the server served, one GenAI span per call with its attributes, and the byte capture's
 //! accounting must add up under a small ring.
 
-use std::{collections::BTreeMap, path::Path, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+};
 
 use flowtap_tests::{
     llm::{self, LlmServer, Served, curl_calls, genai_dir},
@@ -72,28 +76,59 @@ fn llm_spans(spans_file: &Path) -> Vec<flowtap_tests::spans::SpanRecord> {
     read_json_lines(&text)
 }
 
-#[test]
-fn curl_calls_are_counted_exactly_and_spanned_inside_the_probed_caller() {
-    let dir = scratch_dir("genai-curl");
-    let server = LlmServer::start(&dir);
+/// Launches `program` under the genai profile with `symbols` probed too; its report and spans.
+fn launch_genai(
+    dir: &Path,
+    symbols: &str,
+    program: &Path,
+    args: &[String],
+) -> (serde_json::Value, Vec<flowtap_tests::spans::SpanRecord>) {
     let spans_file = dir.join("spans.jsonl");
-    let args = curl_calls(&server, "");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let launched = launch_with_report(
-        &dir,
+        dir,
         &[
             "--profile",
             "genai",
             "--symbols",
-            "libcurl.so*:curl_easy_perform",
+            symbols,
             "--spans-out",
             spans_file.to_str().unwrap(),
         ],
-        Path::new("/usr/bin/curl"),
+        program,
         &args,
     );
     assert_eq!(launched.code, 0, "{}", launched.stderr);
-    let report = read_report(&launched.report);
+    (read_report(&launched.report), llm_spans(&spans_file))
+}
+
+/// The spans of the calls of `function`: span id to trace id.
+fn spans_of<'a>(
+    spans: &'a [flowtap_tests::spans::SpanRecord],
+    function: &str,
+) -> BTreeMap<&'a str, &'a str> {
+    spans
+        .iter()
+        .filter(|s| s.name == function)
+        .map(|s| (s.span_id.as_str(), s.trace_id.as_str()))
+        .collect()
+}
+
+/// Whether `span` is a child of one of `parents` (span id to trace id), in the same trace.
+fn child_of(span: &flowtap_tests::spans::SpanRecord, parents: &BTreeMap<&str, &str>) -> bool {
+    parents.get(span.parent_span_id.as_str()) == Some(&span.trace_id.as_str())
+}
+
+#[test]
+fn curl_calls_are_counted_exactly_and_spanned_inside_the_probed_caller() {
+    let dir = scratch_dir("genai-curl");
+    let server = LlmServer::start(&dir);
+    let (report, spans) = launch_genai(
+        &dir,
+        "libcurl.so*:curl_easy_perform",
+        Path::new("/usr/bin/curl"),
+        &curl_calls(&server, ""),
+    );
     let served = server.served("");
     assert_eq!(served.requests.values().sum::<u64>(), 9, "{served:?}");
     assert_eq!(reported(&report, ""), served, "report vs ledger");
@@ -103,16 +138,11 @@ fn curl_calls_are_counted_exactly_and_spanned_inside_the_probed_caller() {
         report["capture"]
     );
 
-    let spans = llm_spans(&spans_file);
     assert!(
         spans.iter().all(|s| !s.name.starts_with("SSL_")),
         "spans = false keeps the libssl calls out"
     );
-    let callers: BTreeMap<&str, &str> = spans
-        .iter()
-        .filter(|s| s.name == "curl_easy_perform")
-        .map(|s| (s.span_id.as_str(), s.trace_id.as_str()))
-        .collect();
+    let callers = spans_of(&spans, "curl_easy_perform");
     let llm: Vec<_> = spans
         .iter()
         .filter(|s| s.attribute("gen_ai.operation.name").is_some())
@@ -128,9 +158,8 @@ fn curl_calls_are_counted_exactly_and_spanned_inside_the_probed_caller() {
             Some(server.port.to_string().as_str())
         );
         // The parent: the probed call active on the thread when the request was written.
-        assert_eq!(
-            callers.get(span.parent_span_id.as_str()),
-            Some(&span.trace_id.as_str()),
+        assert!(
+            child_of(span, &callers),
             "{span:?} is not inside a curl_easy_perform span"
         );
         let status: u64 = span
@@ -163,6 +192,46 @@ fn curl_calls_are_counted_exactly_and_spanned_inside_the_probed_caller() {
         .filter(|s| s.attribute("gen_ai.response.time_to_first_chunk").is_some())
         .count();
     assert_eq!(streamed, 2, "time to first chunk on the two streamed calls");
+}
+
+/// Issue 15: a native workflow whose LLM primitive, `wf_llm_call`, calls the server through
+/// libcurl: each call's LLM span is a child of that call's span, and the tokens add up.
+#[test]
+fn a_workflow_primitive_calling_through_libcurl_parents_its_llm_span() {
+    let dir = scratch_dir("genai-llmflow");
+    let server = LlmServer::start(&dir);
+    let mut args = vec![server.ca.display().to_string()];
+    args.extend(
+        llm::calls(&server, "")
+            .into_iter()
+            .flat_map(|(url, body)| [url, body]),
+    );
+    let (report, spans) = launch_genai(&dir, "llmflow:wf_*", &fixture_dir().join("llmflow"), &args);
+    let served = server.served("");
+    assert_eq!(served.requests.values().sum::<u64>(), 9, "{served:?}");
+    assert_eq!(reported(&report, ""), served, "report vs ledger");
+
+    let runs = spans_of(&spans, "wf_workflow_run");
+    let primitives = spans_of(&spans, "wf_llm_call");
+    assert_eq!((runs.len(), primitives.len()), (1, 9), "{spans:#?}");
+    let steps: Vec<_> = spans.iter().filter(|s| s.name == "wf_llm_call").collect();
+    assert!(steps.iter().all(|s| child_of(s, &runs)), "{steps:#?}");
+    let llm: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attribute("gen_ai.operation.name").is_some())
+        .collect();
+    for span in &llm {
+        assert!(
+            child_of(span, &primitives),
+            "{span:?} is not inside a wf_llm_call"
+        );
+    }
+    let parents: BTreeSet<&str> = llm.iter().map(|s| s.parent_span_id.as_str()).collect();
+    assert_eq!(
+        (llm.len(), parents),
+        (9, primitives.keys().copied().collect()),
+        "one LLM span in each wf_llm_call"
+    );
 }
 
 #[test]

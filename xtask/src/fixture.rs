@@ -57,6 +57,14 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
     ))?;
     build_stripped(&out)?;
     build_loaded_later(&source, &out, &flags)?;
+    // Linked by soname: machines with curl have libcurl4, not always its -dev package.
+    run(compile(
+        "cc",
+        &flags,
+        &out.join("llmflow"),
+        &source.join("llmflow.c"),
+    )
+    .arg("-l:libcurl.so.4"))?;
     Ok(out)
 }
 
