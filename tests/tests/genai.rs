@@ -234,6 +234,25 @@ fn a_workflow_primitive_calling_through_libcurl_parents_its_llm_span() {
     );
 }
 
+/// Runs the SDK script's 7 calls through `python` (a command ending in the interpreter, under
+/// flowtap or not) against `server`, tagging their models with `suffix`; fails unless all 7 ran.
+fn make_sdk_calls(python: &mut Command, server: &LlmServer, suffix: &str) {
+    let output = python
+        .arg(genai_dir().join("sdk_calls.py"))
+        .arg(server.url(""))
+        .arg(suffix)
+        .env("SSL_CERT_FILE", &server.ca)
+        .output()
+        .expect("running the SDK client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("call ")).count(), 7);
+}
+
 #[test]
 fn python_sdk_calls_through_libssl_match_what_was_served() {
     let python = std::env::var("FLOWTAP_GENAI_PYTHON").unwrap_or_else(|_| {
@@ -252,20 +271,7 @@ fn python_sdk_calls_through_libssl_match_what_was_served() {
             .arg(&spans_file),
     );
     let suffix = "-sdk";
-    let output = Command::new(&python)
-        .arg(genai_dir().join("sdk_calls.py"))
-        .arg(server.url(""))
-        .arg(suffix)
-        .env("SSL_CERT_FILE", &server.ca)
-        .output()
-        .expect("running the SDK client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("call ")).count(), 7);
+    make_sdk_calls(&mut Command::new(&python), &server, suffix);
     let served = server.served(suffix);
     // The last call's bytes are read from the kernel within a pump interval.
     let mut metrics = Served::default();
@@ -375,24 +381,15 @@ fn python_sdk_calls_in_launch_mode_are_counted_once_libssl_is_loaded() {
     let suffix = "-launch";
     // CPython loads libssl with dlopen (its _ssl module): probed when it is loaded.
     let report = dir.join("report.json");
-    let output = flowtap()
-        .args(["run", "--profile", "genai", "--report", "json", "--output"])
-        .arg(&report)
-        .arg("--")
-        .arg(&python)
-        .arg(genai_dir().join("sdk_calls.py"))
-        .arg(server.url(""))
-        .arg(suffix)
-        .env("SSL_CERT_FILE", &server.ca)
-        .output()
-        .expect("running flowtap");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    make_sdk_calls(
+        flowtap()
+            .args(["run", "--profile", "genai", "--report", "json", "--output"])
+            .arg(&report)
+            .arg("--")
+            .arg(&python),
+        &server,
+        suffix,
     );
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("call ")).count(), 7);
     let served = server.served(suffix);
     assert_eq!(served.requests.values().sum::<u64>(), 7);
     assert_eq!(
