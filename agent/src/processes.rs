@@ -13,6 +13,8 @@ use std::{
 
 use flowtap_common::ProcessInfo;
 
+use crate::spans::clock_ns;
+
 /// The kernel's record of the processes it saw traced.
 pub(crate) trait ProcessTable: Send + Sync {
     /// What the kernel recorded of the process holding `pid`, if it still has a record.
@@ -99,16 +101,6 @@ fn proc_start_monotonic_ns(pid: u32) -> Option<i128> {
     let hz = i128::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1);
     let boot_minus_monotonic = clock_ns(libc::CLOCK_BOOTTIME) - clock_ns(libc::CLOCK_MONOTONIC);
     Some(ticks * 1_000_000_000 / hz - boot_minus_monotonic)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid out-pointer; the clock always exists on Linux.
-    unsafe { libc::clock_gettime(clock, &mut now) };
-    i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec)
 }
 
 /// Entries a [`ResourceCache`] keeps at most.

@@ -36,12 +36,12 @@ pub(crate) struct WallClock {
     realtime_minus_monotonic_ns: i128,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `now` is a valid out-pointer; both clocks always exist on Linux.
+    // SAFETY: `now` is a valid out-pointer; the clocks asked for always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut now) };
     i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec)
 }
