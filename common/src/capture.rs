@@ -188,10 +188,13 @@ pub enum CaptureCount {
     /// Calls whose bytes could not be copied: a return-mode entry not kept (map full), or the
     /// chunk program not reached. Their bytes are unknown.
     PendingLost = 6,
+    /// Connection ends not delivered (the ring was full): the agent forgets the connection
+    /// only when it evicts it.
+    CloseLost = 7,
 }
 
 impl CaptureCount {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [CaptureCount; Self::COUNT as usize] = [
         CaptureCount::Offered,
         CaptureCount::Delivered,
@@ -200,6 +203,7 @@ impl CaptureCount {
         CaptureCount::Unreadable,
         CaptureCount::QuietCalls,
         CaptureCount::PendingLost,
+        CaptureCount::CloseLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -211,6 +215,7 @@ impl CaptureCount {
             CaptureCount::Unreadable => "unreadable_bytes",
             CaptureCount::QuietCalls => "quiet_calls",
             CaptureCount::PendingLost => "pending_lost_calls",
+            CaptureCount::CloseLost => "close_lost_calls",
         }
     }
 

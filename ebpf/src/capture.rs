@@ -65,7 +65,9 @@ pub(crate) fn at_entry(
         let now = stack::now_ns();
         let mut header = header(pid_tgid, probe_id, buffer, connection, now, context);
         header.flags |= CHUNK_CLOSE;
-        let _ = emit_small(&mut header, 0, 0);
+        if emit_small(&mut header, 0, 0).is_err() {
+            count(CaptureCount::CloseLost, 1);
+        }
         return false;
     }
     // SAFETY: a lookup of a plain value.

@@ -29,8 +29,10 @@ const _: () = assert!(same(programs::PROCESS_FORK, "process_fork"));
 pub(crate) fn enrol_process(_ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a lookup whose value is only tested for presence.
-    if config().enrol_any != 0 || unsafe { TRACED.get(&tgid) }.is_some() {
-        let _ = TRACED.insert(&tgid, &PROCESS_TRACED, 0);
+    if (config().enrol_any != 0 || unsafe { TRACED.get(&tgid) }.is_some())
+        && TRACED.insert(&tgid, &PROCESS_TRACED, 0).is_err()
+    {
+        count_loss(Loss::TracedMapFull);
     }
     0
 }

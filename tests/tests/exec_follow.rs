@@ -1,7 +1,8 @@
-//! Launch mode traces what the command becomes: through a `#!` script, `sh -c 'exec …'` and
-//! `env`, the program the wrappers execute is probed before its first instruction, its forked
-//! children too; counts are compared with the fixture's own (`forkdemo`). A command that runs
-//! only wrappers ends with one line; one whose program matches nothing dies before running it.
+//! Launch mode traces what the command becomes: through a `#!` script, `sh -c 'exec …'`, `env`
+//! and wrappers that fork it (`sh -c 'prog; …'`, `timeout`), the program is probed before its
+//! first instruction, its forked children too; counts are compared with the fixture's own
+//! (`forkdemo`). A command that runs only wrappers ends with one line; one whose program matches
+//! nothing dies before running it.
 
 use std::{
     io::Write,
@@ -67,6 +68,41 @@ fn a_script_run_through_env_is_followed() {
 fn sh_c_exec_is_followed() {
     let command = format!("exec {} {}", forkdemo().display(), ARGS.join(" "));
     counts_everything("exec-sh-c", Path::new("/bin/sh"), &["-c", &command]);
+}
+
+#[test]
+fn sh_c_that_forks_the_program_is_followed() {
+    // Not the last command: the shell forks a child that executes the program.
+    let command = format!("{} {}; true", forkdemo().display(), ARGS.join(" "));
+    counts_everything("exec-sh-c-fork", Path::new("/bin/sh"), &["-c", &command]);
+}
+
+#[test]
+fn timeout_which_forks_the_program_is_followed() {
+    let demo = forkdemo();
+    let mut args = vec!["60", demo.to_str().unwrap()];
+    args.extend(ARGS);
+    counts_everything("exec-timeout", Path::new("/usr/bin/timeout"), &args);
+}
+
+#[test]
+fn a_script_is_followed_past_the_programs_it_runs_first_to_the_one_that_matches() {
+    // `mkdir` and `true` match nothing: they run untraced, and the script is followed on to
+    // the program, whose calls all count; the script's own exit code is flowtap's.
+    let dir = scratch_dir("exec-script-first-programs");
+    let made_dir = dir.join("made");
+    let body = format!(
+        "mkdir -p {}\n/bin/true\n{} \"$@\"\nexit 3",
+        made_dir.display(),
+        forkdemo().display()
+    );
+    let launcher = script(&dir, "/bin/sh", &body);
+    let traced = launch_with_report(&dir, &SELECT, &launcher, &ARGS);
+    assert_eq!(traced.code, 3, "{}", traced.stderr);
+    assert!(made_dir.is_dir(), "mkdir did not run: {}", traced.stderr);
+    let made = demo_counts(&traced.stdout)["fk_work"];
+    assert_eq!(made, 2_100, "the fixture did not run all its children");
+    assert_eq!(fk_calls(&traced.report), made, "{}", traced.stderr);
 }
 
 #[test]
@@ -136,7 +172,26 @@ fn a_command_that_runs_only_wrappers_ends_with_one_line() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
-        lines[0].contains("exited with code 3") && lines[0].contains("only wrappers (dash"),
+        lines[0].contains("exited with code 3") && lines[0].contains("matching nothing (dash"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn programs_a_wrapper_forks_that_match_nothing_are_named_at_the_end() {
+    let (code, stdout, stderr) = run_flowtap(&[
+        "run",
+        "--symbols",
+        "fk_*",
+        "--",
+        "sh",
+        "-c",
+        "/bin/echo out; exit 4",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stdout, "out\n");
+    assert!(
+        stderr.contains("exited with code 4") && stderr.contains("echo (matching nothing)"),
         "{stderr}"
     );
 }

@@ -41,7 +41,7 @@ pub(super) fn capture_families(service: &str, snapshot: &Snapshot) -> Vec<Metric
         ),
         family(
             "flowtap_capture_calls_skipped_total",
-            "Calls whose bytes were not captured: connection marked quiet (not an LLM API), or entry state lost.",
+            "Calls not captured: connection marked quiet (not an LLM API), entry state lost, or a connection's end lost.",
             MetricType::COUNTER,
             calls,
         ),

@@ -170,6 +170,7 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
         target.follow_exec(
             |name| selection.names_object(name),
             |target| plan_target(target, &selection),
+            |plan| !plan.probes.is_empty(),
         )?
     } else {
         plan_target(&mut target, &selection)?

@@ -68,9 +68,12 @@ async fn run_child(
     deadline: impl std::future::Future<Output = ()>,
     signals: &mut StopSignals,
 ) -> anyhow::Result<i32> {
-    let pid = child.pid;
-    child.release().context("starting the command")?;
-    let mut exited = tokio::task::spawn_blocking(move || launch::wait_exit_code(pid));
+    let (pid, program_pid) = (child.pid, child.program_pid());
+    let ended = child.release().context("starting the command")?;
+    let mut exited = tokio::task::spawn_blocking(move || match ended {
+        Some(code) => Ok(code),
+        None => launch::wait_exit_code(pid),
+    });
     let mut deadline = std::pin::pin!(deadline);
     let mut grace = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let mut passed_on = None;
@@ -90,6 +93,12 @@ async fn run_child(
                 }
                 // SAFETY: signalling our own child, which we have not reaped yet.
                 unsafe { libc::kill(pid as i32, signal) };
+                // A wrapper that forked the program (a shell) may die of it without passing
+                // it on, as a terminal's signal reaches both.
+                if program_pid != pid {
+                    // SAFETY: plain kill(2); the program is the command's child or grandchild.
+                    unsafe { libc::kill(program_pid as i32, signal) };
+                }
                 passed_on = Some(signal);
                 grace.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
             }

@@ -1,9 +1,11 @@
 //! Launching a command with probes in place before its first instruction. The child is forked
-//! under ptrace (`PTRACE_O_TRACEEXEC`) and stops at each program it executes, before that
-//! program's first instruction: the agent follows it through wrappers (`#!` interpreters, `env`,
-//! `sh -c 'exec …'`) to the program it traces, attaches, then detaches ptrace and lets it run.
+//! under ptrace (`PTRACE_O_TRACEEXEC`, `TRACEFORK`) and it, and every process it forks, stops at
+//! each program it executes, before that program's first instruction: the agent follows it
+//! through wrappers (`#!` interpreters, `env`, `sh -c 'exec …'`, a shell or `timeout` forking
+//! the program) to the program it traces, attaches, then detaches ptrace and lets all run.
 
 use std::{
+    collections::BTreeSet,
     ffi::{CString, OsString},
     io,
     os::{
@@ -25,18 +27,25 @@ use nix::{
 use super::TargetError;
 
 /// A forked child under ptrace: it waits until [`HeldChild::next_program`] lets it execute the
-/// command, then stops at each program it executes, until [`HeldChild::release`] lets it go.
+/// command, then stops at each program it or a process it forks executes, until
+/// [`HeldChild::release`] lets them all go.
 #[derive(Debug)]
 pub(crate) struct HeldChild {
+    /// The command's own process: signalled, waited for, its exit code flowtap's.
     pub pid: u32,
     /// Written to (or closed, to abandon the command) before the child runs anything.
     start: Option<OwnedFd>,
+    /// The process stopped at the program [`HeldChild::next_program`] reported.
+    stopped: Option<Pid>,
+    /// Every process under ptrace: the command's and those forked from it since.
+    tracees: BTreeSet<Pid>,
 }
 
 /// Where the followed command stopped.
 #[derive(Debug)]
 pub(crate) enum Step {
-    /// It executed this program, and is stopped before its first instruction.
+    /// It (or a process it forked) executed this program, and is stopped before its first
+    /// instruction.
     Program(PathBuf),
     /// It exited with this code (128 + signal when killed) without executing another program.
     Exited(i32),
@@ -92,55 +101,171 @@ impl HeldChild {
             },
             pid => {
                 // Killed with flowtap until released: a command never runs untraced by accident.
-                let options = Options::PTRACE_O_TRACEEXEC | Options::PTRACE_O_EXITKILL;
-                ptrace::seize(Pid::from_raw(pid), options)
+                // Forks are followed because wrappers such as `timeout` or a shell running a
+                // script fork the program rather than execute it themselves.
+                let options = Options::PTRACE_O_TRACEEXEC
+                    | Options::PTRACE_O_TRACEFORK
+                    | Options::PTRACE_O_TRACEVFORK
+                    | Options::PTRACE_O_EXITKILL;
+                let pid = Pid::from_raw(pid);
+                ptrace::seize(pid, options)
                     .map_err(|errno| TargetError::Follow(io::Error::from(errno)))?;
                 Ok(Self {
-                    pid: pid as u32,
+                    pid: pid.as_raw() as u32,
                     start: Some(release_end),
+                    stopped: None,
+                    tracees: BTreeSet::from([pid]),
                 })
             }
         }
     }
 
-    /// Lets the command run until it executes a program (stopped there, before its first
-    /// instruction) or exits. Signals it receives meanwhile are passed on to it unchanged.
+    /// The process that executed the program last reported: the command's, or one it forked.
+    pub(crate) fn program_pid(&self) -> u32 {
+        self.stopped.map_or(self.pid, |pid| pid.as_raw() as u32)
+    }
+
+    /// Whether the program last reported was executed by a process the command forked, which
+    /// [`HeldChild::let_program_run`] can let go on its own while the command is followed on.
+    pub(crate) fn program_is_forked(&self) -> bool {
+        self.program_pid() != self.pid
+    }
+
+    /// Lets the process stopped at the program last reported run on, untraced.
+    pub(crate) fn let_program_run(&mut self) -> Result<(), TargetError> {
+        if let Some(pid) = self.stopped.take() {
+            self.tracees.remove(&pid);
+            ignore_gone(ptrace::detach(pid, None)).map_err(follow)?;
+        }
+        Ok(())
+    }
+
+    /// Lets the command run until it, or a process it forked, executes a program (stopped
+    /// there, before its first instruction) or the command exits. Signals its processes receive
+    /// meanwhile are passed on to them unchanged.
     pub(crate) fn next_program(&mut self) -> Result<Step, TargetError> {
-        let pid = Pid::from_raw(self.pid as i32);
-        let follow = |errno: Errno| TargetError::Follow(io::Error::from(errno));
-        match self.start.take() {
-            Some(start) => write_byte(&start).map_err(TargetError::Launch)?,
-            None => ptrace::cont(pid, None).map_err(follow)?,
+        match (self.start.take(), self.stopped.take()) {
+            (Some(start), _) => write_byte(&start).map_err(TargetError::Launch)?,
+            (None, Some(stopped)) => resume(stopped, None)?,
+            (None, None) => {}
         }
         loop {
-            let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
                 Err(Errno::EINTR) => continue,
                 status => status.map_err(follow)?,
             };
+            let Some(pid) = status.pid() else { continue };
             match status {
+                WaitStatus::Exited(_, code) => {
+                    if let Some(step) = self.ended(pid, code) {
+                        return Ok(step);
+                    }
+                }
+                WaitStatus::Signaled(_, signal, _) => {
+                    if let Some(step) = self.ended(pid, 128 + signal as i32) {
+                        return Ok(step);
+                    }
+                }
                 WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXEC) => {
+                    self.tracees.insert(pid);
+                    self.stopped = Some(pid);
                     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
                         .map_err(TargetError::Follow)?;
                     return Ok(Step::Program(exe));
                 }
-                WaitStatus::Exited(_, code) => return Ok(Step::Exited(code)),
-                WaitStatus::Signaled(_, signal, _) => return Ok(Step::Exited(128 + signal as i32)),
                 // A stop signal took effect: it stays stopped until SIGCONT, as without ptrace
                 // (SIGCONT then reports the same event with SIGTRAP: it runs on).
                 WaitStatus::PtraceEvent(_, signal, libc::PTRACE_EVENT_STOP)
                     if signal != nix::sys::signal::Signal::SIGTRAP =>
                 {
+                    self.tracees.insert(pid);
                     listen(pid)?
                 }
-                WaitStatus::Stopped(_, signal) => ptrace::cont(pid, signal).map_err(follow)?,
-                _ => ptrace::cont(pid, None).map_err(follow)?,
+                WaitStatus::Stopped(_, signal) => resume(pid, Some(signal))?,
+                // A fork (the parent's event, or the child's first stop), or a SIGCONT.
+                _ => {
+                    self.tracees.insert(pid);
+                    resume(pid, None)?
+                }
             }
         }
     }
 
-    /// Lets the command run on, no longer under ptrace (debuggers can attach, nothing slows it).
-    pub(crate) fn release(self) -> io::Result<()> {
-        ptrace::detach(Pid::from_raw(self.pid as i32), None).map_err(io::Error::from)
+    /// Process `pid` ended with `code`: the end of the follow if it was the command's.
+    fn ended(&mut self, pid: Pid, code: i32) -> Option<Step> {
+        self.tracees.remove(&pid);
+        (pid.as_raw() as u32 == self.pid).then_some(Step::Exited(code))
+    }
+
+    /// Lets the command and the processes it forked run on, no longer under ptrace (debuggers
+    /// can attach, nothing slows them). Returns the command's exit code if it ended meanwhile.
+    pub(crate) fn release(mut self) -> io::Result<Option<i32>> {
+        if let Some(pid) = self.stopped.take() {
+            self.tracees.remove(&pid);
+            ignore_gone(ptrace::detach(pid, None)).map_err(io::Error::from)?;
+        }
+        // The others run: each is stopped first (detaching needs a stop), then let go at
+        // whatever stop it reports, in any order (a vfork parent stops only after its child).
+        for &pid in &self.tracees {
+            ignore_gone(ptrace::interrupt(pid)).map_err(io::Error::from)?;
+        }
+        let mut exit_code = None;
+        // Let go already: a forked child's first stop may come before its parent's event.
+        let mut gone = BTreeSet::new();
+        while !self.tracees.is_empty() {
+            let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => break,
+                status => status.map_err(io::Error::from)?,
+            };
+            let Some(pid) = status.pid() else { continue };
+            let (code, signal) = match status {
+                WaitStatus::Exited(_, code) => (Some(code), None),
+                WaitStatus::Signaled(_, signal, _) => (Some(128 + signal as i32), None),
+                WaitStatus::Stopped(_, signal) => (None, Some(signal)),
+                WaitStatus::PtraceEvent(
+                    _,
+                    _,
+                    libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK,
+                ) => {
+                    // The child is under ptrace too: its first stop is to come, if not come yet.
+                    if let Ok(child) = ptrace::getevent(pid) {
+                        let child = Pid::from_raw(child as i32);
+                        if !gone.contains(&child) {
+                            self.tracees.insert(child);
+                        }
+                    }
+                    (None, None)
+                }
+                _ => (None, None),
+            };
+            if code.is_none() {
+                ignore_gone(ptrace::detach(pid, signal)).map_err(io::Error::from)?;
+            }
+            if pid.as_raw() as u32 == self.pid {
+                exit_code = code;
+            }
+            self.tracees.remove(&pid);
+            gone.insert(pid);
+        }
+        Ok(exit_code)
+    }
+}
+
+fn follow(errno: Errno) -> TargetError {
+    TargetError::Follow(io::Error::from(errno))
+}
+
+/// Restarts tracee `pid`, delivering `signal`; one killed meanwhile is reported by `waitpid`.
+fn resume(pid: Pid, signal: Option<nix::sys::signal::Signal>) -> Result<(), TargetError> {
+    ignore_gone(ptrace::cont(pid, signal)).map_err(follow)
+}
+
+/// A ptrace request's result, where a tracee that died meanwhile (ESRCH) is no failure.
+fn ignore_gone(result: nix::Result<()>) -> nix::Result<()> {
+    match result {
+        Err(Errno::ESRCH) => Ok(()),
+        other => other,
     }
 }
 
@@ -174,14 +299,37 @@ fn write_byte(fd: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// Programs that only start another one by executing it: the command is followed through them
-/// rather than traced, unless a selector names them (`bash:GLOB`). `#!` scripts run their
-/// interpreter, which is one of these (`/usr/bin/env`, a shell) or the program to trace
-/// (python3.11). Wrappers that fork the program instead (`timeout`, `time`, `tini`) are not
-/// here: only executions are followed, so they would run it untraced.
+/// Programs that only start another one, by executing it or in a child they fork: the command
+/// is followed through them rather than traced, unless a selector names them (`bash:GLOB`).
+/// `#!` scripts run their interpreter, which is one of these (`/usr/bin/env`, a shell) or the
+/// program to trace (python3.11).
 const WRAPPERS: &[&str] = &[
-    "sh", "dash", "bash", "zsh", "ksh", "ksh93", "mksh", "ash", "busybox", "env", "nice", "nohup",
-    "setsid", "stdbuf", "taskset", "chrt", "ionice", "setpriv", "gosu", "su-exec", "chpst",
+    "sh",
+    "dash",
+    "bash",
+    "zsh",
+    "ksh",
+    "ksh93",
+    "mksh",
+    "ash",
+    "busybox",
+    "env",
+    "nice",
+    "nohup",
+    "setsid",
+    "stdbuf",
+    "taskset",
+    "chrt",
+    "ionice",
+    "setpriv",
+    "gosu",
+    "su-exec",
+    "chpst",
+    "timeout",
+    "time",
+    "tini",
+    "dumb-init",
+    "flock",
 ];
 
 /// Whether the program `file_name` is one that only starts another.
@@ -393,11 +541,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wrappers_that_execute_are_told_from_programs_and_forking_wrappers() {
-        for wrapper in ["sh", "dash", "bash", "env", "nice", "setsid"] {
+    fn wrappers_are_told_from_programs() {
+        for wrapper in [
+            "sh", "dash", "bash", "env", "nice", "setsid", "timeout", "tini",
+        ] {
             assert!(is_wrapper(wrapper), "{wrapper}");
         }
-        for program in ["python3.11", "redis-server", "timeout", "time", "tini"] {
+        for program in ["python3.11", "redis-server", "node", "nginx"] {
             assert!(!is_wrapper(program), "{program}");
         }
     }

@@ -47,7 +47,7 @@ pub(crate) enum TargetError {
     #[error("cannot follow the command through its programs (ptrace): {0}")]
     Follow(#[source] std::io::Error),
     #[error(
-        "the command exited with code {code} without running a program to trace, only wrappers ({ran}): to trace a wrapper itself, name it in OBJECT:GLOB (e.g. bash:GLOB)"
+        "the command exited with code {code} without running a program to trace, only wrappers and programs matching nothing ({ran}): to trace a wrapper itself, name it in OBJECT:GLOB (e.g. bash:GLOB)"
     )]
     NeverTraced { code: i32, ran: String },
     #[error(transparent)]
@@ -210,16 +210,19 @@ impl Target {
         })
     }
 
-    /// Launch mode: lets the command run through wrappers (shells, `env`, a `#!` script's
-    /// interpreter when it is one), program after program, to the first other program it
-    /// executes, stopped before that program's first instruction; `judge` then plans it. A
-    /// wrapper a selector names (`named`, e.g. `bash:GLOB`) is the target itself. If `judge`
-    /// refuses, flowtap's exit kills the command before that first instruction: nothing runs
-    /// untraced but wrappers.
+    /// Launch mode: lets the command run through wrappers (shells, `env`, `timeout`, a `#!`
+    /// script's interpreter when it is one), program after program and into the processes they
+    /// fork, to the first other program executed, stopped before its first instruction; `judge`
+    /// then plans it. A wrapper a selector names (`named`, e.g. `bash:GLOB`) is the target
+    /// itself. If `judge` refuses the program the command itself became, flowtap's exit kills
+    /// the command before that first instruction: nothing runs untraced but wrappers. One a
+    /// wrapper forked (a script's `mkdir`) that `judge` refuses, or whose plan is not `probed`
+    /// yet (its selectors wait for libraries), is let run untraced, and the command followed on.
     pub(crate) fn follow_exec<T, E: From<TargetError>>(
         &mut self,
         named: impl Fn(&str) -> bool,
-        judge: impl FnOnce(&mut Self) -> Result<T, E>,
+        mut judge: impl FnMut(&mut Self) -> Result<T, E>,
+        probed: impl Fn(&T) -> bool,
     ) -> Result<T, E> {
         let mut ran = Vec::new();
         loop {
@@ -243,13 +246,43 @@ impl Target {
                 ran.push(name);
                 continue;
             }
-            let library_path = launch::library_path(child.pid);
-            *program = exe;
-            self.objects = libraries::load_closure(program, library_path.as_deref())
-                .map_err(TargetError::from)?;
-            // Known by the name it was executed as too (a link's), as in PID mode.
-            self.objects[0].add_names(process::run_as_name(child.pid));
-            return judge(self);
+            let (pid, forked) = (child.program_pid(), child.program_is_forked());
+            program.clone_from(&exe);
+            match self.plan_program(&exe, pid, &mut judge) {
+                Ok(plan) if forked && !probed(&plan) => {
+                    ran.push(format!("{name} (matching nothing yet)"));
+                    self.let_program_run()?;
+                }
+                Err(_) if forked => {
+                    ran.push(format!("{name} (matching nothing)"));
+                    self.let_program_run()?;
+                }
+                planned => return planned,
+            }
+        }
+    }
+
+    /// Plans `program`, which process `pid` is stopped at, with its libraries.
+    fn plan_program<T, E: From<TargetError>>(
+        &mut self,
+        program: &Path,
+        pid: u32,
+        judge: &mut impl FnMut(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let library_path = launch::library_path(pid);
+        self.objects =
+            libraries::load_closure(program, library_path.as_deref()).map_err(TargetError::from)?;
+        // Known by the name it was executed as too (a link's), as in PID mode.
+        self.objects[0].add_names(process::run_as_name(pid));
+        judge(self)
+    }
+
+    /// Lets the program a forked process stopped at run untraced.
+    fn let_program_run(&mut self) -> Result<(), TargetError> {
+        self.objects.clear();
+        match &mut self.kind {
+            TargetKind::Launch { child, .. } => child.let_program_run(),
+            _ => Ok(()),
         }
     }
 
@@ -327,7 +360,7 @@ impl Target {
     pub(crate) fn pid(&self) -> Option<NonZeroU32> {
         match &self.kind {
             TargetKind::Process { pid } => Some(*pid),
-            TargetKind::Launch { child, .. } => NonZeroU32::new(child.pid),
+            TargetKind::Launch { child, .. } => NonZeroU32::new(child.program_pid()),
             TargetKind::Binary { .. } => None,
         }
     }
@@ -390,7 +423,7 @@ impl Target {
             TargetKind::Process { pid } => format!("PID {pid}"),
             TargetKind::Binary { path, .. } => path.display().to_string(),
             TargetKind::Launch { child, program } => {
-                format!("{} (PID {})", program.display(), child.pid)
+                format!("{} (PID {})", program.display(), child.program_pid())
             }
         }
     }
