@@ -116,13 +116,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
     println!("{}", probe_points::render(&placement));
     let tls = tls_capture::measure(&agent, &dir)?;
     println!("{}", tls_capture::render(&tls));
-    let (calls_per_second, lost) = throughput(&agent, &bench)?;
+    let flat_out = throughput(&agent, &bench, None)?;
+    let paced = throughput(&agent, &bench, Some(PACED_CALLS_PER_SECOND))?;
     let attach_1k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_0*")?;
     let attach_10k = attach_seconds(&agent, &dir.join("libsyms.so"), "sym_*")?;
     let (rss_kib, exported) = rss_after_exporting(&agent, &bench, 1_000_000)?;
     let mut results = summarize(
         &samples,
-        (calls_per_second, lost),
+        [flat_out, paced],
         (attach_1k, attach_10k),
         (rss_kib, exported),
     );
@@ -204,7 +205,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn summarize(
     samples: &[(Config, Sample)],
-    (calls_per_second, lost): (f64, u64),
+    [
+        (calls_per_second, lost),
+        (paced_calls_per_second, paced_lost),
+    ]: [(f64, u64); 2],
     (attach_1k, attach_10k): (f64, f64),
     (rss_kib, exported): (u64, u64),
 ) -> Value {
@@ -252,6 +256,8 @@ fn summarize(
             .map(|(l, m)| l / m),
         "spans_100_calls_per_second": calls_per_second,
         "spans_100_lost_events": lost,
+        "spans_100_paced_calls_per_second": paced_calls_per_second,
+        "spans_100_paced_lost_events": paced_lost,
         "interleaved_runs_lost_events": samples.iter().map(|(_, s)| s.lost_events).sum::<u64>(),
         "agent_cpu_percent_per_100k_events_per_second": 100.0 * cpu_share / (spans_rate / 1e5),
         "agent_rss_mib_after_1m_spans": rss_kib as f64 / 1024.0,
@@ -283,7 +289,8 @@ fn render(r: &Value) -> String {
          | added cost, flowtap metrics only / bpftrace | {:.2}x | ≤ 1.0x |\n\
          | eBPF program time per call, --kernel-log debug / off | {:.2}x | 1.0x (rare paths only) |\n\
          | added cost, metrics with a profile / metrics only | {:.2}x | |\n\
-         | calls/s taken with spans at 100% (a thread per core) | {:.0} with {} lost events | 100,000 with 0 lost |\n\
+         | calls/s taken with spans at 100% (a thread per core, flat out) | {:.0} with {} lost events | |\n\
+         | spans at 100%, a thread per core paced to 100,000 calls/s in all | {:.0} calls/s with {} lost events | 100,000 with 0 lost |\n\
          | events lost over all interleaved flowtap runs | {} | 0 |\n\
          | agent CPU per 100k events/s | {:.1}% of a core | |\n\
          | agent RSS after exporting 1M spans over OTLP | {:.1} MiB ({} exported) | < 64 MiB |\n\
@@ -295,6 +302,8 @@ fn render(r: &Value) -> String {
         f("profile_over_metrics_only"),
         f("spans_100_calls_per_second"),
         r["spans_100_lost_events"],
+        f("spans_100_paced_calls_per_second"),
+        r["spans_100_paced_lost_events"],
         r["interleaved_runs_lost_events"],
         f("agent_cpu_percent_per_100k_events_per_second"),
         f("agent_rss_mib_after_1m_spans"),
@@ -306,14 +315,20 @@ fn render(r: &Value) -> String {
 }
 
 fn run_bench(bench: &Path, calls: u64) -> anyhow::Result<f64> {
-    run_bench_threads(bench, calls, 1)
+    run_bench_threads(bench, calls, 1, None)
 }
 
-/// Nanoseconds per call of `calls` calls shared by `threads` threads (wall clock).
-fn run_bench_threads(bench: &Path, calls: u64, threads: u32) -> anyhow::Result<f64> {
-    let output = Command::new(bench)
-        .args([calls.to_string(), threads.to_string()])
-        .output()?;
+/// Nanoseconds per call of `calls` calls shared by `threads` threads (wall clock), as fast as
+/// they can or at `rate` calls per second in all.
+fn run_bench_threads(
+    bench: &Path,
+    calls: u64,
+    threads: u32,
+    rate: Option<u64>,
+) -> anyhow::Result<f64> {
+    let mut args = vec![calls.to_string(), threads.to_string()];
+    args.extend(rate.map(|rate| rate.to_string()));
+    let output = Command::new(bench).args(args).output()?;
     if !output.status.success() {
         bail!("bench failed: {output:?}");
     }
@@ -546,16 +561,23 @@ impl Drop for BpfStats {
     }
 }
 
-/// Calls per second a thread per core makes with spans at 100%, and the events lost meanwhile.
-fn throughput(agent: &Path, bench: &Path) -> anyhow::Result<(f64, u64)> {
+/// The rate at which spans at 100% must all be taken (issue 6's target).
+const PACED_CALLS_PER_SECOND: u64 = 100_000;
+
+/// Calls per second a thread per core makes with spans at 100%, as fast as they can or at
+/// `rate` calls per second in all, and the events lost meanwhile.
+fn throughput(agent: &Path, bench: &Path, rate: Option<u64>) -> anyhow::Result<(f64, u64)> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let flags = ["--spans-out", "/dev/null", "--sample-rate", "1"];
     let tracer = Tracer::flowtap(agent, bench, "bench_tiny", &flags)?;
-    let ns = run_bench_threads(bench, 1_000_000, cores)?;
+    // Paced: five seconds' worth, enough for the agent to fall behind if it cannot keep up.
+    let calls = rate.map_or(1_000_000, |rate| rate * 5);
+    let ns = run_bench_threads(bench, calls, cores, rate)?;
     let report = tracer.stop()?.unwrap_or_default();
     let lost = report["lost_events"].as_u64().unwrap_or(u64::MAX);
+    let pace = rate.map_or_else(|| "flat out".into(), |rate| format!("paced to {rate}/s"));
     println!(
-        "   {cores} threads, spans 100%: {:.0} calls/s, {lost} lost",
+        "   {cores} threads {pace}, spans 100%: {:.0} calls/s, {lost} lost",
         1e9 / ns
     );
     Ok((1e9 / ns, lost))

@@ -21,6 +21,8 @@ use super::otlp_tls::{TlsError, TlsFiles};
 /// Spans waiting for export; beyond this, new spans are dropped (and counted).
 pub(crate) const QUEUE_CAPACITY: usize = 65_536;
 const BATCH_SIZE: usize = 512;
+/// Room the queue keeps when idle: after a burst, a full queue's buffer is given back.
+const IDLE_CAPACITY: usize = 4 * BATCH_SIZE;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -197,6 +199,19 @@ impl SpanQueue {
         self.queue.lock().expect("span queue lock").len()
     }
 
+    /// With the queue drained after a burst, gives its buffer and the freed spans' memory back
+    /// to the system: the allocator would otherwise keep them (tens of MiB after a million
+    /// spans), and an agent's resident set should come back down when its target calms down.
+    fn give_back_memory(&self) {
+        let mut queue = self.queue.lock().expect("span queue lock");
+        if queue.capacity() <= IDLE_CAPACITY {
+            return;
+        }
+        queue.shrink_to(IDLE_CAPACITY);
+        drop(queue);
+        trim_heap();
+    }
+
     /// Exports until `stop` turns true and the queue is empty, or `stop` turned true
     /// `flush_limit` ago; whatever is left then is counted as dropped.
     pub(crate) async fn run(
@@ -233,6 +248,7 @@ impl SpanQueue {
                 if *stop.borrow() {
                     return;
                 }
+                self.give_back_memory();
                 tokio::select! {
                     _ = self.ready.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -278,6 +294,12 @@ impl SpanQueue {
             }
         }
     }
+}
+
+/// Returns the allocator's free memory to the system (glibc keeps freed memory in its arenas).
+fn trim_heap() {
+    // SAFETY: malloc_trim has no preconditions; it only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
 }
 
 #[cfg(test)]
