@@ -351,6 +351,30 @@ fn cpython_import_sqlite3_counts_what_bpftrace_counts_in_launch_mode() {
 }
 
 #[test]
+fn cpython_behind_a_script_that_forks_other_programs_first_is_the_target() {
+    // As a pyenv shim does: programs forked before the interpreter (readlink) would match the
+    // profile too, its library being probed before any program loads it; they load nothing of
+    // it at start, so they run untraced and the interpreter the script executes is the target.
+    let dir = scratch_dir("later-sqlite-script");
+    let script = sqlite_script(&dir);
+    let command = format!(
+        "readlink -f /bin/sh > /dev/null; exec {PYTHON} {}",
+        script.display()
+    );
+    let output = flowtap()
+        .args(["run", "--profile", "sqlite", "--report", "json", "--output"])
+        .arg(dir.join("report.json"))
+        .args(["--", "/bin/sh", "-c", &command])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("of {PYTHON} (PID")), "{stderr}");
+    assert_bpftrace_counts(&script, &dir.join("report.json"), "launch-script");
+}
+
+#[test]
 fn cpython_import_sqlite3_counts_what_bpftrace_counts_by_pid() {
     let dir = scratch_dir("later-sqlite-pid");
     let script = sqlite_script(&dir);

@@ -40,6 +40,7 @@ use crate::{
     report::{LoadsSummary, Report, ReportFormat, SpanSummary},
     span_ring::SpanStream,
     spans::{SpanFactory, SpanPump},
+    symbols::ElfObject,
     targets::{Target, TargetSpec},
     workloads::{NoWorkloads, Workloads},
 };
@@ -166,15 +167,21 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     let mut target = Target::resolve(&spec)?;
     target.follow_children(children(config.children)?);
     // A launched command is planned at the exec of its program, once its wrappers are past.
-    let plan = if target.is_launch() {
+    let (plan, installed) = if target.is_launch() {
         target.follow_exec(
             |name| selection.names_object(name),
             |target| plan_target(target, &selection),
-            |plan| !plan.probes.is_empty(),
+            |(plan, _), own| probes_own_objects(plan, own),
         )?
     } else {
         plan_target(&mut target, &selection)?
     };
+    if !installed.is_empty() {
+        status(format_args!(
+            "probing {} before it is loaded: selected by name, found in the dynamic loader's cache",
+            installed.join(", ")
+        ));
+    }
     for note in plan.notes() {
         eprintln!("flowtap: note: {note}");
     }
@@ -194,17 +201,20 @@ fn prepare(config: &RunConfig) -> anyhow::Result<Prepared> {
     })
 }
 
+/// Whether `plan` probes a function of `own`, the objects a program loads at start.
+fn probes_own_objects(plan: &Plan, own: &[ElfObject]) -> bool {
+    plan.probes.iter().any(|probe| {
+        let path = &plan.objects[probe.object].path;
+        own.iter().any(|object| object.path == *path)
+    })
+}
+
 /// Plans the probes of `target`, with the installed libraries that selectors name but it does
-/// not load yet: their probes are in place before it loads them.
-fn plan_target(target: &mut Target, selection: &Selection) -> anyhow::Result<Plan> {
+/// not load yet (their probes are in place before it loads them), which it names.
+fn plan_target(target: &mut Target, selection: &Selection) -> anyhow::Result<(Plan, Vec<String>)> {
     let installed = target.add_installed(&selection.absent_objects(&target.objects));
-    if !installed.is_empty() {
-        status(format_args!(
-            "probing {} before it is loaded: selected by name, found in the dynamic loader's cache",
-            installed.join(", ")
-        ));
-    }
-    Ok(Plan::build(&target.objects, selection, &target.describe())?)
+    let plan = Plan::build(&target.objects, selection, &target.describe())?;
+    Ok((plan, installed))
 }
 
 /// Says which selectors wait for libraries loaded later, and which match nothing (when others

@@ -216,13 +216,14 @@ impl Target {
     /// then plans it. A wrapper a selector names (`named`, e.g. `bash:GLOB`) is the target
     /// itself. If `judge` refuses the program the command itself became, flowtap's exit kills
     /// the command before that first instruction: nothing runs untraced but wrappers. One a
-    /// wrapper forked (a script's `mkdir`) that `judge` refuses, or whose plan is not `probed`
-    /// yet (its selectors wait for libraries), is let run untraced, and the command followed on.
+    /// wrapper forked (a script's `mkdir`) that `judge` refuses, or whose plan probes nothing in
+    /// the objects it loads at start (`probes_own`: its selectors only name libraries it may
+    /// load later, which match any program), is let run untraced, and the command followed on.
     pub(crate) fn follow_exec<T, E: From<TargetError>>(
         &mut self,
         named: impl Fn(&str) -> bool,
         mut judge: impl FnMut(&mut Self) -> Result<T, E>,
-        probed: impl Fn(&T) -> bool,
+        probes_own: impl Fn(&T, &[ElfObject]) -> bool,
     ) -> Result<T, E> {
         let mut ran = Vec::new();
         loop {
@@ -249,32 +250,34 @@ impl Target {
             let (pid, forked) = (child.program_pid(), child.program_is_forked());
             program.clone_from(&exe);
             match self.plan_program(&exe, pid, &mut judge) {
-                Ok(plan) if forked && !probed(&plan) => {
-                    ran.push(format!("{name} (matching nothing yet)"));
+                Ok((plan, own)) if forked && !probes_own(&plan, &self.objects[..own]) => {
+                    ran.push(format!("{name} (matching nothing it loads)"));
                     self.let_program_run()?;
                 }
                 Err(_) if forked => {
                     ran.push(format!("{name} (matching nothing)"));
                     self.let_program_run()?;
                 }
-                planned => return planned,
+                planned => return planned.map(|(plan, _)| plan),
             }
         }
     }
 
-    /// Plans `program`, which process `pid` is stopped at, with its libraries.
+    /// Plans `program`, which process `pid` is stopped at, with its libraries; with the plan,
+    /// how many of the first [`Target::objects`] the program loads at start.
     fn plan_program<T, E: From<TargetError>>(
         &mut self,
         program: &Path,
         pid: u32,
         judge: &mut impl FnMut(&mut Self) -> Result<T, E>,
-    ) -> Result<T, E> {
+    ) -> Result<(T, usize), E> {
         let library_path = launch::library_path(pid);
         self.objects =
             libraries::load_closure(program, library_path.as_deref()).map_err(TargetError::from)?;
         // Known by the name it was executed as too (a link's), as in PID mode.
         self.objects[0].add_names(process::run_as_name(pid));
-        judge(self)
+        let own = self.objects.len();
+        judge(self).map(|plan| (plan, own))
     }
 
     /// Lets the program a forked process stopped at run untraced.
