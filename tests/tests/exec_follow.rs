@@ -39,6 +39,14 @@ fn counts_everything(test: &str, program: &Path, args: &[&str]) {
     assert_eq!(fk_calls(&traced.report), made, "{}", traced.stderr);
 }
 
+/// Launches `wrapper option forkdemo ARGS` and checks every call was counted.
+fn counts_everything_behind(test: &str, wrapper: &str, option: &str) {
+    let demo = forkdemo();
+    let mut args = vec![option, demo.to_str().unwrap()];
+    args.extend(ARGS);
+    counts_everything(test, Path::new(wrapper), &args);
+}
+
 /// A `#!` script in `dir` whose body is `body`.
 fn script(dir: &Path, interpreter: &str, body: &str) -> PathBuf {
     let path = dir.join("launcher");
@@ -79,10 +87,7 @@ fn sh_c_that_forks_the_program_is_followed() {
 
 #[test]
 fn timeout_which_forks_the_program_is_followed() {
-    let demo = forkdemo();
-    let mut args = vec!["60", demo.to_str().unwrap()];
-    args.extend(ARGS);
-    counts_everything("exec-timeout", Path::new("/usr/bin/timeout"), &args);
+    counts_everything_behind("exec-timeout", "/usr/bin/timeout", "60");
 }
 
 #[test]
@@ -107,10 +112,7 @@ fn a_script_is_followed_past_the_programs_it_runs_first_to_the_one_that_matches(
 
 #[test]
 fn env_is_followed() {
-    let demo = forkdemo();
-    let mut args = vec!["FLOWTAP_TEST=1", demo.to_str().unwrap()];
-    args.extend(ARGS);
-    counts_everything("exec-env", Path::new("/usr/bin/env"), &args);
+    counts_everything_behind("exec-env", "/usr/bin/env", "FLOWTAP_TEST=1");
 }
 
 #[test]
@@ -157,43 +159,23 @@ fn output_input_and_exit_code_pass_through_the_wrappers() {
 }
 
 #[test]
-fn a_command_that_runs_only_wrappers_ends_with_one_line() {
-    let (code, stdout, stderr) = run_flowtap(&[
-        "run",
-        "--symbols",
-        "fk_*",
-        "--",
-        "sh",
-        "-c",
-        "echo out; exit 3",
-    ]);
-    assert_eq!(code, 2, "{stderr}");
-    assert_eq!(stdout, "out\n");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(
-        lines[0].contains("exited with code 3") && lines[0].contains("matching nothing (dash"),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn programs_a_wrapper_forks_that_match_nothing_are_named_at_the_end() {
-    let (code, stdout, stderr) = run_flowtap(&[
-        "run",
-        "--symbols",
-        "fk_*",
-        "--",
-        "sh",
-        "-c",
-        "/bin/echo out; exit 4",
-    ]);
-    assert_eq!(code, 2, "{stderr}");
-    assert_eq!(stdout, "out\n");
-    assert!(
-        stderr.contains("exited with code 4") && stderr.contains("echo (matching nothing)"),
-        "{stderr}"
-    );
+fn a_command_that_runs_only_wrappers_and_programs_matching_nothing_ends_with_one_line() {
+    // The shell's builtin echo; then an echo it forks, which matches nothing and runs untraced.
+    for (command, code, named) in [
+        ("echo out; exit 3", "code 3", "matching nothing (dash"),
+        ("/bin/echo out; exit 4", "code 4", "echo (matching nothing)"),
+    ] {
+        let (exit, stdout, stderr) =
+            run_flowtap(&["run", "--symbols", "fk_*", "--", "sh", "-c", command]);
+        assert_eq!(exit, 2, "{stderr}");
+        assert_eq!(stdout, "out\n");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].contains(&format!("exited with {code}")) && lines[0].contains(named),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
