@@ -13,7 +13,7 @@ use aya::{
     },
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Capture, Compare, Condition, Config, NO_ARG, ProbeSpec,
+    AggregateKey, AggregateValue, Capture, Compare, Condition, Config, Loss, NO_ARG, ProbeSpec,
     ProbeStats, SPAN_FAILED, SPAN_UNWOUND, SpanEvent, TextSpanEvent,
     abi::{self, maps, programs},
     capture::{BufferMode, BufferSpec, CaptureCount, ChunkHeader, DIRECTION_READ, DIRECTION_WRITE},
@@ -304,6 +304,9 @@ fn outcome_bits_count_errors_and_conditions() {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn flowtap_test_text(text: *const libc::c_char) -> usize {
+    if text.is_null() {
+        return 0;
+    }
     // SAFETY: the test passes a NUL-terminated string.
     black_box(unsafe { CStr::from_ptr(text) }.count_bytes())
 }
@@ -329,6 +332,47 @@ fn a_string_argument_is_captured_at_entry_onto_the_span() {
     let spans = spans(&mut ebpf);
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert_eq!(spans[0].1.as_deref(), Some("checkout/step-3"));
+}
+
+#[test]
+fn a_string_not_paged_in_reads_empty_and_is_counted_and_a_null_one_is_not() {
+    let mut ebpf = load();
+    set_spec(
+        &mut ebpf,
+        0,
+        ProbeSpec {
+            text: Capture::register(0),
+            text_in_span: 1,
+            ..ProbeSpec::default()
+        },
+    );
+    attach_calls(&mut ebpf, &[("flowtap_test_text", 0)]);
+    // SAFETY: a fresh anonymous page, readable, that nothing touches before the probe reads it
+    // (the kernel maps it on the first access, which the function makes after the probe).
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    assert_eq!(flowtap_test_text(page.cast()), 0);
+    assert_eq!(flowtap_test_text(std::ptr::null()), 0);
+    let spans = spans(&mut ebpf);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert!(spans.iter().all(|(_, text)| text.as_deref() == Some("")));
+    let losses: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(maps::LOSSES).unwrap()).unwrap();
+    let unreadable: u64 = losses
+        .get(&(Loss::ArgumentUnreadable as u32), 0)
+        .unwrap()
+        .iter()
+        .sum();
+    assert_eq!(unreadable, 1);
 }
 
 /// The chunk program in the slot the per-point entry and exit programs tail-call.

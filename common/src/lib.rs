@@ -470,10 +470,14 @@ pub enum Loss {
     /// The dynamic loader changed a traced process's objects and the ring buffer telling the
     /// agent was full: libraries it loaded then are probed only at its next change.
     LoadRingFull = 7,
+    /// A captured argument's memory (a string, or a field behind a pointer that is not NULL)
+    /// could not be read at entry: not paged in (a probe cannot fault it in), or a bad
+    /// pointer. The value reads as empty or 0.
+    ArgumentUnreadable = 8,
 }
 
 impl Loss {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Loss; Self::COUNT as usize] = [
         Loss::StackOverflow,
         Loss::ReturnProbeDepth,
@@ -483,6 +487,7 @@ impl Loss {
         Loss::SpanRingFull,
         Loss::TracedMapFull,
         Loss::LoadRingFull,
+        Loss::ArgumentUnreadable,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -495,6 +500,7 @@ impl Loss {
             Loss::SpanRingFull => "span_ring_full",
             Loss::TracedMapFull => "traced_map_full",
             Loss::LoadRingFull => "load_ring_full",
+            Loss::ArgumentUnreadable => "argument_unreadable",
         }
     }
 }

@@ -217,7 +217,7 @@ fn capture_one(registers: &[u64; ARGUMENT_REGISTERS], capture: &Capture) -> u64 
         return 0;
     }
     let register = register(registers, capture.arg);
-    if capture.deref != 0 {
+    if capture.deref != 0 && register != 0 {
         read_user(
             register.wrapping_add(u64::from(capture.offset)),
             capture.width,
@@ -227,38 +227,46 @@ fn capture_one(registers: &[u64; ARGUMENT_REGISTERS], capture: &Capture) -> u64 
     }
 }
 
-/// `width` bytes of the target's memory at `address`, zero-extended; 0 when unreadable. Never
-/// writes to the target.
-#[inline(always)]
+/// `width` bytes of the target's memory at `address`, zero-extended; 0 when unreadable
+/// (counted). Never writes to the target. Out of line: it is called from every capture.
+#[inline(never)]
 fn read_user(address: u64, width: u8) -> u64 {
     // SAFETY: the helper reads user memory and fails safely on a bad address.
-    unsafe {
+    let value = unsafe {
         match width {
             1 => bpf_probe_read_user(address as *const u8).map(u64::from),
             2 => bpf_probe_read_user(address as *const u16).map(u64::from),
             4 => bpf_probe_read_user(address as *const u32).map(u64::from),
             _ => bpf_probe_read_user(address as *const u64),
         }
-    }
-    .unwrap_or(0)
+    };
+    value.unwrap_or_else(|_| {
+        count_loss(Loss::ArgumentUnreadable);
+        0
+    })
 }
 
 /// Reads the C string the spec names, at entry (the call may change it), for its end.
 #[inline(always)]
 fn capture_text(registers: &[u64; ARGUMENT_REGISTERS], text: &Capture, key: u64) {
     let mut pointer = register(registers, text.arg);
-    if text.deref != 0 {
+    if text.deref != 0 && pointer != 0 {
         pointer = read_user(pointer.wrapping_add(u64::from(text.offset)), 8);
     }
     let Some(scratch) = TEXT_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: the helper reads at most TEXT_LEN bytes of user memory into the per-CPU scratch,
-    // faulting safely; on failure (a NULL pointer...) it zeroes the buffer: an empty string.
-    unsafe {
-        bpf_probe_read_user_str(scratch.cast(), TEXT_LEN as u32, pointer as *const c_void);
-        let _ = TEXTS.insert(&key, &*scratch, 0);
+    // faulting safely; on failure it zeroes the buffer: an empty string.
+    let read = unsafe {
+        bpf_probe_read_user_str(scratch.cast(), TEXT_LEN as u32, pointer as *const c_void)
+    };
+    // A NULL string is no loss: the call was given none.
+    if read < 0 && pointer != 0 {
+        count_loss(Loss::ArgumentUnreadable);
     }
+    // SAFETY: the per-CPU scratch, just written, copied into the map.
+    let _ = TEXTS.insert(&key, unsafe { &*scratch }, 0);
 }
 
 /// The outermost probed call on a thread: continues a context handed off to it, or starts a new
