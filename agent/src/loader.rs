@@ -18,8 +18,8 @@ use aya::{
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
 use flowtap_common::{
-    AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_TRACED, ProbeSpec, ProcessInfo,
-    TraceContext,
+    AggregateKey, AggregateValue, Config, MAX_PROBES, PROCESS_EXECED, PROCESS_TRACED, ProbeSpec,
+    ProcessInfo, TraceContext,
     abi::{self, maps, programs},
     capture::{CAPTURE_RING_BYTES, ConnectionKey},
 };
@@ -267,7 +267,9 @@ impl Probes {
         if target.filters_by_process()
             && let Some(pid) = target.pid()
         {
-            probes.enrol(&[pid.get()])?;
+            probes.enrol(&[pid.get()], PROCESS_TRACED)?;
+            // The wrappers that started it enrol what they start later if it is the program.
+            probes.enrol(&target.wrapper_pids(), PROCESS_EXECED)?;
         }
         if options.empty_programs {
             let floor = EbpfLoader::new()
@@ -447,8 +449,9 @@ impl Probes {
         Ok(())
     }
 
-    /// Counts these processes from now on (binary mode).
-    pub(crate) fn enrol(&mut self, pids: &[u32]) -> Result<(), LoadError> {
+    /// Puts these processes in the traced set as `state`: [`PROCESS_TRACED`] counts them from
+    /// now on, [`PROCESS_EXECED`] when they or their children execute the program.
+    pub(crate) fn enrol(&mut self, pids: &[u32], state: u8) -> Result<(), LoadError> {
         let map_error = |source| LoadError::Map {
             name: maps::TRACED,
             source,
@@ -456,7 +459,7 @@ impl Probes {
         let mut traced: HashMap<_, u32, u8> =
             HashMap::try_from(self.kernel_map_mut(maps::TRACED)).map_err(map_error)?;
         for &pid in pids {
-            traced.insert(&pid, &PROCESS_TRACED, 0).map_err(map_error)?;
+            traced.insert(&pid, &state, 0).map_err(map_error)?;
             // A process that exited after /proc was read had its exit cleanup run before this
             // insert: take it out again, or it would stay forever.
             if crate::targets::process::check_traceable(pid).is_err() {

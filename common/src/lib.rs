@@ -20,8 +20,9 @@ pub const MAX_PROBES: u32 = 1 << 16;
 pub const MAX_TRACED_PROCESSES: u32 = 16_384;
 /// A `TRACED` value: the process is counted.
 pub const PROCESS_TRACED: u8 = 1;
-/// A `TRACED` value: the process was traced and has exec'd; it is counted again only if the
-/// new image is the traced program (its entry probe), and is not counted meanwhile.
+/// A `TRACED` value: the process was traced and has exec'd, or is a wrapper that started the
+/// traced program (launch mode); it is counted again only if its image becomes the traced
+/// program (its entry probe), and is not counted meanwhile. Its forked children inherit it.
 pub const PROCESS_EXECED: u8 = 2;
 
 /// Integer values a probe captures at entry: arguments, or fields behind pointer arguments.

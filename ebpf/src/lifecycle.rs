@@ -38,15 +38,17 @@ pub(crate) fn enrol_process(_ctx: ProbeContext) -> u32 {
 }
 
 /// Runs in the parent, before the child's first instruction: the child process of a traced
-/// process is traced too (it runs the same image until it execs, which [`process_exec`] judges).
-/// New threads share their process's entry. Attached only when the agent follows children.
+/// process is traced too (it runs the same image until it execs, which [`process_exec`] judges);
+/// that of an exec'd one or a wrapper is not, but is enrolled should it execute the traced
+/// program. New threads share their process's entry. Attached only when the agent follows
+/// children.
 #[tracepoint]
 pub(crate) fn process_fork(ctx: TracePointContext) -> u32 {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a lookup in a map of plain values.
-    if unsafe { TRACED.get(&parent) } != Some(&PROCESS_TRACED) {
+    let Some(state) = (unsafe { TRACED.get(&parent) }).copied() else {
         return 0;
-    }
+    };
     let config = config();
     // SAFETY: the offsets are those of the record's fields, read from its format.
     let (flags, child) = unsafe {
@@ -61,11 +63,13 @@ pub(crate) fn process_fork(ctx: TracePointContext) -> u32 {
     if flags & CLONE_THREAD != 0 {
         return 0;
     }
-    if TRACED.insert(&child, &PROCESS_TRACED, 0).is_err() {
+    if TRACED.insert(&child, &state, 0).is_err() {
         count_loss(Loss::TracedMapFull);
     }
-    // The child's name is its parent's until it execs: this thread's.
-    record_process(child);
+    if state == PROCESS_TRACED {
+        // The child's name is its parent's until it execs: this thread's.
+        record_process(child);
+    }
     0
 }
 

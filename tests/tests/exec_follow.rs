@@ -86,6 +86,24 @@ fn sh_c_that_forks_the_program_is_followed() {
 }
 
 #[test]
+fn every_run_of_the_program_a_wrapper_starts_is_traced() {
+    // A restart loop: the shell starts the program three times (a subshell the third); every
+    // run counts, the shell's own calls do not.
+    let dir = scratch_dir("exec-sh-c-runs");
+    let run = format!("{} {}", forkdemo().display(), ARGS.join(" "));
+    let command = format!("{run}; {run}; ({run})");
+    let traced = launch_with_report(&dir, &SELECT, Path::new("/bin/sh"), &["-c", &command]);
+    assert_eq!(traced.code, 0, "{}", traced.stderr);
+    let made: u64 = traced
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("calls fk_work ")?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(made, 3 * 2_100, "the fixture did not run all its children");
+    assert_eq!(fk_calls(&traced.report), made, "{}", traced.stderr);
+}
+
+#[test]
 fn timeout_which_forks_the_program_is_followed() {
     counts_everything_behind("exec-timeout", "/usr/bin/timeout", "60");
 }

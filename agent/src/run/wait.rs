@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use flowtap_common::PROCESS_TRACED;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
@@ -131,7 +132,10 @@ async fn follow_binary(
     }
     loop {
         let running = process::processes_running(file);
-        probes.lock().expect("probes lock").enrol(&running)?;
+        probes
+            .lock()
+            .expect("probes lock")
+            .enrol(&running, PROCESS_TRACED)?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

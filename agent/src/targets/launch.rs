@@ -125,6 +125,16 @@ impl HeldChild {
         self.stopped.map_or(self.pid, |pid| pid.as_raw() as u32)
     }
 
+    /// The processes under ptrace but the one stopped at the program: the command's and the
+    /// wrappers between it and the program.
+    pub(crate) fn wrapper_pids(&self) -> Vec<u32> {
+        self.tracees
+            .iter()
+            .filter(|&&pid| Some(pid) != self.stopped)
+            .map(|pid| pid.as_raw() as u32)
+            .collect()
+    }
+
     /// Whether the program last reported was executed by a process the command forked, which
     /// [`HeldChild::let_program_run`] can let go on its own while the command is followed on.
     pub(crate) fn program_is_forked(&self) -> bool {

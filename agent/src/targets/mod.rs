@@ -368,6 +368,15 @@ impl Target {
         }
     }
 
+    /// Launch mode: the wrappers that started the program (a shell running a script), which may
+    /// start it again.
+    pub(crate) fn wrapper_pids(&self) -> Vec<u32> {
+        match &self.kind {
+            TargetKind::Launch { child, .. } => child.wrapper_pids(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether probes, attached for every process, must count only enrolled ones: a binary's
     /// libraries are shared with unrelated processes, and a probe scoped to one process does
     /// not fire in its children.
