@@ -311,8 +311,8 @@ pub(crate) extern "C" fn flowtap_test_text(text: *const libc::c_char) -> usize {
     black_box(unsafe { CStr::from_ptr(text) }.count_bytes())
 }
 
-#[test]
-fn a_string_argument_is_captured_at_entry_onto_the_span() {
+/// The programs with probe 0 on `flowtap_test_text`, its string argument on the span.
+fn capturing_text() -> Ebpf {
     let mut ebpf = load();
     set_spec(
         &mut ebpf,
@@ -324,6 +324,12 @@ fn a_string_argument_is_captured_at_entry_onto_the_span() {
         },
     );
     attach_calls(&mut ebpf, &[("flowtap_test_text", 0)]);
+    ebpf
+}
+
+#[test]
+fn a_string_argument_is_captured_at_entry_onto_the_span() {
+    let mut ebpf = capturing_text();
     // The kernel reads only memory that is paged in (it cannot fault at a probe): a string in a
     // page of the binary nothing touched yet reads as empty, as it would in any target.
     let text = c"checkout/step-3";
@@ -336,17 +342,7 @@ fn a_string_argument_is_captured_at_entry_onto_the_span() {
 
 #[test]
 fn a_string_not_paged_in_reads_empty_and_is_counted_and_a_null_one_is_not() {
-    let mut ebpf = load();
-    set_spec(
-        &mut ebpf,
-        0,
-        ProbeSpec {
-            text: Capture::register(0),
-            text_in_span: 1,
-            ..ProbeSpec::default()
-        },
-    );
-    attach_calls(&mut ebpf, &[("flowtap_test_text", 0)]);
+    let mut ebpf = capturing_text();
     // SAFETY: a fresh anonymous page, readable, that nothing touches before the probe reads it
     // (the kernel maps it on the first access, which the function makes after the probe).
     let page = unsafe {
