@@ -65,7 +65,7 @@ pub fn isolated_fixture(dir: &std::path::Path) -> (PathBuf, PathBuf) {
 
 /// A file just written can be "busy" for a moment: a child that another test thread forked
 /// meanwhile holds the writing descriptor until it execs. Once one exec succeeds, all will.
-fn wait_until_executable(program: &std::path::Path) {
+pub fn wait_until_executable(program: &std::path::Path) {
     for _ in 0..500 {
         match Command::new(program).arg("--help").output() {
             Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy => {

@@ -31,21 +31,8 @@ fn fixture_copy(dir: &Path, lib_dir: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(&libs).unwrap();
     let lib = libs.join("libdlplug.so.1.0");
     std::fs::copy(fixture_dir().join("libdlplug.so.1.0"), &lib).unwrap();
-    wait_not_busy(&demo);
+    wait_until_executable(&demo);
     (demo, lib)
-}
-
-/// A program just written may be held open by a child another test thread forks meanwhile.
-fn wait_not_busy(program: &Path) {
-    for _ in 0..500 {
-        match Command::new(program).arg("--help").output() {
-            Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            _ => return,
-        }
-    }
-    panic!("{} stayed busy", program.display());
 }
 
 /// The fixture's arguments: load `lib` after `delay` ms, and call it 200 ms after (the agent
@@ -144,19 +131,24 @@ fn pid_mode_probes_a_library_loaded_later() {
     assert_counts(&stdout, &report, "pid");
 }
 
+/// flowtap tracing every process of `target` (`--exe`), its JSON report to `report`.
+fn trace_exe(target: &Path, report: &Path, selectors: &[&str]) -> Running {
+    Running::start(
+        flowtap()
+            .args(["run", "--exe"])
+            .arg(target)
+            .args(["--report", "json", "--output"])
+            .arg(report)
+            .args(selectors),
+    )
+}
+
 #[test]
 fn exe_mode_probes_a_library_loaded_later() {
     let dir = scratch_dir("later-exe");
     let (demo, lib) = fixture_copy(&dir, "lib");
     let report = dir.join("report.json");
-    let flowtap = Running::start(
-        flowtap()
-            .args(["run", "--exe"])
-            .arg(&demo)
-            .args(["--report", "json", "--output"])
-            .arg(&report)
-            .args(SELECT),
-    );
+    let flowtap = trace_exe(&demo, &report, &SELECT);
     let output = Command::new(&demo)
         .args(later_args(&lib, "0"))
         .output()
@@ -173,14 +165,7 @@ fn exe_mode_on_a_library_no_process_has_loaded_yet() {
     let dir = scratch_dir("later-exe-lib");
     let (demo, lib) = fixture_copy(&dir, "lib");
     let report = dir.join("report.json");
-    let flowtap = Running::start(
-        flowtap()
-            .args(["run", "--exe"])
-            .arg(&lib)
-            .args(["--report", "json", "--output"])
-            .arg(&report)
-            .args(["--symbols", "dl_plugin_*"]),
-    );
+    let flowtap = trace_exe(&lib, &report, &["--symbols", "dl_plugin_*"]);
     // Called at once: the probes are on the file already.
     let mut args = later_args(&lib, "0");
     args[7] = "0".into();
@@ -396,15 +381,9 @@ fn cpython_import_sqlite3_counts_what_bpftrace_counts_in_exe_mode() {
     // A copy: other python3.11 processes on the machine are not this test's.
     let python = dir.join("python3.11");
     std::fs::copy(PYTHON, &python).unwrap();
-    wait_not_busy(&python);
+    wait_until_executable(&python);
     let report = dir.join("report.json");
-    let flowtap = Running::start(
-        flowtap()
-            .args(["run", "--profile", "sqlite", "--exe"])
-            .arg(&python)
-            .args(["--report", "json", "--output"])
-            .arg(&report),
-    );
+    let flowtap = trace_exe(&python, &report, &["--profile", "sqlite"]);
     let output = Command::new(&python)
         .arg(&script)
         .stdin(Stdio::null())
