@@ -121,18 +121,21 @@ pub struct ChunkHeader {
     pub _pad: [u8; 2],
 }
 
-/// A record of the capture ring: a header and up to `N` bytes.
+/// A record of the capture ring with up to [`CHUNK_SMALL`] bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct Chunk<const N: usize> {
+pub struct SmallChunk {
     pub header: ChunkHeader,
-    pub data: [u8; N],
+    pub data: [u8; CHUNK_SMALL],
 }
 
-/// A record with up to [`CHUNK_SMALL`] bytes.
-pub type SmallChunk = Chunk<CHUNK_SMALL>;
-/// A record with up to [`CHUNK_LARGE`] bytes.
-pub type LargeChunk = Chunk<CHUNK_LARGE>;
+/// A record of the capture ring with up to [`CHUNK_LARGE`] bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LargeChunk {
+    pub header: ChunkHeader,
+    pub data: [u8; CHUNK_LARGE],
+}
 
 /// The key of a connection's quiet mark.
 #[repr(C)]

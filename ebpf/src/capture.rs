@@ -19,14 +19,13 @@ use flowtap_common::{
     abi::{ARGUMENT_REGISTERS, programs, same},
     capture::{
         BufferMode, BufferSpec, CHUNK_CLOSE, CHUNK_LARGE, CHUNK_SAMPLED, CHUNK_SMALL, CaptureArgs,
-        CaptureCount, Chunk, ChunkHeader, ConnectionKey, MAX_CAPTURE_BYTES, MAX_CHUNKS,
-        PendingCapture,
+        CaptureCount, ChunkHeader, ConnectionKey, LargeChunk, MAX_CAPTURE_BYTES, MAX_CHUNKS,
+        PendingCapture, SmallChunk,
     },
     text_key, widen,
 };
 
 use crate::{
-    entry::register,
     maps::{CAPTURE_ARGS, CAPTURE_COUNTS, CAPTURED, PENDING, QUIET},
     stack,
     stats::{add, opaque},
@@ -66,7 +65,7 @@ pub(crate) fn at_entry(
         let now = stack::now_ns();
         let mut header = header(pid_tgid, probe_id, buffer, connection, now, context);
         header.flags |= CHUNK_CLOSE;
-        if emit::<CHUNK_SMALL>(&mut header, 0, 0).is_err() {
+        if emit_small(&mut header, 0, 0).is_err() {
             count(CaptureCount::CloseLost, 1);
         }
         return false;
@@ -296,9 +295,9 @@ extern "C" fn emit_next(_index: u64, context: *mut c_void) -> i64 {
     emission.header.offset = emission.offset as u32;
     let source = emission.data.wrapping_add(emission.offset);
     let result = if rest <= CHUNK_SMALL as u64 {
-        emit::<CHUNK_SMALL>(&mut emission.header, source, rest)
+        emit_small(&mut emission.header, source, rest)
     } else {
-        emit::<CHUNK_LARGE>(&mut emission.header, source, rest)
+        emit_large(&mut emission.header, source, rest)
     };
     match result {
         Ok(sent) => {
@@ -325,15 +324,43 @@ enum Lost {
     Unreadable(u64),
 }
 
-/// One chunk of at most `N` bytes; returns the bytes sent.
+/// One chunk of at most [`CHUNK_SMALL`] bytes; returns the bytes sent.
 #[inline(always)]
-fn emit<const N: usize>(header: &mut ChunkHeader, source: u64, rest: u64) -> Result<u64, Lost> {
-    let mut entry = CAPTURED.reserve::<Chunk<N>>(0).ok_or(Lost::RingFull)?;
+fn emit_small(header: &mut ChunkHeader, source: u64, rest: u64) -> Result<u64, Lost> {
+    let mut entry = CAPTURED.reserve::<SmallChunk>(0).ok_or(Lost::RingFull)?;
     let chunk = entry.as_mut_ptr();
-    let n = opaque(rest as usize).min(N);
+    let n = opaque(rest as usize).min(CHUNK_SMALL);
     header.len = n as u32;
-    // SAFETY: `chunk` is the reserved, writable record; at most N bytes are read into its
-    // data, from user memory, faulting safely.
+    // SAFETY: `chunk` is the reserved, writable record; at most CHUNK_SMALL bytes are read
+    // into its data, from user memory, faulting safely.
+    let read = unsafe {
+        (*chunk).header = *header;
+        if n == 0 {
+            0
+        } else {
+            bpf_probe_read_user(
+                (*chunk).data.as_mut_ptr().cast::<c_void>(),
+                n as u32,
+                source as *const c_void,
+            )
+        }
+    };
+    if read != 0 {
+        entry.discard(0);
+        return Err(Lost::Unreadable(n as u64));
+    }
+    entry.submit(BPF_RB_NO_WAKEUP);
+    Ok(n as u64)
+}
+
+/// One chunk of at most [`CHUNK_LARGE`] bytes; returns the bytes sent.
+#[inline(always)]
+fn emit_large(header: &mut ChunkHeader, source: u64, rest: u64) -> Result<u64, Lost> {
+    let mut entry = CAPTURED.reserve::<LargeChunk>(0).ok_or(Lost::RingFull)?;
+    let chunk = entry.as_mut_ptr();
+    let n = opaque(rest as usize).min(CHUNK_LARGE);
+    header.len = n as u32;
+    // SAFETY: as in `emit_small`, at most CHUNK_LARGE bytes.
     let read = unsafe {
         (*chunk).header = *header;
         if n == 0 {
@@ -363,4 +390,13 @@ fn count(counter: CaptureCount, value: u64) {
         // SAFETY: a live per-CPU array slot.
         unsafe { add(slot, value) };
     }
+}
+
+/// Argument `arg` (bounded again here for the verifier), or 0.
+#[inline(always)]
+fn register(registers: &[u64; ARGUMENT_REGISTERS], arg: u8) -> u64 {
+    registers
+        .get(opaque(usize::from(arg)))
+        .copied()
+        .unwrap_or(0)
 }

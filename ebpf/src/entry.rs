@@ -191,7 +191,7 @@ fn registers(ctx: &ProbeContext) -> [u64; ARGUMENT_REGISTERS] {
 
 /// Argument `arg` (bounded again here for the verifier), or 0.
 #[inline(always)]
-pub(crate) fn register(registers: &[u64; ARGUMENT_REGISTERS], arg: u8) -> u64 {
+fn register(registers: &[u64; ARGUMENT_REGISTERS], arg: u8) -> u64 {
     registers
         .get(opaque(usize::from(arg)))
         .copied()
